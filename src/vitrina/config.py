@@ -1,0 +1,223 @@
+"""One config flow: typed defaults here, overridden by a YAML file, then by CLI flags.
+
+The resolved config is a :class:`Config` (nested dataclasses). ``resolve(yaml_path,
+overrides)`` builds it; ``save(config, folder)`` writes ``config.yaml`` beside a run's outputs.
+Overrides use dotted keys (``train.epochs``) and are type-checked against the defaults, so a
+typo in a YAML file or a flag is a clear error rather than a silently ignored setting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vitrina.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how splits are made."""
+
+    root: str | None = None  # base folder for relative paths in CSV / list sources
+    classes_file: str | None = None  # "name id" lines or a CSV with name and id columns
+    coarse_map: str | None = None  # "fine coarse" lines or a two-column CSV
+    val_fraction: float = 0.15  # carved from train when no val split is given
+    test_fraction: float = 0.15  # carved from train when a test split is asked for and absent
+    split_seed: int = 0
+    holdout: str | None = None  # a split reserved for reporting only (e.g. "validation")
+    exclude: str | None = None  # a file of paths to leave out (one per line or a CSV with path)
+    max_pixels: int = 64_000_000  # larger images are refused (decompression bombs)
+
+
+@dataclass
+class ModelConfig:
+    """Which network, with which weights and preprocessing overrides."""
+
+    name: str | None = None  # registry name; None picks by mode and data
+    weights: str | None = None  # a local weights file (timm:NAME or any registry model)
+    pretrained: bool = True
+    input_size: int | None = None  # overrides the registry's default input size
+    resize: Literal["center_crop", "letterbox", "squash"] | None = None
+    head: Literal["linear", "mlp"] = "linear"
+    hidden: int = 512  # MLP head width
+    dropout: float = 0.2
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (applied to training images only)."""
+
+    enabled: bool = True
+    hflip: float = 0.5
+    rotation: float = 10.0  # degrees
+    shift: float = 0.08  # fraction of the size
+    shear: float = 5.0  # degrees
+    zoom: float = 0.15  # scale range 1 +/- zoom
+    color_jitter: float = 0.2
+    blur: float = 0.0  # probability
+    erasing: float = 0.0  # probability
+    randaugment: int = 0  # number of RandAugment ops (0 = off)
+    randaugment_magnitude: int = 9
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    mode: Literal["bottleneck", "finetune", "scratch"] = "finetune"
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    body_lr_scale: float = 0.1  # fine-tuning: body learning rate = lr * body_lr_scale
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    patience: int = 5  # early stopping on validation loss; 0 disables
+    balance: Literal["none", "weights", "sampler"] = "none"
+    unfreeze_blocks: int = -1  # fine-tuning: last N blocks trainable; -1 = all
+    feature_copies: int = 0  # bottleneck: augmented feature copies per training image
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    workers: int = -1  # data-loading processes; -1 = automatic
+    seed: int = 0
+    cache_dir: str | None = None  # decoded-image and feature caches; None = ~/.cache/vitrina
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to the field's declared type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def apply(config: Config, overrides: dict[str, Any], origin: str = "override") -> Config:
+    """Apply a nested or dotted-key dict onto ``config`` in place, type-checked."""
+    flat: dict[str, Any] = {}
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and (not prefix or "." not in prefix):
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    flatten("", overrides)
+    sections = {f.name for f in dataclasses.fields(config)}
+    for key, value in flat.items():
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in sections:
+            raise ConfigError(
+                f"{origin}: unknown setting {key!r} (settings look like 'train.epochs'; "
+                f"sections: {', '.join(sorted(sections))})"
+            )
+        section = getattr(config, parts[0])
+        hints = _field_types(section)
+        if parts[1] not in hints:
+            raise ConfigError(
+                f"{origin}: unknown setting {key!r}; {parts[0]} has: {', '.join(hints)}"
+            )
+        setattr(section, parts[1], _coerce(value, hints[parts[1]], f"{origin}: {key}"))
+    return config
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def resolve(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file, then the overrides (CLI flags): the one config flow."""
+    config = Config()
+    if yaml_path:
+        apply(config, load_yaml(yaml_path), origin=str(yaml_path))
+    if overrides:
+        apply(config, {k: v for k, v in overrides.items() if v is not None}, origin="flag")
+    return config
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config saved by :func:`save` (unknown keys are an error)."""
+    return apply(Config(), data, origin="saved config")
+
+
+def save(config: Config, folder: str | Path, name: str = "config.yaml") -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    return path

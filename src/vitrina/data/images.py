@@ -1,0 +1,157 @@
+"""Safe image decoding shared by every command.
+
+``open_image`` turns a file, bytes, or an in-memory sample into a PIL image in the colour mode a
+model wants ("RGB" or "L"), applying EXIF orientation and converting CMYK, 16-bit, palette and
+alpha images correctly. Anything unusable raises :class:`~vitrina.errors.ImageError` with a
+short reason, so callers can skip and report the file instead of crashing a long job.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from vitrina.data.samples import Sample
+from vitrina.errors import ImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+)
+DEFAULT_MAX_PIXELS = 64_000_000
+
+# We enforce our own pixel limit (with a clear reason) instead of PIL's warning/exception pair.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """Convert any PIL mode to "RGB" or "L", compositing transparency onto white."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        # PIL applies the inversion Adobe CMYK JPEGs need when it decodes them.
+        img = img.convert("RGB")
+    if img.mode != mode:
+        img = img.convert(mode)
+    return img
+
+
+def decode(
+    source: str | os.PathLike | bytes | BinaryIO,
+    mode: str = "RGB",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode ``source`` into a fully loaded PIL image in ``mode`` ("RGB" or "L").
+
+    ``draft_size`` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while decoding (much
+    faster for large photos) as long as the result stays at least that size.
+    Raises :class:`ImageError` with a reason for anything unusable.
+    """
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<upload>")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError(label, "empty file (0 bytes)")
+        fp: BinaryIO | str | os.PathLike = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            size = os.path.getsize(source)
+        except FileNotFoundError:
+            raise ImageError(label, "file not found") from None
+        except OSError as exc:
+            raise ImageError(label, f"cannot read file: {exc.strerror or exc}") from None
+        if size == 0:
+            raise ImageError(label, "empty file (0 bytes)")
+        fp = source
+    else:
+        fp = source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(fp) as img:
+                width, height = img.size
+                if width <= 0 or height <= 0:
+                    raise ImageError(label, f"invalid image size {width}x{height}")
+                if max_pixels and width * height > max_pixels:
+                    raise ImageError(
+                        label,
+                        f"too many pixels: {width}x{height} = {width * height:,} "
+                        f"(limit {max_pixels:,}; raise data.max_pixels to allow it)",
+                    )
+                if draft_size is not None and img.format == "JPEG":
+                    img.draft("RGB" if mode == "RGB" else "L", draft_size)
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return _to_mode(img, mode)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(label, "not an image (unrecognised file format)") from None
+    except FileNotFoundError:
+        raise ImageError(label, "file not found") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = str(exc)
+        if "truncated" in text or isinstance(exc, EOFError):
+            reason = "truncated or incomplete image data"
+        else:
+            reason = f"corrupt image: {text or type(exc).__name__}"
+        raise ImageError(label, reason) from None
+    except Image.DecompressionBombError as exc:  # pragma: no cover - limit disabled above
+        raise ImageError(label, f"too many pixels: {exc}") from None
+
+
+def open_sample(
+    sample: Sample,
+    mode: str = "RGB",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode a dataset sample (file or in-memory pixels) into ``mode``."""
+    if sample.pixels is not None:
+        return _to_mode(Image.fromarray(np.ascontiguousarray(sample.pixels, dtype=np.uint8)), mode)
+    return decode(sample.path, mode=mode, max_pixels=max_pixels, draft_size=draft_size)
+
+
+def probe(path: str | os.PathLike) -> dict:
+    """Cheap header read: format, mode and size without decoding pixels.
+
+    Raises :class:`ImageError` for unreadable or non-image files.
+    """
+    label = str(path)
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageError(label, "empty file (0 bytes)")
+        with Image.open(path) as img:
+            return {"format": img.format, "mode": img.mode, "width": img.size[0], "height": img.size[1]}
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(label, "file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(label, "not an image (unrecognised file format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(label, f"corrupt image: {exc}") from None
