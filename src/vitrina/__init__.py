@@ -14,6 +14,8 @@ _LAZY = {
     "load_dataset": "vitrina.data.sources",
     "inspect": "vitrina.api",
     "resolve_config": "vitrina.api",
+    "train": "vitrina.api",
+    "list_models": "vitrina.api",
 }
 
 

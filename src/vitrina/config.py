@@ -67,25 +67,27 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation loop."""
+    """The optimisation loop. ``None`` means "the recommended value for the mode"."""
 
-    mode: Literal["bottleneck", "finetune", "scratch"] = "finetune"
-    epochs: int = 10
-    batch_size: int = 32
+    mode: Literal["auto", "bottleneck", "finetune", "scratch"] = "auto"
+    epochs: int | None = None
+    batch_size: int | None = None
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 1e-3
+    lr: float | None = None  # head learning rate (scratch: the whole network)
     body_lr_scale: float = 0.1  # fine-tuning: body learning rate = lr * body_lr_scale
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     patience: int = 5  # early stopping on validation loss; 0 disables
     balance: Literal["none", "weights", "sampler"] = "none"
-    unfreeze_blocks: int = -1  # fine-tuning: last N blocks trainable; -1 = all
+    unfreeze_blocks: int = -1  # fine-tuning: last N backbone blocks trainable; -1 = all
+    freeze_bn: Literal["auto", "yes", "no"] = "auto"  # auto: frozen BN statistics for batches < 32
+    warm_start_head: bool = True  # fine-tuning: fit the head on cached features first
     feature_copies: int = 0  # bottleneck: augmented feature copies per training image
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
-    workers: int = -1  # data-loading processes; -1 = automatic
+    workers: int = -1  # decoding processes; -1 = automatic
     seed: int = 0
     cache_dir: str | None = None  # decoded-image and feature caches; None = ~/.cache/vitrina
 

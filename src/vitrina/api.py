@@ -1,0 +1,152 @@
+"""The public surface: what the CLI and the server call. No argument parsing, no printing."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from vitrina import config as config_lib
+from vitrina.artifact import prepare_out_dir
+from vitrina.config import Config
+
+
+def resolve_config(config: Config | str | Path | None = None, **overrides: Any) -> Config:
+    """A :class:`Config` from an object, a YAML path or defaults, then dotted-key overrides."""
+    if isinstance(config, Config):
+        return config_lib.apply(config, overrides) if overrides else config
+    return config_lib.resolve(config, overrides)
+
+
+@dataclass
+class InspectResult:
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+def inspect(
+    data: str | Path,
+    out: str | Path | None = None,
+    config: Config | str | Path | None = None,
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    runs_dir: str | Path = "runs",
+) -> InspectResult:
+    """Scan a dataset once; write report.html, summary.json and plots into one folder."""
+    from vitrina.data.inspect import inspect_dataset
+    from vitrina.data.sources import load_dataset
+
+    cfg = resolve_config(config)
+    dataset = load_dataset(data, cfg.data, carve_val=False)
+    out_dir = prepare_out_dir(out, runs_dir, "inspect")
+    config_lib.save(cfg, out_dir)
+    summary = inspect_dataset(
+        dataset, out_dir, max_pixels=cfg.data.max_pixels, workers=workers, progress=progress
+    )
+    return InspectResult(out_dir=out_dir, summary=summary)
+
+
+@dataclass
+class TrainRun:
+    run_dir: Path
+    metrics: dict[str, Any]
+    split_metrics: dict[str, dict[str, Any]]
+    history: list[dict[str, float]]
+
+
+def report_split(split_names: list[str], holdout: str | None) -> str:
+    """The split whose figures a run reports: the holdout, else test, else validation."""
+    if holdout and holdout in split_names:
+        return holdout
+    return "test" if "test" in split_names else "val"
+
+
+def train(
+    data: str | Path,
+    config: Config | str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    runs_dir: str | Path = "runs",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainRun:
+    """Train a classifier and write one run folder (config, history, curves, model, metrics)."""
+    import time
+
+    from vitrina.artifact import write_json
+    from vitrina.data.sources import load_dataset
+    from vitrina.errors import VitrinaError
+    from vitrina.evaluation.evaluate import evaluate_images
+    from vitrina.models.runtime import resolve_device
+    from vitrina.plots import learning_curves
+    from vitrina.preprocess import Preprocess
+    from vitrina.training.trainer import is_main_process, peak_rss_mb
+    from vitrina.training.trainer import train as run_training
+
+    cfg = resolve_config(config)
+    dataset = load_dataset(data, cfg.data, carve_val=True)
+    if resume:
+        if out is None or not Path(out).is_dir():
+            raise VitrinaError("--resume needs --out pointing at the interrupted run folder")
+        run_dir = Path(out)
+    else:
+        run_dir = prepare_out_dir(out, runs_dir, "train") if is_main_process() else Path(out or runs_dir)
+    started = time.perf_counter()
+    result = run_training(dataset, cfg, run_dir, resume=resume, progress=progress, log=log)
+    if not is_main_process():
+        return TrainRun(run_dir, {}, {}, result.history)
+    device = resolve_device(cfg.train.device)
+    preprocess = Preprocess.from_dict(result.meta["preprocess"])
+    split_metrics: dict[str, dict[str, Any]] = {}
+    for split in dataset.splits:
+        if split == "train":
+            continue
+        decoded = result.decoded[split]
+        split_metrics[split], _ = evaluate_images(
+            result.model, decoded.images, result.labels[split], dataset.classes, preprocess, device,
+            result.meta["precision"], split=split, n_skipped=len(decoded.skipped),
+        )
+    chosen = report_split(list(split_metrics), cfg.data.holdout)
+    metrics = {
+        **{k: v for k, v in split_metrics[chosen].items() if k not in ("confusion_matrix", "calibration")},
+        "model": result.meta["model"],
+        "mode": result.meta["mode"],
+        "train_seconds": round(result.train_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "val_accuracy": split_metrics["val"]["accuracy"],
+        "splits": {name: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n_images": m["n_images"]} for name, m in split_metrics.items()},
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    for name, m in split_metrics.items():
+        write_json(run_dir / f"metrics_{name}.json", m)
+    if result.history:
+        learning_curves(result.history, run_dir / "curves.png", title=f"{result.meta['model']} ({result.meta['mode']})")
+    return TrainRun(run_dir, metrics, split_metrics, result.history)
+
+
+def demo_data() -> Path:
+    """The embedded demo dataset: clothing photos in train/validation/test class folders."""
+    return Path(__file__).resolve().parent / "demo" / "clothing"
+
+
+def list_models() -> list[dict[str, Any]]:
+    """The registry as rows: name, family, params, channels, input size, resize, description."""
+    from vitrina.models import registry
+
+    rows = []
+    for spec in registry.list_models():
+        model = registry.create_model(spec.name, num_classes=10, pretrained=False)
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "params": registry.param_count(model),
+                "channels": spec.preprocess.channels,
+                "input_size": spec.preprocess.input_size,
+                "resize": spec.preprocess.resize,
+                "description": spec.description,
+            }
+        )
+    return rows

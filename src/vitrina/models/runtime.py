@@ -1,0 +1,74 @@
+"""Running a model efficiently on CPU or CUDA: device and precision choice, batched forward."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from vitrina.errors import ConfigError
+from vitrina.preprocess import Preprocess
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but no CUDA GPU is available")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device, pretrained: bool = True) -> str:
+    """"auto": bf16 where it is faster (CUDA; CPUs with bf16 kernels for pretrained nets), else fp32.
+
+    Small from-scratch CNNs gain nothing from bf16 on CPU (they are memory-bound), so they stay fp32.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if pretrained and cpu_supports_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+@torch.inference_mode()
+def forward_uint8(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    images: np.ndarray,
+    preprocess: Preprocess,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Run ``fn`` (a model or its feature extractor) over uint8 NxHxWxC images; float32 output."""
+    outputs = []
+    for part in batches(len(images), batch_size):
+        x = preprocess.normalize_torch(torch.from_numpy(np.ascontiguousarray(images[part]))).to(device, non_blocking=True)
+        with autocast(device, precision):
+            out = fn(x)
+        outputs.append(out.float().cpu().numpy())
+    if not outputs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(outputs)

@@ -1,0 +1,101 @@
+"""Choosing what to train: mode, model, preprocessing and the recommended hyperparameters.
+
+``vitrina train DATA`` with no other flag must be a good setting, so every ``None`` in the
+config is filled here from the recommended values for the chosen mode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vitrina.config import Config
+from vitrina.data.samples import Dataset
+from vitrina.errors import ConfigError, DataError
+from vitrina.preprocess import Preprocess
+
+# Recommended hyperparameters per mode (measured on the benchmark datasets, see bench/).
+RECOMMENDED: dict[str, dict[str, float | int]] = {
+    "scratch": {"epochs": 20, "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4},
+    "bottleneck": {"epochs": 80, "batch_size": 256, "lr": 2e-3, "weight_decay": 1e-3},
+    "finetune": {"epochs": 8, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4},
+}
+DEFAULT_PRETRAINED = "efficientnet_lite0"
+
+
+@dataclass
+class Plan:
+    mode: str
+    model: str
+    preprocess: Preprocess
+    pretrained: bool
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+
+
+def _looks_like_small_grayscale(dataset: Dataset) -> tuple[bool, int]:
+    train = dataset.splits.get("train") or next(iter(dataset.splits.values()), [])
+    first = next((s for s in train if s.pixels is not None), None)
+    if first is None:
+        return False, 0
+    return True, int(max(first.pixels.shape))
+
+
+def check_trainable(dataset: Dataset) -> None:
+    """Refuse data that cannot train a classifier, with a clear reason."""
+    train = dataset.splits.get("train", [])
+    counts: dict[str, int] = {c: 0 for c in dataset.classes}
+    for s in train:
+        counts[s.label] = counts.get(s.label, 0) + 1
+    present = [c for c, n in counts.items() if n > 0]
+    if len(present) < 2:
+        raise DataError(
+            f"{dataset.source}: training needs at least 2 classes, found {len(present)}"
+            + (f" ({present[0]})" if present else "")
+        )
+    thin = [f"{c} ({n})" for c, n in counts.items() if n < 2]
+    if thin:
+        raise DataError(
+            f"{dataset.source}: every class needs at least 2 training images; too few in: {', '.join(thin)}"
+        )
+    if "val" not in dataset.splits or not dataset.splits["val"]:
+        raise DataError(f"{dataset.source}: no validation images for model selection")
+
+
+def make_plan(dataset: Dataset, config: Config) -> Plan:
+    from vitrina.models.registry import get_spec
+
+    small_gray, side = _looks_like_small_grayscale(dataset)
+    mode = config.train.mode
+    if mode == "auto":
+        mode = "scratch" if small_gray and config.model.name is None else ("finetune" if config.model.name is None else None)
+        if mode is None:
+            spec = get_spec(config.model.name)
+            mode = "scratch" if spec.family == "scratch" else "finetune"
+    name = config.model.name
+    if name is None:
+        if mode == "scratch":
+            name = "fmnist_cnn" if small_gray and side <= 32 else "cnn3"
+        else:
+            name = DEFAULT_PRETRAINED
+    spec = get_spec(name)
+    if mode in ("bottleneck", "finetune") and spec.family == "scratch":
+        raise ConfigError(f"--mode {mode} needs a pretrained backbone; {name} is a from-scratch CNN (use --mode scratch)")
+    channels = 1 if (small_gray and spec.family == "scratch") else spec.preprocess.channels
+    preprocess = spec.preprocess.with_overrides(input_size=config.model.input_size, resize=config.model.resize)
+    if channels != preprocess.channels:
+        preprocess = preprocess.with_overrides(channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
+    if small_gray and spec.family == "scratch" and config.model.input_size is None:
+        preprocess = preprocess.with_overrides(input_size=side)
+    rec = RECOMMENDED[mode]
+    t = config.train
+    return Plan(
+        mode=mode,
+        model=name,
+        preprocess=preprocess,
+        pretrained=config.model.pretrained and spec.family != "scratch",
+        epochs=int(t.epochs if t.epochs is not None else rec["epochs"]),
+        batch_size=int(t.batch_size if t.batch_size is not None else rec["batch_size"]),
+        lr=float(t.lr if t.lr is not None else rec["lr"]),
+        weight_decay=float(t.weight_decay if t.weight_decay is not None else rec["weight_decay"]),
+    )

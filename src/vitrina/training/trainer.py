@@ -1,0 +1,590 @@
+"""The training engine: scratch, bottleneck (frozen features) and fine-tuning in one loop.
+
+:func:`train` takes a loaded :class:`~vitrina.data.samples.Dataset` and a resolved config and
+writes one run folder: config, split lists, history (CSV/JSON), TensorBoard events, checkpoints
+(``model.safetensors`` = best, ``last.safetensors`` + ``train_state.pt`` for ``--resume``).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import resource
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from vitrina import config as config_lib
+from vitrina.artifact import write_json
+from vitrina.augment import augment_batch, build_augment
+from vitrina.config import Config
+from vitrina.data.samples import Dataset
+from vitrina.errors import ConfigError, VitrinaError
+from vitrina.models.checkpoint import save_model
+from vitrina.models.registry import create_model
+from vitrina.models.runtime import autocast, forward_uint8, resolve_device, resolve_precision
+from vitrina.training.cache import DecodedImages, FeatureStore, decode_samples, default_cache_dir
+from vitrina.training.plan import Plan, check_trainable, make_plan
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: nn.Module
+    meta: dict[str, Any]
+    history: list[dict[str, float]]
+    decoded: dict[str, DecodedImages]
+    labels: dict[str, np.ndarray]
+    train_seconds: float
+    skipped: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _config_digest(config: Config) -> str:
+    relevant = config.to_dict()
+    relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in ("device", "workers", "cache_dir")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _label_array(dataset: Dataset, decoded: DecodedImages, split: str) -> np.ndarray:
+    index = dataset.class_to_index
+    samples = dataset.splits[split]
+    return np.asarray([index[samples[i].label] for i in decoded.index], dtype=np.int64)
+
+
+def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _epoch_order(labels: np.ndarray, balance: str, seed: int, epoch: int) -> np.ndarray:
+    """This epoch's sample order (seeded by epoch, so a resumed run sees the same batches)."""
+    rng = np.random.default_rng([seed, epoch])
+    if balance == "sampler":
+        counts = np.bincount(labels)
+        p = 1.0 / counts[labels]
+        return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
+    return rng.permutation(len(labels))
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "step":
+            return 0.1 ** int(progress * 3)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _optimizer(name: str, groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(groups, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    t = torch.from_numpy(logits)
+    loss = F.cross_entropy(t, torch.from_numpy(labels)).item()
+    accuracy = float((logits.argmax(1) == labels).mean())
+    return loss, accuracy
+
+
+# ----------------------------------------------------------------------------- features
+def extract_features(
+    model: nn.Module,
+    model_id: str,
+    decoded: DecodedImages,
+    plan: Plan,
+    cache_dir: Path,
+    device: torch.device,
+    precision: str,
+    variant: str = "plain",
+    transform: Any = None,
+    seed: int = 0,
+    log: Log = print,
+) -> np.ndarray:
+    """Backbone features for every decoded image, from the cache where present."""
+    store = FeatureStore(cache_dir, f"{model_id}|{precision}", plan.preprocess, variant)
+    feats, missing = store.lookup(decoded.hashes)
+    if missing:
+        started = time.perf_counter()
+        images = np.asarray(decoded.images[missing]) if len(missing) < len(decoded.hashes) else np.asarray(decoded.images)
+        if transform is not None:
+            torch.manual_seed(seed)
+            images = augment_batch(transform, torch.from_numpy(images)).numpy()
+        model.eval()
+        new = forward_uint8(model.forward_features, images, plan.preprocess, device, precision, batch_size=64)
+        store.add([decoded.hashes[i] for i in missing], new)
+        feats, _ = store.lookup(decoded.hashes)
+        seconds = time.perf_counter() - started
+        log(f"  features ({variant}): {len(missing)} images in {seconds:.1f} s ({len(missing) / max(seconds, 1e-9):.0f} images/s)")
+    assert feats is not None
+    return feats
+
+
+def fit_head(
+    head: nn.Module,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    plan: Plan,
+    config: Config,
+    num_classes: int,
+    epochs: int | None = None,
+    writer: Any = None,
+    log: Log = print,
+) -> list[dict[str, float]]:
+    """Train a head on cached features (seconds); keeps the epoch with the best validation accuracy."""
+    t = config.train
+    torch.manual_seed(t.seed)
+    xs, ys = torch.from_numpy(train_x), torch.from_numpy(train_y)
+    vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y)
+    weight = _class_weights(train_y, num_classes) if t.balance == "weights" else None
+    epochs = epochs or plan.epochs
+    batch = min(plan.batch_size, len(xs))
+    steps_per_epoch = math.ceil(len(xs) / batch)
+    optimizer = _optimizer(t.optimizer, [{"params": head.parameters(), "lr": plan.lr}], plan.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(epochs * steps_per_epoch, int(t.warmup_epochs * steps_per_epoch), t.schedule)
+    )
+    history: list[dict[str, float]] = []
+    best = (-1.0, float("inf"))
+    best_state = None
+    stale = 0
+    labels_for_order = train_y
+    for epoch in range(epochs):
+        head.train()
+        order = torch.from_numpy(_epoch_order(labels_for_order, t.balance, t.seed, epoch))
+        total, correct, loss_sum = 0, 0, 0.0
+        for part in range(0, len(order), batch):
+            idx = order[part : part + batch]
+            logits = head(xs[idx])
+            loss = F.cross_entropy(logits, ys[idx], weight=weight, label_smoothing=t.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == ys[idx]).sum())
+            total += len(idx)
+        head.eval()
+        with torch.no_grad():
+            val_logits = head(vx).numpy()
+        val_loss, val_acc = _loss_and_accuracy(val_logits, val_y)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / total, "train_accuracy": correct / total, "val_loss": val_loss, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"]}
+        history.append(row)
+        if writer is not None:
+            _log_scalars(writer, row, epoch + 1, prefix="head/")
+        if (val_acc, -val_loss) > (best[0], -best[1]):
+            best = (val_acc, val_loss)
+            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            stale = 0
+        else:
+            stale += 1
+            if t.patience and stale >= max(t.patience * 3, 10):  # head epochs are short and noisy
+                break
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    log(f"  head: best validation accuracy {best[0]:.4f} (loss {best[1]:.4f}) after {len(history)} epochs")
+    return history
+
+
+def _log_scalars(writer: Any, row: dict[str, float], step: int, prefix: str = "") -> None:
+    for key, value in row.items():
+        if key != "epoch" and value is not None and math.isfinite(value):
+            group, _, name = key.partition("_")
+            writer.add_scalar(f"{prefix}{name}/{group}", value, step)
+
+
+# ----------------------------------------------------------------------------- network loop
+def _trainable_body(model: nn.Module, unfreeze_blocks: int) -> list[nn.Parameter]:
+    blocks = list(model.blocks())
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    chosen = blocks if unfreeze_blocks < 0 else blocks[len(blocks) - unfreeze_blocks :] if unfreeze_blocks else []
+    params: list[nn.Parameter] = []
+    for block in chosen:
+        for p in block.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    return params
+
+
+def train_network(
+    model: nn.Module,
+    decoded: DecodedImages,
+    labels: np.ndarray,
+    val: DecodedImages,
+    val_labels: np.ndarray,
+    plan: Plan,
+    config: Config,
+    run_dir: Path,
+    device: torch.device,
+    precision: str,
+    num_classes: int,
+    writer: Any = None,
+    resume_state: dict | None = None,
+    save_checkpoint: Callable[[nn.Module, dict], None] | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> tuple[list[dict[str, float]], dict[str, torch.Tensor] | None]:
+    """Scratch or fine-tuning epochs with early stopping; returns (history, best state)."""
+    from tqdm import tqdm
+
+    t = config.train
+    rank, world = _world()
+    if plan.mode == "finetune":
+        body = _trainable_body(model, t.unfreeze_blocks)
+        groups = [
+            {"params": body, "lr": plan.lr * t.body_lr_scale, "name": "body"},
+            {"params": list(model.head.parameters()), "lr": plan.lr, "name": "head"},
+        ]
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": plan.lr, "name": "all"}]
+    groups = [g for g in groups if g["params"]]
+    optimizer = _optimizer(t.optimizer, groups, plan.weight_decay)
+    for g in optimizer.param_groups:
+        g["initial_lr"] = g["lr"]
+    per_rank = math.ceil(len(labels) / world)
+    steps_per_epoch = math.ceil(per_rank / plan.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(plan.epochs * steps_per_epoch, int(t.warmup_epochs * steps_per_epoch), t.schedule)
+    )
+    freeze_bn = t.freeze_bn == "yes" or (t.freeze_bn == "auto" and plan.mode == "finetune" and plan.batch_size * world < 32)
+    weight = _class_weights(labels, num_classes).to(device) if t.balance == "weights" else None
+    transform = build_augment(config.augment, channels=plan.preprocess.channels)
+
+    history: list[dict[str, float]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best = (-1.0, float("inf"))
+    best_val_loss, stale, start_epoch = float("inf"), 0, 0
+    if resume_state:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        history = resume_state["history"]
+        best = tuple(resume_state["best"])  # type: ignore[assignment]
+        best_val_loss, stale, start_epoch = resume_state["best_val_loss"], resume_state["stale"], resume_state["epoch"]
+        best_state = resume_state.get("best_state")
+        log(f"  resumed after epoch {start_epoch}")
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    pool = ThreadPoolExecutor(max_workers=1)  # prepares the next batch while the model computes
+
+    def make_batch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(np.ascontiguousarray(decoded.images[np.sort(idx)]))
+        order = np.argsort(np.argsort(idx))  # images were gathered in sorted order (faster mmap reads)
+        images = augment_batch(transform, images[torch.from_numpy(order)])
+        return plan.preprocess.normalize_torch(images), torch.from_numpy(labels[idx])
+
+    for epoch in range(start_epoch, plan.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(t.seed * 100_003 + epoch)
+        order = _epoch_order(labels, t.balance, t.seed, epoch)
+        order = order[rank::world]
+        net.train()
+        if freeze_bn:
+            _freeze_batchnorm(model)
+        parts = [order[i : i + plan.batch_size] for i in range(0, len(order), plan.batch_size)]
+        if len(parts) > 1 and len(parts[-1]) < 2:  # a batch of one breaks BatchNorm
+            parts[-2] = np.concatenate([parts[-2], parts[-1]])
+            parts.pop()
+        total, correct, loss_sum = 0, 0, 0.0
+        future = pool.submit(make_batch, parts[0]) if parts else None
+        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{plan.epochs}", unit="img", disable=not (progress and rank == 0), leave=False)
+        for i in range(len(parts)):
+            x, y = future.result()
+            if i + 1 < len(parts):
+                future = pool.submit(make_batch, parts[i + 1])
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=t.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+            bar.update(len(y))
+            bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        if world > 1:
+            stats = torch.tensor([loss_sum, correct, total], dtype=torch.float64)
+            dist.all_reduce(stats)
+            loss_sum, correct, total = stats.tolist()
+        model.eval()
+        val_logits = forward_uint8(model, val.images, plan.preprocess, device, precision, batch_size=max(64, plan.batch_size))
+        val_loss, val_acc = _loss_and_accuracy(val_logits, val_labels)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(total, 1),
+            "train_accuracy": correct / max(total, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": optimizer.param_groups[-1]["lr"],
+            "seconds": time.perf_counter() - started,
+            "images_per_second": total / max(train_seconds, 1e-9),
+        }
+        history.append(row)
+        if writer is not None:
+            _log_scalars(writer, {k: v for k, v in row.items() if k not in ("seconds", "images_per_second")}, epoch + 1)
+        improved = (val_acc, -val_loss) > (best[0], -best[1])
+        if improved:
+            best = (val_acc, val_loss)
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if val_loss < best_val_loss - 1e-4:
+            best_val_loss, stale = val_loss, 0
+        else:
+            stale += 1
+        log(
+            f"  epoch {epoch + 1}/{plan.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f} | {row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s"
+            + (" *" if improved else "")
+        )
+        if save_checkpoint is not None and rank == 0:
+            save_checkpoint(
+                model,
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "best": list(best),
+                    "best_val_loss": best_val_loss,
+                    "stale": stale,
+                    "epoch": epoch + 1,
+                    "best_state": best_state,
+                },
+            )
+        if t.patience and stale >= t.patience:
+            log(f"  early stop: validation loss has not improved for {t.patience} epochs")
+            break
+    pool.shutdown()
+    return history, best_state
+
+
+# ----------------------------------------------------------------------------- entry point
+def _write_history(run_dir: Path, history: list[dict[str, float]], name: str = "history") -> None:
+    if not history:
+        return
+    write_json(run_dir / f"{name}.json", history)
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(run_dir / f"{name}.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _write_splits(run_dir: Path, dataset: Dataset) -> None:
+    write_json(
+        run_dir / "splits.json",
+        {
+            "source": dataset.source,
+            "classes": dataset.classes,
+            "carved": {k: {kk: vv for kk, vv in v.items() if kk != "paths"} for k, v in dataset.carved.items() if isinstance(v, dict)},
+            "splits": {name: [s.path for s in samples] for name, samples in dataset.splits.items()},
+        },
+    )
+
+
+def _writer(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; an unusual install may lack it
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def model_meta(plan: Plan, dataset: Dataset, config: Config, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "model": plan.model,
+        "mode": plan.mode,
+        "classes": dataset.classes,
+        "coarse_of": dataset.coarse_of,
+        "preprocess": plan.preprocess.to_dict(),
+        "head": config.model.head,
+        "hidden": config.model.hidden,
+        "dropout": config.model.dropout,
+        "trained_on": dataset.source,
+        **(extra or {}),
+    }
+
+
+def train(
+    dataset: Dataset,
+    config: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = print,
+) -> TrainResult:
+    """Train a classifier on ``dataset`` as ``config`` says, writing everything into ``run_dir``."""
+    check_trainable(dataset)
+    plan = make_plan(dataset, config)
+    device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device, pretrained=plan.pretrained)
+    cache_dir = default_cache_dir(config.train.cache_dir)
+    workers = config.train.workers if config.train.workers >= 0 else min(4, os.cpu_count() or 1)
+    num_classes = len(dataset.classes)
+    digest = _config_digest(config)
+    main = is_main_process()
+
+    state_path = run_dir / "train_state.pt"
+    resume_state = None
+    if resume:
+        if not state_path.is_file():
+            raise VitrinaError(f"{run_dir}: nothing to resume (no train_state.pt); start a new run instead")
+        resume_state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if resume_state.get("config_digest") != digest:
+            raise ConfigError(
+                f"{run_dir}: --resume with a different config than the interrupted run; "
+                "resume with the same settings (see its config.yaml) or start a new run"
+            )
+    if main:
+        config_lib.save(config, run_dir)
+        _write_splits(run_dir, dataset)
+    log(
+        f"training {plan.model} ({plan.mode}) on {num_classes} classes: "
+        f"{plan.epochs} epochs, batch {plan.batch_size}, lr {plan.lr:g}, {device.type} {precision}, "
+        f"input {plan.preprocess.channels}x{plan.preprocess.input_size} {plan.preprocess.resize}"
+    )
+
+    started = time.perf_counter()
+    decoded: dict[str, DecodedImages] = {}
+    labels: dict[str, np.ndarray] = {}
+    skipped: list[dict] = []
+    for split in dataset.splits:
+        decoded[split] = decode_samples(
+            dataset.splits[split], plan.preprocess, cache_dir, max_pixels=config.data.max_pixels,
+            workers=workers, progress=progress and main, desc=f"decoding {split}",
+        )
+        labels[split] = _label_array(dataset, decoded[split], split)
+        for item in decoded[split].skipped:
+            skipped.append({**item, "split": split})
+            log(f"  skipped {item['path']}: {item['reason']}")
+    if len(labels["train"]) == 0 or len(labels["val"]) == 0:
+        raise VitrinaError("no readable images left in the train or validation split")
+
+    model = create_model(
+        plan.model, num_classes, pretrained=plan.pretrained, weights=config.model.weights,
+        channels=plan.preprocess.channels, input_size=plan.preprocess.input_size,
+        head=config.model.head, hidden=config.model.hidden, dropout=config.model.dropout,
+    )
+    model_id = f"{plan.model}|{config.model.weights or ('pretrained' if plan.pretrained else 'random')}"
+    model.to(device).to(memory_format=torch.channels_last)
+    writer = _writer(run_dir) if main else None
+    history: list[dict[str, float]] = []
+
+    def save_checkpoint(net: nn.Module, state: dict) -> None:
+        save_model(run_dir, net, model_meta(plan, dataset, config), stem="last")
+        tmp = run_dir / "train_state.pt.tmp"
+        torch.save({**state, "config_digest": digest}, tmp)
+        os.replace(tmp, state_path)
+
+    if plan.mode in ("bottleneck", "finetune") and not (resume_state and plan.mode == "finetune"):
+        if plan.mode == "bottleneck" or config.train.warm_start_head:
+            train_x = extract_features(model, model_id, decoded["train"], plan, cache_dir, device, precision, log=log)
+            train_y = labels["train"]
+            if plan.mode == "bottleneck" and config.train.feature_copies > 0:
+                transform = build_augment(config.augment, channels=plan.preprocess.channels)
+                aug_key = json.dumps(config.augment.__dict__, sort_keys=True)
+                copies = [train_x]
+                for copy in range(1, config.train.feature_copies + 1):
+                    copies.append(
+                        extract_features(
+                            model, model_id, decoded["train"], plan, cache_dir, device, precision,
+                            variant=f"aug{copy}|seed{config.train.seed}|{aug_key}", transform=transform,
+                            seed=config.train.seed * 1000 + copy, log=log,
+                        )
+                    )
+                train_x = np.concatenate(copies)
+                train_y = np.tile(train_y, len(copies))
+            val_x = extract_features(model, model_id, decoded["val"], plan, cache_dir, device, precision, log=log)
+            head_plan = plan
+            if plan.mode == "finetune":
+                rec = {"epochs": 30, "batch_size": 256, "lr": 2e-3, "weight_decay": 1e-3}
+                head_plan = Plan(plan.mode, plan.model, plan.preprocess, plan.pretrained, **rec)
+            log("  fitting the head on frozen features")
+            head_history = fit_head(model.head, train_x, train_y, val_x, labels["val"], head_plan, config, num_classes, writer=writer, log=log)
+            if main:
+                _write_history(run_dir, head_history, "history_head" if plan.mode == "finetune" else "history")
+            history = head_history
+
+    if plan.mode in ("finetune", "scratch"):
+        if resume_state is not None:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(run_dir / "last.safetensors")))
+        history, best_state = train_network(
+            model, decoded["train"], labels["train"], decoded["val"], labels["val"], plan, config, run_dir,
+            device, precision, num_classes, writer=writer, resume_state=resume_state,
+            save_checkpoint=save_checkpoint, progress=progress, log=log,
+        )
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        if main:
+            _write_history(run_dir, history)
+    train_seconds = time.perf_counter() - started
+    if writer is not None:
+        writer.close()
+
+    model.eval()
+    meta = model_meta(plan, dataset, config, {"train_seconds": round(train_seconds, 2), "precision": precision})
+    if main:
+        save_model(run_dir, model, meta)
+        if skipped:
+            with open(run_dir / "skipped.csv", "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=["split", "path", "reason"])
+                w.writeheader()
+                w.writerows(skipped)
+    return TrainResult(run_dir, model, meta, history, decoded, labels, train_seconds, skipped)
