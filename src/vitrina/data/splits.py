@@ -1,0 +1,110 @@
+"""Split roles, holdout and carving.
+
+A dataset's splits have roles: "train" to fit, "val" to select a model (early stopping,
+thresholds), "test" to report only. Sources name their splits ("train", "val", "validation",
+"test"); :func:`assign_roles` maps those names to roles and sets a holdout split aside for
+reporting, and :func:`complete_splits` carves the missing "test" and "val" splits out of
+"train", stratified per class and reproducible from a seed.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+from vitrina.data.samples import Sample
+from vitrina.errors import ConfigError, DataError
+
+ROLE_OF_SOURCE = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+
+
+def carve(
+    samples: Sequence[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Move about ``fraction`` of each class out of ``samples``: returns ``(kept, carved)``.
+
+    Each class is sorted by path and shuffled with a generator seeded from ``seed`` and the
+    class name, so the result depends neither on file-system order nor on the other classes.
+    Every class keeps at least one sample. Both lists keep the input order.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"a split fraction must be at least 0 and below 1, got {fraction}")
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample.label].append(sample)
+    carved_ids: set[int] = set()
+    for label, members in by_class.items():
+        members = sorted(members, key=lambda s: s.path)
+        random.Random(f"{seed}/{label}").shuffle(members)
+        count = min(int(len(members) * fraction + 0.5), len(members) - 1)
+        carved_ids.update(id(s) for s in members[:count])
+    kept = [s for s in samples if id(s) not in carved_ids]
+    carved = [s for s in samples if id(s) in carved_ids]
+    return kept, carved
+
+
+def assign_roles(
+    splits: dict[str, list[Sample]], holdout: str | None = None
+) -> dict[str, list[Sample]]:
+    """Rename source splits ("train", "val", "validation", "test") to their roles.
+
+    ``holdout`` names a split (by source name or role) kept for reporting only: it stays under
+    its source name, or "validation" when that name is "val", so "val" can be carved from train.
+    """
+    unknown = [name for name in splits if name not in ROLE_OF_SOURCE]
+    if unknown:
+        raise DataError(
+            f"unknown split name {unknown[0]!r}; splits are named: {', '.join(ROLE_OF_SOURCE)}"
+        )
+    held = None
+    if holdout:
+        matches = [name for name in splits if name == holdout] or [
+            name for name in splits if ROLE_OF_SOURCE[name] == holdout
+        ]
+        if not matches:
+            raise DataError(
+                f"holdout split {holdout!r} does not exist; the dataset has: {', '.join(splits)}"
+            )
+        held = matches[0]
+        if ROLE_OF_SOURCE[held] == "train":
+            raise DataError("the training split cannot be the holdout split")
+    out: dict[str, list[Sample]] = {}
+    for name, samples in splits.items():
+        if name == held:
+            out["validation" if name == "val" else name] = samples
+        else:
+            out[ROLE_OF_SOURCE[name]] = samples
+    return out
+
+
+def complete_splits(
+    splits: dict[str, list[Sample]],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    need_test: bool = False,
+    carve_val: bool = True,
+) -> tuple[dict[str, list[Sample]], dict[str, dict]]:
+    """Carve "test" (when ``need_test``) and then "val" (when ``carve_val``) from "train" if absent.
+
+    Returns the splits ordered train, val, test, then any others, and a record per carved split:
+    ``{"from": "train", "fraction": f, "seed": s, "paths": [...]}``. A fraction of 0 carves nothing.
+    """
+    splits = dict(splits)
+    carved: dict[str, dict] = {}
+    wanted = [("test", test_fraction, need_test), ("val", val_fraction, carve_val)]
+    for name, fraction, wanted_here in wanted:
+        if not wanted_here or name in splits or fraction == 0:
+            continue
+        splits["train"], splits[name] = carve(splits["train"], fraction, seed)
+        carved[name] = {
+            "from": "train",
+            "fraction": fraction,
+            "seed": seed,
+            "paths": sorted(s.path for s in splits[name]),
+        }
+    order = [n for n in ("train", "val", "test") if n in splits] + [
+        n for n in splits if n not in ("train", "val", "test")
+    ]
+    return {name: splits[name] for name in order}, carved

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from vitrina.data.samples import Sample
+from vitrina.data.splits import assign_roles, carve, complete_splits
+from vitrina.errors import ConfigError, DataError
+
+
+def samples_per_class(counts: dict[str, int]) -> list[Sample]:
+    return [
+        Sample(path=f"/d/{label}/{i:03d}.jpg", label=label)
+        for label, n in counts.items()
+        for i in range(n)
+    ]
+
+
+def paths(samples: list[Sample]) -> set[str]:
+    return {s.path for s in samples}
+
+
+def test_carve_is_stratified_per_class():
+    samples = samples_per_class({"a": 20, "b": 10, "c": 4})
+    kept, carved = carve(samples, 0.25, seed=0)
+    assert Counter(s.label for s in carved) == {"a": 5, "b": 3, "c": 1}
+    assert paths(kept) | paths(carved) == paths(samples)
+    assert not paths(kept) & paths(carved)
+
+
+def test_carve_keeps_input_order():
+    samples = samples_per_class({"a": 10, "b": 10})
+    kept, carved = carve(samples, 0.3, seed=1)
+    assert kept == [s for s in samples if s in kept]
+    assert carved == [s for s in samples if s in carved]
+
+
+def test_carve_is_deterministic_and_ignores_input_order():
+    samples = samples_per_class({"a": 30, "b": 12})
+    _, first = carve(samples, 0.2, seed=7)
+    _, again = carve(list(reversed(samples)), 0.2, seed=7)
+    _, other_seed = carve(samples, 0.2, seed=8)
+    assert paths(first) == paths(again)
+    assert paths(first) != paths(other_seed)
+
+
+def test_carve_does_not_depend_on_other_classes():
+    _, alone = carve(samples_per_class({"a": 30}), 0.2, seed=3)
+    _, together = carve(samples_per_class({"a": 30, "b": 9}), 0.2, seed=3)
+    assert paths(alone) == {s.path for s in together if s.label == "a"}
+
+
+def test_carve_leaves_every_class_at_least_one_sample():
+    kept, carved = carve(samples_per_class({"one": 1, "two": 2}), 0.9, seed=0)
+    assert Counter(s.label for s in kept) == {"one": 1, "two": 1}
+    assert [s.label for s in carved] == ["two"]
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
+def test_carve_refuses_fractions_outside_0_1(fraction):
+    with pytest.raises(ConfigError, match="fraction"):
+        carve(samples_per_class({"a": 4}), fraction, seed=0)
+
+
+def test_assign_roles_maps_source_names():
+    splits = {"train": [], "validation": [], "test": []}
+    assert list(assign_roles(splits)) == ["train", "val", "test"]
+
+
+@pytest.mark.parametrize("holdout", ["validation", "val"])
+def test_holdout_keeps_the_source_name(holdout):
+    splits = {"train": [], "validation": [], "test": []}
+    assert list(assign_roles(splits, holdout)) == ["train", "validation", "test"]
+
+
+def test_holdout_of_a_split_named_val_is_reported_as_validation():
+    assert list(assign_roles({"train": [], "val": []}, "val")) == ["train", "validation"]
+
+
+def test_holdout_of_a_missing_split_lists_the_splits():
+    with pytest.raises(
+        DataError, match="'test' does not exist; the dataset has: train, validation"
+    ):
+        assign_roles({"train": [], "validation": []}, "test")
+
+
+def test_holdout_cannot_be_train():
+    with pytest.raises(DataError, match="training split"):
+        assign_roles({"train": []}, "train")
+
+
+def test_complete_splits_carves_test_then_val_and_records_them():
+    train = samples_per_class({"a": 20, "b": 20})
+    splits, carved = complete_splits(
+        {"train": train}, val_fraction=0.25, test_fraction=0.1, seed=5, need_test=True
+    )
+    assert list(splits) == ["train", "val", "test"]
+    assert [len(splits[n]) for n in ("train", "val", "test")] == [26, 10, 4]
+    assert carved["test"] == {
+        "from": "train",
+        "fraction": 0.1,
+        "seed": 5,
+        "paths": sorted(paths(splits["test"])),
+    }
+    assert carved["val"]["paths"] == sorted(paths(splits["val"]))
+    assert not paths(splits["val"]) & paths(splits["test"])
+
+
+def test_complete_splits_keeps_given_splits_and_orders_them():
+    given = {"validation": samples_per_class({"a": 2}), "train": samples_per_class({"a": 10})}
+    splits, carved = complete_splits(given, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert list(splits) == ["train", "val", "validation"]
+    assert list(carved) == ["val"]
+
+
+def test_complete_splits_carves_nothing_when_not_asked_or_fraction_zero():
+    train = samples_per_class({"a": 10})
+    splits, carved = complete_splits(
+        {"train": train}, val_fraction=0.2, test_fraction=0.2, seed=0, carve_val=False
+    )
+    assert list(splits) == ["train"] and carved == {}
+    splits, carved = complete_splits({"train": train}, val_fraction=0.0, test_fraction=0.2, seed=0)
+    assert list(splits) == ["train"] and carved == {}
