@@ -84,8 +84,12 @@ def train(
     from vitrina.training.trainer import is_main_process, peak_rss_mb
     from vitrina.training.trainer import train as run_training
 
+    from vitrina.training.plan import check_trainable, make_plan
+
     cfg = resolve_config(config)
     dataset = load_dataset(data, cfg.data, carve_val=True)
+    check_trainable(dataset)  # refuse bad data and unknown models before any folder is made
+    make_plan(dataset, cfg)
     if resume:
         if out is None or not Path(out).is_dir():
             raise VitrinaError("--resume needs --out pointing at the interrupted run folder")

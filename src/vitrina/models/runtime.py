@@ -65,7 +65,7 @@ def forward_uint8(
     """Run ``fn`` (a model or its feature extractor) over uint8 NxHxWxC images; float32 output."""
     outputs = []
     for part in batches(len(images), batch_size):
-        x = preprocess.normalize_torch(torch.from_numpy(np.ascontiguousarray(images[part]))).to(device, non_blocking=True)
+        x = preprocess.normalize_torch(torch.from_numpy(np.array(images[part]))).to(device, non_blocking=True)
         with autocast(device, precision):
             out = fn(x)
         outputs.append(out.float().cpu().numpy())

@@ -13,7 +13,6 @@ import math
 import os
 import resource
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -242,6 +241,25 @@ def _log_scalars(writer: Any, row: dict[str, float], step: int, prefix: str = ""
 
 
 # ----------------------------------------------------------------------------- network loop
+class _AugmentedBatches(torch.utils.data.Dataset):
+    """Whole training batches (augmented, normalised) from the decoded-image cache."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Any, preprocess: Any):
+        self.images, self.labels, self.transform, self.preprocess = images, labels, transform, preprocess
+        self.parts: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.parts[i]
+        ordered = np.sort(idx)  # sequential reads of the memory-mapped cache
+        images = torch.from_numpy(np.array(self.images[ordered]))
+        images = images[torch.from_numpy(np.searchsorted(ordered, idx))]
+        images = augment_batch(self.transform, images)
+        return self.preprocess.normalize_torch(images), torch.from_numpy(self.labels[idx])
+
+
 def _trainable_body(model: nn.Module, unfreeze_blocks: int) -> list[nn.Parameter]:
     blocks = list(model.blocks())
     for p in model.backbone.parameters():
@@ -316,13 +334,10 @@ def train_network(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    pool = ThreadPoolExecutor(max_workers=1)  # prepares the next batch while the model computes
-
-    def make_batch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.from_numpy(np.ascontiguousarray(decoded.images[np.sort(idx)]))
-        order = np.argsort(np.argsort(idx))  # images were gathered in sorted order (faster mmap reads)
-        images = augment_batch(transform, images[torch.from_numpy(order)])
-        return plan.preprocess.normalize_torch(images), torch.from_numpy(labels[idx])
+    # Batches are augmented in a worker process while the model computes; the worker's RNG is
+    # seeded from the epoch seed, so runs (and resumed runs) are reproducible.
+    batch_workers = 1 if transform is not None and t.workers != 0 else 0
+    batch_source = _AugmentedBatches(decoded.images, labels, transform, plan.preprocess)
 
     for epoch in range(start_epoch, plan.epochs):
         started = time.perf_counter()
@@ -337,12 +352,10 @@ def train_network(
             parts[-2] = np.concatenate([parts[-2], parts[-1]])
             parts.pop()
         total, correct, loss_sum = 0, 0, 0.0
-        future = pool.submit(make_batch, parts[0]) if parts else None
+        batch_source.parts = parts
+        loader = torch.utils.data.DataLoader(batch_source, batch_size=None, shuffle=False, num_workers=batch_workers)
         bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{plan.epochs}", unit="img", disable=not (progress and rank == 0), leave=False)
-        for i in range(len(parts)):
-            x, y = future.result()
-            if i + 1 < len(parts):
-                future = pool.submit(make_batch, parts[i + 1])
+        for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 logits = net(x)
@@ -408,7 +421,6 @@ def train_network(
         if t.patience and stale >= t.patience:
             log(f"  early stop: validation loss has not improved for {t.patience} epochs")
             break
-    pool.shutdown()
     return history, best_state
 
 
@@ -515,6 +527,7 @@ def train(
     if len(labels["train"]) == 0 or len(labels["val"]) == 0:
         raise VitrinaError("no readable images left in the train or validation split")
 
+    torch.manual_seed(config.train.seed)  # the head's (or scratch net's) initial weights
     model = create_model(
         plan.model, num_classes, pretrained=plan.pretrained, weights=config.model.weights,
         channels=plan.preprocess.channels, input_size=plan.preprocess.input_size,

@@ -1,0 +1,197 @@
+"""The training engine on small real images: run folders, modes, resume, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitrina import api
+from vitrina.config import resolve
+from vitrina.errors import ConfigError, DataError, ModelError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO = REPO_ROOT / "src" / "vitrina" / "demo" / "clothing"
+
+
+def make_shapes_dataset(root: Path, per_class: int = 24, size: int = 40) -> Path:
+    """Three visually distinct classes of real (noisy) photos-like images: red discs, green bars, blue squares."""
+    rng = np.random.default_rng(0)
+    for name, colour in (("disc", (210, 40, 40)), ("bar", (40, 180, 60)), ("square", (40, 60, 210))):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            arr = rng.integers(200, 256, size=(size, size, 3), dtype=np.uint8)
+            yy, xx = np.mgrid[:size, :size]
+            cx, cy = rng.integers(12, size - 12, size=2)
+            if name == "disc":
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 < 81
+            elif name == "bar":
+                mask = (abs(xx - cx) < 3) & (abs(yy - cy) < 12)
+            else:
+                mask = (abs(xx - cx) < 8) & (abs(yy - cy) < 8)
+            arr[mask] = np.clip(np.array(colour) + rng.integers(-20, 20, size=3), 0, 255)
+            Image.fromarray(arr).save(folder / f"{name}{i:03d}.jpg", quality=90)
+    return root
+
+
+def scratch_config(tmp_path: Path, **extra: object):
+    overrides = {
+        "train.mode": "scratch",
+        "model.name": "cnn1",
+        "model.input_size": 32,
+        "train.epochs": 4,
+        "train.batch_size": 16,
+        "train.workers": 1,
+        "train.cache_dir": str(tmp_path / "cache"),
+        "train.patience": 0,
+        **extra,
+    }
+    return resolve(overrides=overrides)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def test_scratch_run_writes_a_complete_run_folder(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes")
+    run = api.train(data, scratch_config(tmp_path, **{"train.epochs": 8, "train.lr": 0.01}), out=tmp_path / "run", progress=False, log=quiet)
+    folder = run.run_dir
+    for name in ("config.yaml", "splits.json", "history.csv", "history.json", "curves.png", "model.safetensors", "model.json", "metrics.json", "last.safetensors", "train_state.pt"):
+        assert (folder / name).is_file(), name
+    assert any((folder / "tensorboard").iterdir())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in ("split", "accuracy", "macro_f1", "n_images", "train_seconds", "peak_rss_mb"):
+        assert key in metrics
+    assert metrics["split"] == "val"
+    assert metrics["accuracy"] >= 0.9  # three easy classes: a working loop learns them
+    history = json.loads((folder / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, 9))
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["classes"] == ["bar", "disc", "square"]
+    assert meta["preprocess"]["input_size"] == 32
+    splits = json.loads((folder / "splits.json").read_text())
+    assert splits["carved"]["val"]["from"] == "train"
+    assert len(splits["splits"]["val"]) == 12  # 15% of 24, per class
+
+
+def test_scratch_runs_are_reproducible(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
+    a = api.train(data, scratch_config(tmp_path, **{"train.epochs": 2}), out=tmp_path / "a", progress=False, log=quiet)
+    b = api.train(data, scratch_config(tmp_path, **{"train.epochs": 2}), out=tmp_path / "b", progress=False, log=quiet)
+    assert [r["train_loss"] for r in a.history] == pytest.approx([r["train_loss"] for r in b.history], rel=1e-5)
+
+
+def test_corrupt_image_is_skipped_and_reported(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
+    (data / "disc" / "broken.jpg").write_bytes((data / "disc" / "disc000.jpg").read_bytes()[:200])
+    (data / "bar" / "empty.jpg").write_bytes(b"")
+    run = api.train(data, scratch_config(tmp_path, **{"train.epochs": 1}), out=tmp_path / "run", progress=False, log=quiet)
+    skipped = (run.run_dir / "skipped.csv").read_text()
+    assert "broken.jpg" in skipped and "truncated" in skipped
+    assert "empty.jpg" in skipped and "empty" in skipped
+
+
+def test_bottleneck_uses_the_feature_cache(tmp_path: Path) -> None:
+    cfg = {
+        "train.mode": "bottleneck",
+        "model.input_size": 96,
+        "train.epochs": 20,
+        "train.workers": 1,
+        "train.cache_dir": str(tmp_path / "cache"),
+    }
+    logs: list[str] = []
+    first = api.train(DEMO, resolve(overrides=cfg), out=tmp_path / "one", progress=False, log=logs.append)
+    assert any("features" in line for line in logs)
+    assert first.metrics["split"] == "test"
+    assert first.metrics["accuracy"] > 0.5  # 10 clothing classes at 96 px from 24 photos each; chance is 0.1
+    logs.clear()
+    second = api.train(DEMO, resolve(overrides={**cfg, "train.lr": 0.005}), out=tmp_path / "two", progress=False, log=logs.append)
+    assert not any("features (plain)" in line for line in logs), "features must come from the cache"
+    assert second.metrics["accuracy"] > 0.5
+
+
+def test_single_class_and_thin_class_are_refused(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
+    for name in ("bar", "square"):
+        for f in (data / name).iterdir():
+            f.unlink()
+        (data / name).rmdir()
+    with pytest.raises(DataError, match="at least 2 classes"):
+        api.train(data, scratch_config(tmp_path), out=tmp_path / "run", progress=False, log=quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
+    with pytest.raises(ModelError, match="efficientnet_lite0"):
+        api.train(data, scratch_config(tmp_path, **{"model.name": "efficientnet_lite9"}), out=tmp_path / "run", progress=False, log=quiet)
+
+
+def test_existing_output_folder_is_never_overwritten(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    with pytest.raises(Exception, match="not empty"):
+        api.train(data, scratch_config(tmp_path), out=out, progress=False, log=quiet)
+    assert (out / "precious.txt").read_text() == "keep"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "vitrina", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=16)
+    common = ["--mode", "scratch", "--model", "cnn1", "--epochs", "4", "--batch-size", "16", "--workers", "1", "--quiet",
+              "--set", "model.input_size=32", "--set", "train.patience=0", "--set", f"train.cache_dir={tmp_path / 'cache'}"]
+    full = _cli("train", str(data), "--out", str(tmp_path / "full"), *common, cwd=tmp_path)
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+
+    killed = _cli("train", str(data), "--out", str(tmp_path / "killed"), *common, cwd=tmp_path)
+    state = tmp_path / "killed" / "train_state.pt"
+    deadline = time.time() + 240
+    while not state.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert state.exists(), "the run must checkpoint after its first epoch"
+    import torch
+
+    interrupted_at = torch.load(state, weights_only=True)["epoch"]
+    assert 1 <= interrupted_at < 4, "the kill must land before the run ends"
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+
+    resumed = _cli("train", str(data), "--out", str(tmp_path / "killed"), "--resume", *common, cwd=tmp_path)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    a = json.loads((tmp_path / "full" / "history.json").read_text())
+    b = json.loads((tmp_path / "killed" / "history.json").read_text())
+    assert [r["epoch"] for r in b] == [1, 2, 3, 4]
+    assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
+    assert [r["val_accuracy"] for r in b] == pytest.approx([r["val_accuracy"] for r in a])
+
+    changed = _cli("train", str(data), "--out", str(tmp_path / "killed"), "--resume", *common, "--lr", "0.5", cwd=tmp_path)
+    output = changed.communicate(timeout=120)[0]
+    assert changed.returncode == 2
+    assert "different config" in output
+    assert "Traceback" not in output
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
+    api.train(data, scratch_config(tmp_path, **{"train.epochs": 1}), out=tmp_path / "run", progress=False, log=quiet)
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="different config"):
+        api.train(data, scratch_config(tmp_path, **{"train.epochs": 1, "train.lr": 0.3}), out=tmp_path / "run", resume=True, progress=False, log=quiet)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
