@@ -81,6 +81,7 @@ def train(
     from vitrina.models.runtime import resolve_device
     from vitrina.plots import learning_curves
     from vitrina.preprocess import Preprocess
+    from vitrina.training.distributed import broadcast, init_distributed, local_device_name, shutdown
     from vitrina.training.trainer import is_main_process, peak_rss_mb
     from vitrina.training.trainer import train as run_training
 
@@ -90,17 +91,19 @@ def train(
     dataset = load_dataset(data, cfg.data, carve_val=True)
     check_trainable(dataset)  # refuse bad data and unknown models before any folder is made
     make_plan(dataset, cfg)
+    init_distributed(cfg.train.device)
     if resume:
         if out is None or not Path(out).is_dir():
             raise VitrinaError("--resume needs --out pointing at the interrupted run folder")
         run_dir = Path(out)
     else:
-        run_dir = prepare_out_dir(out, runs_dir, "train") if is_main_process() else Path(out or runs_dir)
+        run_dir = broadcast(prepare_out_dir(out, runs_dir, "train") if is_main_process() else None)
     started = time.perf_counter()
     result = run_training(dataset, cfg, run_dir, resume=resume, progress=progress, log=log)
     if not is_main_process():
+        shutdown()
         return TrainRun(run_dir, {}, {}, result.history)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(local_device_name(cfg.train.device))
     preprocess = Preprocess.from_dict(result.meta["preprocess"])
     split_metrics: dict[str, dict[str, Any]] = {}
     for split in dataset.splits:

@@ -33,6 +33,7 @@ from vitrina.models.checkpoint import save_model
 from vitrina.models.registry import create_model
 from vitrina.models.runtime import autocast, forward_uint8, resolve_device, resolve_precision
 from vitrina.training.cache import DecodedImages, FeatureStore, decode_samples, default_cache_dir
+from vitrina.training.distributed import barrier, local_device_name
 from vitrina.training.plan import Plan, check_trainable, make_plan
 
 Log = Callable[[str], None]
@@ -308,12 +309,13 @@ def train_network(
     optimizer = _optimizer(t.optimizer, groups, plan.weight_decay)
     for g in optimizer.param_groups:
         g["initial_lr"] = g["lr"]
-    per_rank = math.ceil(len(labels) / world)
-    steps_per_epoch = math.ceil(per_rank / plan.batch_size)
+    # The configured batch size is the global one: each of the `world` processes takes a share.
+    local_batch = max(1, plan.batch_size // world)
+    steps_per_epoch = math.ceil(math.ceil(len(labels) / world) / local_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(plan.epochs * steps_per_epoch, int(t.warmup_epochs * steps_per_epoch), t.schedule)
     )
-    freeze_bn = t.freeze_bn == "yes" or (t.freeze_bn == "auto" and plan.mode == "finetune" and plan.batch_size * world < 32)
+    freeze_bn = t.freeze_bn == "yes" or (t.freeze_bn == "auto" and plan.mode == "finetune" and local_batch < 32)
     weight = _class_weights(labels, num_classes).to(device) if t.balance == "weights" else None
     transform = build_augment(config.augment, channels=plan.preprocess.channels)
 
@@ -347,7 +349,7 @@ def train_network(
         net.train()
         if freeze_bn:
             _freeze_batchnorm(model)
-        parts = [order[i : i + plan.batch_size] for i in range(0, len(order), plan.batch_size)]
+        parts = [order[i : i + local_batch] for i in range(0, len(order), local_batch)]
         if len(parts) > 1 and len(parts[-1]) < 2:  # a batch of one breaks BatchNorm
             parts[-2] = np.concatenate([parts[-2], parts[-1]])
             parts.pop()
@@ -483,7 +485,7 @@ def train(
     """Train a classifier on ``dataset`` as ``config`` says, writing everything into ``run_dir``."""
     check_trainable(dataset)
     plan = make_plan(dataset, config)
-    device = resolve_device(config.train.device)
+    device = resolve_device(local_device_name(config.train.device))
     precision = resolve_precision(config.train.precision, device, pretrained=plan.pretrained)
     cache_dir = default_cache_dir(config.train.cache_dir)
     workers = config.train.workers if config.train.workers >= 0 else min(4, os.cpu_count() or 1)
@@ -512,6 +514,8 @@ def train(
     )
 
     started = time.perf_counter()
+    if not main:
+        barrier()  # rank 0 fills the decoded-image and feature caches first; the others then read them
     decoded: dict[str, DecodedImages] = {}
     labels: dict[str, np.ndarray] = {}
     skipped: list[dict] = []
@@ -573,6 +577,8 @@ def train(
                 _write_history(run_dir, head_history, "history_head" if plan.mode == "finetune" else "history")
             history = head_history
 
+    if main:
+        barrier()
     if plan.mode in ("finetune", "scratch"):
         if resume_state is not None:
             from safetensors.torch import load_file
