@@ -133,6 +133,53 @@ def train(
     return TrainRun(run_dir, metrics, split_metrics, result.history)
 
 
+def augment_preview(
+    data: str | Path,
+    config: Config | str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    images: int = 6,
+    variants: int = 7,
+    runs_dir: str | Path = "runs",
+) -> Path:
+    """A PNG grid: each row one training photo as the model sees it, then augmented variants."""
+    import numpy as np
+    import torch
+
+    from vitrina.augment import augment_batch, build_augment
+    from vitrina.data.images import open_sample
+    from vitrina.data.sources import load_dataset
+    from vitrina.errors import ImageError
+    from vitrina.plots import thumbnail_grid
+    from vitrina.training.plan import make_plan
+    from PIL import Image
+
+    cfg = resolve_config(config)
+    dataset = load_dataset(data, cfg.data, carve_val=False)
+    preprocess = make_plan(dataset, cfg).preprocess
+    transform = build_augment(cfg.augment, channels=preprocess.channels)
+    rng = np.random.default_rng(cfg.train.seed)
+    train = dataset.splits["train"]
+    picked = [train[i] for i in rng.choice(len(train), size=min(images, len(train)), replace=False)]
+    torch.manual_seed(cfg.train.seed)
+    tiles, captions = [], []
+    for sample in picked:
+        try:
+            base = preprocess.to_uint8(open_sample(sample, preprocess.mode, cfg.data.max_pixels))
+        except ImageError:
+            continue
+        batch = torch.from_numpy(np.repeat(base[None], variants, axis=0))
+        augmented = augment_batch(transform, batch).numpy()
+        for k, arr in enumerate([base, *augmented]):
+            tiles.append(Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr))
+            captions.append(sample.label if k == 0 else f"variant {k}")
+    out_path = Path(out) if out else prepare_out_dir(None, runs_dir, "augment") / "augment_preview.png"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    thumbnail_grid(tiles, captions, out_path, columns=variants + 1, cell=min(160, max(64, preprocess.input_size)),
+                   title="augmentation preview: original (as the model sees it), then random variants")
+    return out_path
+
+
 def demo_data() -> Path:
     """The embedded demo dataset: clothing photos in train/validation/test class folders."""
     return Path(__file__).resolve().parent / "demo" / "clothing"

@@ -105,6 +105,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    from vitrina import api
+
+    path = api.augment_preview(args.data, config=_resolve(args), out=args.out, images=args.images, variants=args.variants, runs_dir=args.runs)
+    print(f"augmentation preview: {path}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vitrina import api
 
@@ -164,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, TRAIN_FLAGS, "training options")
     _add_config_flags(p, DATA_FLAGS, "data options")
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser(
+        "augment-preview",
+        help="write a PNG grid of training photos with random augmentations",
+        description="Show what the configured augmentation does: each row is one training photo, "
+        "first as the model sees it after preprocessing, then random augmented variants.",
+    )
+    p.add_argument("data", metavar="DATA", help="any dataset form that `vitrina inspect` reads")
+    p.add_argument("--out", metavar="FILE.png", help="output PNG (default: runs/augment-NNN/augment_preview.png)")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="parent of new run folders (default runs)")
+    p.add_argument("--images", type=int, default=6, metavar="N", help="number of photos (default 6)")
+    p.add_argument("--variants", type=int, default=7, metavar="N", help="augmented variants per photo (default 7)")
+    _add_common(p)
+    _add_config_flags(p, {k: v for k, v in TRAIN_FLAGS.items() if k in ("--model", "--mode", "--seed")}, "model options")
+    _add_config_flags(p, DATA_FLAGS, "data options")
+    p.set_defaults(handler=cmd_augment_preview)
 
     p = sub.add_parser(
         "demo",

@@ -1,9 +1,10 @@
 """Safe image decoding shared by every command.
 
-``open_image`` turns a file, bytes, or an in-memory sample into a PIL image in the colour mode a
-model wants ("RGB" or "L"), applying EXIF orientation and converting CMYK, 16-bit, palette and
-alpha images correctly. Anything unusable raises :class:`~vitrina.errors.ImageError` with a
-short reason, so callers can skip and report the file instead of crashing a long job.
+``decode`` (and ``open_sample`` for dataset samples) turns a file, bytes, or an in-memory sample
+into a PIL image in the colour mode a model wants ("RGB" or "L"), applying EXIF orientation and
+converting CMYK, 16-bit, palette and alpha images correctly. Anything unusable raises
+:class:`~vitrina.errors.ImageError` with a short reason, so callers can skip and report the file
+instead of crashing a long job.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
 from vitrina.data.samples import Sample
 from vitrina.errors import ImageError
@@ -23,6 +25,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 )
 DEFAULT_MAX_PIXELS = 64_000_000
+# EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 # We enforce our own pixel limit (with a clear reason) instead of PIL's warning/exception pair.
 Image.MAX_IMAGE_PIXELS = None
@@ -35,8 +39,10 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def _to_mode(img: Image.Image, mode: str) -> Image.Image:
     """Convert any PIL mode to "RGB" or "L", compositing transparency onto white."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:
+        img = img.convert("RGBA")  # palette or colour-key transparency
+    elif img.mode == "P":
+        img = img.convert("RGB")
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
@@ -102,10 +108,12 @@ def decode(
                         f"too many pixels: {width}x{height} = {width * height:,} "
                         f"(limit {max_pixels:,}; raise data.max_pixels to allow it)",
                     )
-                if draft_size is not None and img.format == "JPEG":
+                if draft_size is not None and isinstance(img, JpegImageFile):  # JPEG and MPO
+                    if img.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSING_ORIENTATIONS:
+                        draft_size = (draft_size[1], draft_size[0])
                     img.draft("RGB" if mode == "RGB" else "L", draft_size)
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
+                ImageOps.exif_transpose(img, in_place=True)
                 return _to_mode(img, mode)
     except ImageError:
         raise
@@ -115,13 +123,15 @@ def decode(
         raise ImageError(label, "file not found") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc)
-        if "truncated" in text or isinstance(exc, EOFError):
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
             reason = "truncated or incomplete image data"
         else:
             reason = f"corrupt image: {text or type(exc).__name__}"
         raise ImageError(label, reason) from None
     except Image.DecompressionBombError as exc:  # pragma: no cover - limit disabled above
         raise ImageError(label, f"too many pixels: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - malformed files can trip any error inside a PIL plugin
+        raise ImageError(label, f"corrupt image: {type(exc).__name__}: {exc}") from None
 
 
 def open_sample(
