@@ -185,6 +185,11 @@ def demo_data() -> Path:
     return Path(__file__).resolve().parent / "demo" / "clothing"
 
 
+def demo_config() -> Config:
+    """The demo's settings: a short fine-tune that finishes in a few minutes on 2 CPU cores."""
+    return config_lib.resolve(overrides={"train.mode": "finetune", "train.epochs": 4})
+
+
 def list_models() -> list[dict[str, Any]]:
     """The registry as rows: name, family, params, channels, input size, resize, description."""
     from vitrina.models import registry

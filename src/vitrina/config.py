@@ -81,8 +81,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     patience: int = 5  # early stopping on validation loss; 0 disables
     balance: Literal["none", "weights", "sampler"] = "none"
-    unfreeze_blocks: int = -1  # fine-tuning: last N backbone blocks trainable; -1 = all
-    freeze_bn: Literal["auto", "yes", "no"] = "auto"  # auto: frozen BN statistics for batches < 32
+    # Fine-tuning trains the last N backbone blocks (-1 = all). The early high-resolution blocks
+    # cost most of the backward pass on a CPU and change least from their ImageNet weights.
+    unfreeze_blocks: int = 4
+    freeze_bn: Literal["auto", "yes", "no"] = "auto"  # auto: BatchNorm statistics frozen when fine-tuning
     warm_start_head: bool = True  # fine-tuning: fit the head on cached features first
     feature_copies: int = 0  # bottleneck: augmented feature copies per training image
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -315,7 +315,7 @@ def train_network(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(plan.epochs * steps_per_epoch, int(t.warmup_epochs * steps_per_epoch), t.schedule)
     )
-    freeze_bn = t.freeze_bn == "yes" or (t.freeze_bn == "auto" and plan.mode == "finetune" and local_batch < 32)
+    freeze_bn = t.freeze_bn == "yes" or (t.freeze_bn == "auto" and plan.mode == "finetune")
     weight = _class_weights(labels, num_classes).to(device) if t.balance == "weights" else None
     transform = build_augment(config.augment, channels=plan.preprocess.channels)
 
@@ -486,7 +486,7 @@ def train(
     check_trainable(dataset)
     plan = make_plan(dataset, config)
     device = resolve_device(local_device_name(config.train.device))
-    precision = resolve_precision(config.train.precision, device, pretrained=plan.pretrained)
+    precision = resolve_precision(config.train.precision, device)
     cache_dir = default_cache_dir(config.train.cache_dir)
     workers = config.train.workers if config.train.workers >= 0 else min(4, os.cpu_count() or 1)
     num_classes = len(dataset.classes)

@@ -1,0 +1,65 @@
+"""The public surface of export and prediction (re-exported by :mod:`vitrina.api`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from vitrina.inference.batch import PredictSummary
+from vitrina.inference.predictor import BackendName, Predictor
+
+if TYPE_CHECKING:  # importing the exporter loads torch, which predicting from an .onnx file avoids
+    from vitrina.export.onnx import ExportResult
+
+
+def export(
+    run: str | Path,
+    out: str | Path | None = None,
+    *,
+    int8: bool = False,
+    calibration: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export a run folder to a self-describing ONNX file plus a model card beside it.
+
+    The export is checked against PyTorch on the run's validation images (largest probability
+    difference at most 1e-4, identical top-1) and refused otherwise. ``int8`` also writes
+    ``<name>.int8.onnx`` (static quantisation calibrated on training images) and reports its
+    accuracy change on the validation split and its speed. ``calibration``: a dataset to use for
+    these checks instead of the run's own data (e.g. when the data moved).
+    """
+    from vitrina.export.onnx import export_run
+
+    return export_run(run, out, int8=int8, calibration=calibration, log=log)
+
+
+def predict(
+    model: str | Path | Predictor,
+    inputs: Sequence[str | Path],
+    out: str | Path | None = None,
+    *,
+    top_k: int = 5,
+    resume: bool = False,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    backend: BackendName = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every image that ``inputs`` name (files, folders, globs, CSV or list files).
+
+    Writes one row per image to ``out`` (``.csv`` or ``.jsonl``; standard output as CSV when
+    None): path, the ``top_k`` labels and probabilities, and an error reason for unreadable
+    files. ``model`` is a run folder, an exported ``.onnx`` file or a loaded :class:`Predictor`.
+    ``resume`` continues an interrupted ``out`` file without repeating or losing rows.
+    """
+    from vitrina.inference.batch import predict_catalogue
+    from vitrina.inference.predictor import load_predictor
+
+    predictor = model if isinstance(model, Predictor) else load_predictor(model, backend, threads=threads)
+    if batch_size is not None:
+        if batch_size < 1:
+            from vitrina.errors import ConfigError
+
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        predictor.batch_size = batch_size
+    return predict_catalogue(predictor, inputs, out, top_k=top_k, resume=resume, workers=workers, progress=progress)

@@ -1,0 +1,428 @@
+"""ONNX export of a run: the network with its softmax, self-describing metadata, checked on real images.
+
+The exported graph takes ``input`` (float32 N x C x H x W, already normalised by
+:class:`~vitrina.preprocess.Preprocess`, dynamic batch) and returns ``probabilities`` (N x classes,
+softmax inside the graph). The file's metadata entry ``vitrina`` holds the run's whole
+``model.json`` (classes, preprocessing, model name, thresholds) plus its metrics and the export's
+own checks, so an ``.onnx`` file alone is enough to predict.
+
+Every export is checked against PyTorch on real images of the run's validation split; int8
+quantisation (ONNX Runtime, static, QDQ, per channel) is calibrated on training images and its
+accuracy change on the validation split is measured and recorded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vitrina import __version__
+from vitrina.errors import DataError, ModelError
+from vitrina.preprocess import Preprocess
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+METADATA_KEY = "vitrina"
+OPSET = 18
+PARITY_TOLERANCE = 1e-4
+INT8_TOLERANCE_POINTS = 1.0
+PARITY_IMAGES = 64
+CALIBRATION_IMAGES = 128
+MAX_EVALUATION_IMAGES = 2000
+
+Log = Callable[[str], None]
+
+if TYPE_CHECKING:  # torch and onnx load only when exporting: predicting from a file needs neither
+    import onnx
+    from torch import nn
+
+
+@dataclass
+class ReferenceImages:
+    """Decoded real images for the export checks (uint8 N x H x W x C at the input size)."""
+
+    validation: np.ndarray
+    validation_labels: np.ndarray | None  # None when the run's data can no longer be loaded
+    calibration: np.ndarray
+    source: str
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    card_path: Path
+    parity: dict[str, Any]
+    int8_path: Path | None = None
+    int8: dict[str, Any] | None = None
+
+
+# ----------------------------------------------------------------------------- graph
+def to_onnx(model: nn.Module, preprocess: Preprocess) -> onnx.ModelProto:
+    """The fp32 network plus softmax as an ONNX graph with a dynamic batch axis."""
+    import onnx
+    import torch
+
+    class WithSoftmax(torch.nn.Module):
+        def __init__(self, net: nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.net(x), dim=1)
+
+    wrapper = WithSoftmax(model.float().to(memory_format=torch.contiguous_format)).eval()
+    size = preprocess.input_size
+    example = torch.zeros(2, preprocess.channels, size, size)  # batch 2: batch 1 would be specialised
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                wrapper, (example,), dynamo=True, verbose=False, opset_version=OPSET,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            )
+            return program.model_proto
+        except Exception as dynamo_error:  # noqa: BLE001
+            # Some timm architectures defeat torch.export; the TorchScript exporter still handles them.
+            import io
+
+            buffer = io.BytesIO()
+            try:
+                torch.onnx.export(
+                    wrapper, (example,), buffer, dynamo=False, opset_version=OPSET,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )
+            except Exception as exc:  # noqa: BLE001
+                raise ModelError(f"cannot export the network to ONNX: {dynamo_error}; {exc}") from None
+            return onnx.load_from_string(buffer.getvalue())
+
+
+def describe(meta: dict[str, Any], metrics: dict[str, Any], precision: str, checks: dict[str, Any]) -> dict[str, Any]:
+    """The metadata an exported file carries: the model description, metrics and export checks."""
+    return {
+        **meta,
+        "metrics": metrics,
+        "export": {
+            "vitrina_version": __version__,
+            "precision": precision,
+            "opset": OPSET,
+            "input": INPUT_NAME,
+            "output": OUTPUT_NAME,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **checks,
+        },
+    }
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path, description: dict[str, Any]) -> Path:
+    """Write ``proto`` with ``description`` as its ``vitrina`` metadata, atomically."""
+    import onnx
+
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(description, ensure_ascii=False))
+    proto.producer_name, proto.producer_version = "vitrina", __version__
+    proto.doc_string = f"vitrina {description['model']} classifier over {len(description['classes'])} classes"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    onnx.save_model(proto, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def parse_description(metadata: dict[str, str], path: str | Path) -> dict[str, Any]:
+    """The vitrina description from an ONNX file's metadata map; ModelError if absent or broken."""
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise ModelError(
+            f"{path}: an ONNX model without vitrina metadata (no labels or preprocessing); "
+            "export it with `vitrina export RUN`"
+        )
+    try:
+        description = json.loads(text)
+        Preprocess.from_dict(description["preprocess"])
+        if not description["classes"]:
+            raise ValueError("no classes")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: damaged vitrina metadata in the ONNX file: {exc}") from None
+    return description
+
+
+def read_description(path: str | Path) -> dict[str, Any]:
+    """The vitrina description stored in an exported ``.onnx`` file."""
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for damaged files
+        raise ModelError(f"{path}: not a readable ONNX model: {exc}") from None
+    return parse_description({p.key: p.value for p in proto.metadata_props}, path)
+
+
+# ----------------------------------------------------------------------------- reference images
+def _evenly(items: list, limit: int) -> list:
+    """At most ``limit`` items spread evenly over ``items`` (deterministic)."""
+    if len(items) <= limit:
+        return list(items)
+    picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[i] for i in picks]
+
+
+def _decode(samples: list, preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images of the readable samples and the positions they came from."""
+    from vitrina.training.cache import decode_samples
+
+    decoded = decode_samples(samples, preprocess, None, max_pixels=max_pixels, workers=1, progress=False)
+    return np.asarray(decoded.images), decoded.index
+
+
+def reference_images(run_dir: Path, meta: dict[str, Any], calibration: str | Path | None = None) -> ReferenceImages:
+    """Validation images (with labels where known) and calibration images for the export checks.
+
+    ``calibration``: a dataset (any form vitrina reads) to use instead of the run's own data;
+    its validation split (carved from train when absent) is checked, its training split calibrates.
+    """
+    from vitrina import config as config_lib
+    from vitrina.data.samples import Sample
+    from vitrina.data.sources import load_dataset
+
+    preprocess = Preprocess.from_dict(meta["preprocess"])
+    config_path = run_dir / "config.yaml"
+    cfg = config_lib.resolve(config_path if config_path.is_file() else None)
+    splits_path = run_dir / "splits.json"
+    listed = json.loads(splits_path.read_text(encoding="utf-8")) if splits_path.is_file() else {}
+    source = str(calibration) if calibration is not None else listed.get("source")
+    try:
+        if source is None:
+            raise DataError("the run folder does not say which data it was trained on")
+        dataset = load_dataset(source, cfg.data, carve_val=True)
+    except DataError:
+        if calibration is not None:
+            raise
+        # The data moved: the file paths listed in splits.json still give real images, unlabelled.
+        paths = [p for p in listed.get("splits", {}).get("val", []) if Path(p).is_file()]
+        if not paths:
+            raise ModelError(
+                f"{run_dir}: the images it was trained on are no longer readable; "
+                "pass a dataset for the export checks (--data DATA)"
+            ) from None
+        images, _ = _decode(_evenly([Sample(p, "") for p in paths], MAX_EVALUATION_IMAGES), preprocess, cfg.data.max_pixels)
+        return ReferenceImages(images, None, images[:CALIBRATION_IMAGES], f"{source} (unlabelled)")
+
+    index = {name: i for i, name in enumerate(meta["classes"])}
+    validation = [s for s in dataset.split("val") if s.label in index]
+    if calibration is None and listed.get("splits", {}).get("val"):
+        wanted = set(listed["splits"]["val"])
+        validation = [s for s in validation if s.path in wanted] or validation
+    validation = _evenly(validation, MAX_EVALUATION_IMAGES)
+    images, kept = _decode(validation, preprocess, cfg.data.max_pixels)
+    labels = np.asarray([index[validation[i].label] for i in kept], dtype=np.int64)
+    calibration_images, _ = _decode(_evenly(dataset.split("train"), CALIBRATION_IMAGES), preprocess, cfg.data.max_pixels)
+    if len(images) == 0:
+        raise ModelError(f"{source}: no readable validation images for the export checks")
+    return ReferenceImages(images, labels, calibration_images if len(calibration_images) else images, source)
+
+
+# ----------------------------------------------------------------------------- checks
+def _torch_probabilities(model: nn.Module, batch: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
+
+
+def parity_check(model: nn.Module, run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, preprocess: Preprocess) -> dict[str, Any]:
+    """Largest probability difference and top-1 agreement of ``run`` against PyTorch fp32."""
+    model = model.float().eval()
+    diffs, agree = [], []
+    for start in range(0, len(images), 32):
+        batch = preprocess.normalize(images[start : start + 32])
+        expected, got = _torch_probabilities(model, batch), run(batch)
+        diffs.append(float(np.abs(expected - got).max()))
+        agree.append(expected.argmax(1) == got.argmax(1))
+    top1 = np.concatenate(agree)
+    return {
+        "n_images": int(len(top1)),
+        "max_abs_diff": max(diffs),
+        "top1_identical": bool(top1.all()),
+        "top1_agreement": float(top1.mean()),
+        "tolerance": PARITY_TOLERANCE,
+    }
+
+
+def images_per_second(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, min_seconds: float = 1.0) -> float:
+    """Model-only throughput on one normalised batch, after a warm-up run."""
+    run(batch)
+    done, started = 0, time.perf_counter()
+    while True:
+        run(batch)
+        done += len(batch)
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds and done >= 3 * len(batch):
+            return done / elapsed
+
+
+def _accuracy(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, preprocess: Preprocess) -> float:
+    predicted = np.concatenate([run(preprocess.normalize(images[i : i + 64])).argmax(1) for i in range(0, len(images), 64)])
+    return float((predicted == labels).mean())
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, preprocess: Preprocess) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calibration`` images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(range(0, len(calibration), 16))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self.batches, None)
+            return None if start is None else {INPUT_NAME: preprocess.normalize(calibration[start : start + 16])}
+
+    with tempfile.TemporaryDirectory(prefix="vitrina-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )
+
+
+# ----------------------------------------------------------------------------- the export
+def default_onnx_path(run_dir: Path) -> Path:
+    return run_dir / "model.onnx"
+
+
+def int8_path_for(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.int8.onnx")
+
+
+def export_run(
+    run: str | Path,
+    out: str | Path | None = None,
+    *,
+    int8: bool = False,
+    calibration: str | Path | None = None,
+    write_card: bool = True,
+    log: Log = print,
+) -> ExportResult:
+    """Export a run folder to ONNX (``RUN/model.onnx`` unless ``out``), checked against PyTorch.
+
+    Raises ModelError when the exported graph disagrees with PyTorch beyond
+    :data:`PARITY_TOLERANCE` or on any top-1 decision. With ``int8`` a quantised file
+    ``<name>.int8.onnx`` is written beside it and its accuracy change is measured.
+    """
+    from vitrina.export.card import write_model_card
+    from vitrina.inference.predictor import OnnxBackend
+    from vitrina.models.checkpoint import load_model
+
+    run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise ModelError(f"{run_dir}: not a run folder (export takes the folder `vitrina train` wrote)")
+    model, meta = load_model(run_dir)
+    model = model.float().eval()
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    preprocess = Preprocess.from_dict(meta["preprocess"])
+    path = Path(out) if out is not None else default_onnx_path(run_dir)
+    if path.suffix.lower() != ".onnx":
+        path = path.with_suffix(".onnx")
+
+    started = time.perf_counter()
+    proto = to_onnx(model, preprocess)
+    log(f"exported {meta['model']} to ONNX (opset {OPSET}) in {time.perf_counter() - started:.1f} s")
+    reference = reference_images(run_dir, meta, calibration)
+    fp32 = OnnxBackend.from_bytes(proto.SerializeToString(), str(path))
+    parity = parity_check(model, fp32, reference.validation[:PARITY_IMAGES], preprocess)
+    log(
+        f"parity on {parity['n_images']} validation images: max |p_onnx - p_torch| = {parity['max_abs_diff']:.2e} "
+        f"(limit {PARITY_TOLERANCE:.0e}), identical top-1: {parity['top1_agreement']:.1%}"
+    )
+    if parity["max_abs_diff"] > PARITY_TOLERANCE or not parity["top1_identical"]:
+        raise ModelError(
+            f"{run_dir}: the ONNX graph disagrees with PyTorch (max probability difference "
+            f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.1%}); nothing was written"
+        )
+    description = describe(meta, metrics, "fp32", {"parity": parity, "check_images": reference.source})
+    save_onnx(proto, path, description)
+    log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    result = ExportResult(onnx_path=path, card_path=path.with_suffix(".md"), parity=parity)
+
+    if int8:
+        result.int8_path, result.int8 = _export_int8(path, description, fp32, reference, preprocess, log)
+    if write_card:
+        write_model_card(result.card_path, description, int8=result.int8, int8_file=result.int8_path)
+        log(f"wrote {result.card_path}")
+    return result
+
+
+def _export_int8(
+    fp32_path: Path,
+    description: dict[str, Any],
+    fp32: Callable[[np.ndarray], np.ndarray],
+    reference: ReferenceImages,
+    preprocess: Preprocess,
+    log: Log,
+) -> tuple[Path, dict[str, Any]]:
+    import onnx
+
+    from vitrina.inference.predictor import OnnxBackend
+
+    if reference.validation_labels is None:
+        raise ModelError(
+            "int8 export measures the accuracy change on labelled validation images; the run's data "
+            "cannot be loaded, so pass a dataset (--data DATA)"
+        )
+    path = int8_path_for(fp32_path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    started = time.perf_counter()
+    try:
+        quantize_int8(fp32_path, tmp, reference.calibration, preprocess)
+        proto = onnx.load_model(str(tmp))
+    except Exception as exc:  # noqa: BLE001 - the quantiser raises many types
+        raise ModelError(f"{fp32_path}: int8 quantisation failed: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    int8 = OnnxBackend.from_bytes(proto.SerializeToString(), str(path))
+    images, labels = reference.validation, reference.validation_labels
+    fp32_accuracy = _accuracy(fp32, images, labels, preprocess)
+    int8_accuracy = _accuracy(int8, images, labels, preprocess)
+    change = (int8_accuracy - fp32_accuracy) * 100.0
+    batch = preprocess.normalize(np.resize(images, (32, *images.shape[1:])))
+    report = {
+        "n_images": int(len(labels)),
+        "calibration_images": int(len(reference.calibration)),
+        "fp32_accuracy": fp32_accuracy,
+        "int8_accuracy": int8_accuracy,
+        "accuracy_change_points": change,
+        "within_tolerance": abs(change) <= INT8_TOLERANCE_POINTS,
+        "tolerance_points": INT8_TOLERANCE_POINTS,
+        "fp32_images_per_second": images_per_second(fp32, batch),
+        "int8_images_per_second": images_per_second(int8, batch),
+        "quantize_seconds": round(time.perf_counter() - started, 2),
+    }
+    save_onnx(proto, path, {**description, "export": {**description["export"], "precision": "int8", "int8": report}})
+    log(
+        f"int8 on {report['n_images']} validation images: accuracy {fp32_accuracy:.4f} (fp32) -> {int8_accuracy:.4f} (int8), "
+        f"change {change:+.2f} points; model-only speed {report['fp32_images_per_second']:.0f} -> "
+        f"{report['int8_images_per_second']:.0f} images/s at batch 32"
+    )
+    if not report["within_tolerance"]:
+        log(
+            f"WARNING: int8 changes validation accuracy by {change:+.2f} points, more than the "
+            f"{INT8_TOLERANCE_POINTS:g} allowed; {path} was kept but prefer the fp32 file {fp32_path}"
+        )
+    log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return path, report

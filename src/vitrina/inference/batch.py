@@ -1,0 +1,350 @@
+"""Streaming prediction over whole catalogues: bounded memory, parallel decoding, resumable output.
+
+Inputs (files, folders searched recursively, globs, CSV or list files of paths) expand to one
+ordered list of paths. Worker processes decode and resize whole batches (uint8 arrays, cheap to
+pass back) while the main process runs the model on the previous batch; at most a few batches
+are in flight, so memory stays flat however large the catalogue. Each batch's rows are written
+and flushed before the next, in input order: an interrupted run leaves a valid prefix that
+``resume`` continues (a half-written last line is dropped and redone).
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from vitrina.data.images import DEFAULT_MAX_PIXELS, decode, is_image_file
+from vitrina.errors import ConfigError, DataError, ImageError
+from vitrina.inference.predictor import Predictor, default_threads
+from vitrina.preprocess import Preprocess
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+CSV_PATH_COLUMNS = ("path", "file", "filename", "image", "image_path")
+GLOB_CHARACTERS = frozenset("*?[")
+# Batches decoded ahead of the model per worker: enough to hide decoding, small enough for flat memory.
+BATCHES_AHEAD_PER_WORKER = 2
+
+
+@dataclass
+class PredictSummary:
+    out: Path | None
+    n_inputs: int  # paths after expansion
+    n_predicted: int  # rows written by this run with a prediction
+    n_errors: int  # rows written by this run with an error
+    n_resumed: int  # rows already in the output file (resume)
+    seconds: float
+    backend: str
+    batch_size: int
+    workers: int
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.n_predicted + self.n_errors) / max(self.seconds, 1e-9)
+
+
+# ----------------------------------------------------------------------------- inputs
+def _paths_in_folder(folder: Path) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found.extend(os.path.join(root, name) for name in sorted(files) if is_image_file(name) and not name.startswith("."))
+    return found
+
+
+def _paths_in_list(path: Path) -> list[str]:
+    """Paths from a CSV (a path column, else the first) or a list file; relative to its folder."""
+    base = path.parent
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        if path.suffix.lower() == ".csv":
+            rows = list(csv.reader(fh))
+            if not rows:
+                return []
+            header = [cell.strip().lower() for cell in rows[0]]
+            column = next((header.index(name) for name in CSV_PATH_COLUMNS if name in header), None)
+            if column is None:  # no header naming the paths: the first column, header or not
+                column = 0
+            else:
+                rows = rows[1:]
+            names = [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+        else:
+            names = [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
+    return [name if os.path.isabs(name) else str(base / name) for name in names]
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Every image path the inputs name, in order, each once.
+
+    A folder gives its image files (recursively, sorted); a ``.csv``/``.txt``/``.lst`` file gives
+    the paths it lists (CSV: the ``path`` column, else the first); a glob gives its matches; any
+    other file is taken as an image (an unreadable one becomes an error row later).
+    """
+    paths: list[str] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            paths.extend(_paths_in_folder(path))
+        elif path.is_file():
+            is_list = path.suffix.lower() == ".csv" or path.suffix.lower() in LIST_SUFFIXES
+            paths.extend(_paths_in_list(path) if is_list else [text])
+        elif GLOB_CHARACTERS & set(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise DataError(f"{text}: no files match this pattern")
+            for match in matches:
+                paths.extend(_paths_in_folder(Path(match)) if os.path.isdir(match) else [match])
+        else:
+            raise DataError(f"{text}: no such file or folder")
+    unique = list(dict.fromkeys(paths))
+    if not unique:
+        raise DataError(f"no images found in {', '.join(str(i) for i in inputs)}")
+    return unique
+
+
+# ----------------------------------------------------------------------------- decoding
+def decode_batch(paths: Sequence[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, list[str | None]]:
+    """Decode and resize files -> (uint8 images of the readable ones, per-file error or None)."""
+    size, channels = preprocess.input_size, preprocess.channels
+    images = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+    errors: list[str | None] = []
+    kept = 0
+    for path in paths:
+        try:
+            images[kept] = preprocess.to_uint8(decode(path, preprocess.mode, max_pixels, draft_size=preprocess.draft_size()))
+            kept += 1
+            errors.append(None)
+        except ImageError as exc:
+            errors.append(exc.reason)
+        except OSError as exc:
+            errors.append(f"cannot read file: {exc.strerror or exc}")
+        except MemoryError:
+            errors.append("not enough memory to decode this image")
+    return images[:kept], errors
+
+
+def _decode_task(task: tuple[list[str], Preprocess, int | None]) -> tuple[np.ndarray, list[str | None]]:
+    return decode_batch(*task)
+
+
+# ----------------------------------------------------------------------------- output
+class _Rows:
+    """One output format: a header (CSV), row encoding, and reading back completed paths."""
+
+    def __init__(self, classes: list[str], top_k: int, with_uncertain: bool):
+        self.classes, self.top_k, self.with_uncertain = classes, top_k, with_uncertain
+
+    def header(self) -> str:
+        return ""
+
+    def encode(self, paths: list[str], order: np.ndarray, probs: np.ndarray, uncertain: np.ndarray | None, errors: list[str | None]) -> str:
+        raise NotImplementedError
+
+    def completed(self, fh: IO[str]) -> Iterator[str]:
+        raise NotImplementedError
+
+
+class _CsvRows(_Rows):
+    def columns(self) -> list[str]:
+        ranks = [name for i in range(1, self.top_k + 1) for name in (f"label_{i}", f"prob_{i}")]
+        return ["path", *ranks, *(["uncertain"] if self.with_uncertain else []), "error"]
+
+    def _line(self, cells: list[str]) -> str:
+        import io
+
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(cells)
+        return buffer.getvalue()
+
+    def header(self) -> str:
+        return self._line(self.columns())
+
+    def encode(self, paths, order, probs, uncertain, errors):  # type: ignore[no-untyped-def]
+        buffer = []
+        row = 0
+        for path, error in zip(paths, errors):
+            if error is not None:
+                cells = [path, *[""] * (2 * self.top_k), *([""] if self.with_uncertain else []), error]
+            else:
+                ranks = [cell for j in range(self.top_k) for cell in (self.classes[order[row, j]], f"{probs[row, j]:.6f}")]
+                flag = ["true" if uncertain[row] else "false"] if uncertain is not None else []
+                cells = [path, *ranks, *flag, ""]
+                row += 1
+            buffer.append(self._line(cells))
+        return "".join(buffer)
+
+    def completed(self, fh):  # type: ignore[no-untyped-def]
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is not None and header != self.columns():
+            raise ConfigError(
+                f"{fh.name}: its columns ({', '.join(header)}) differ from this run's; "
+                "resume with the same --top-k and model, or choose another --out"
+            )
+        for cells in reader:
+            if cells:
+                yield cells[0]
+
+
+class _JsonlRows(_Rows):
+    def encode(self, paths, order, probs, uncertain, errors):  # type: ignore[no-untyped-def]
+        lines = []
+        row = 0
+        for path, error in zip(paths, errors):
+            record: dict[str, Any] = {"path": path, "top": []}
+            if error is None:
+                record["top"] = [{"label": self.classes[order[row, j]], "prob": round(float(probs[row, j]), 6)} for j in range(self.top_k)]
+                if uncertain is not None:
+                    record["uncertain"] = bool(uncertain[row])
+                row += 1
+            record["error"] = error
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        return "".join(lines)
+
+    def completed(self, fh):  # type: ignore[no-untyped-def]
+        for number, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    yield json.loads(line)["path"]
+                except (ValueError, KeyError, TypeError):
+                    raise DataError(f"{fh.name}: line {number} is not a prediction row; cannot resume this file") from None
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a half-written last line (an interrupted write) so the file ends after a whole row."""
+    with open(path, "rb+") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        position = end
+        while position > 0:
+            step = min(65536, position)
+            fh.seek(position - step)
+            chunk = fh.read(step)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = position - step + newline + 1
+                break
+            position -= step
+        else:
+            keep = 0
+        if keep != end:
+            fh.truncate(keep)
+
+
+def _row_format(out: Path | None, classes: list[str], top_k: int, with_uncertain: bool) -> _Rows:
+    suffix = out.suffix.lower() if out is not None else ".csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return _JsonlRows(classes, top_k, with_uncertain)
+    if suffix == ".csv":
+        return _CsvRows(classes, top_k, with_uncertain)
+    raise ConfigError(f"{out}: choose an output file ending in .csv or .jsonl")
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def default_workers() -> int:
+    """Decoding processes beside the model: one per core beyond the first, at least one."""
+    return max(1, default_threads() - 1)
+
+
+def predict_catalogue(
+    predictor: Predictor,
+    inputs: Sequence[str | os.PathLike],
+    out: str | Path | None = None,
+    *,
+    top_k: int = 5,
+    resume: bool = False,
+    workers: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every image ``inputs`` name; one row per image, written to ``out`` (CSV/JSONL) or stdout.
+
+    Unreadable files give a row whose ``error`` says why. ``resume`` continues an interrupted
+    ``out`` file: paths already in it are skipped. ``workers=0`` decodes in this process.
+    """
+    from tqdm import tqdm
+
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    started = time.perf_counter()
+    out_path = Path(out) if out is not None else None
+    top_k = min(top_k, len(predictor.classes))
+    rows = _row_format(out_path, predictor.classes, top_k, predictor.thresholds is not None and "confidence" in predictor.thresholds)
+    paths = expand_inputs(inputs)
+
+    done: set[str] = set()
+    if out_path is not None and out_path.exists():
+        if not resume:
+            raise ConfigError(f"{out_path} already exists; use --resume to continue it, or choose another --out")
+        _drop_partial_line(out_path)
+        with open(out_path, newline="", encoding="utf-8") as fh:
+            done = set(rows.completed(fh))
+    remaining = [p for p in paths if p not in done]
+    n_resumed = len(paths) - len(remaining)
+    workers = default_workers() if workers is None else max(0, workers)
+    batch_size = predictor.batch_size
+
+    if out_path is None:
+        sink: IO[str] = sys.stdout
+        sink.write(rows.header())
+    else:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(out_path, "a", newline="", encoding="utf-8")
+        if sink.tell() == 0:
+            sink.write(rows.header())
+    n_predicted = n_errors = 0
+    bar = tqdm(total=len(paths), initial=n_resumed, unit="img", desc="predicting", file=sys.stderr, disable=not progress, smoothing=0.05)
+    try:
+        for chunk, (images, errors) in _decoded_batches(remaining, predictor.preprocess, max_pixels, batch_size, workers):
+            probs = predictor.predict_arrays(images)
+            order, top_probs = predictor.top(probs, top_k)
+            sink.write(rows.encode(chunk, order, top_probs, predictor.uncertain(probs), errors))
+            sink.flush()
+            n_predicted += len(images)
+            n_errors += len(chunk) - len(images)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        if sink is not sys.stdout:
+            sink.close()
+    return PredictSummary(
+        out=out_path, n_inputs=len(paths), n_predicted=n_predicted, n_errors=n_errors, n_resumed=n_resumed,
+        seconds=time.perf_counter() - started, backend=predictor.backend_name, batch_size=batch_size, workers=workers,
+    )
+
+
+def _decoded_batches(
+    paths: list[str], preprocess: Preprocess, max_pixels: int | None, batch_size: int, workers: int
+) -> Iterator[tuple[list[str], tuple[np.ndarray, list[str | None]]]]:
+    """(paths, decoded batch) in input order; at most a few batches decoded ahead."""
+    chunks = (paths[start : start + batch_size] for start in range(0, len(paths), batch_size))
+    if workers == 0 or len(paths) <= batch_size:
+        for chunk in chunks:
+            yield chunk, decode_batch(chunk, preprocess, max_pixels)
+        return
+    # Spawned workers import only numpy, PIL and the decoder: no model, no inherited threads.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque[tuple[list[str], Future]] = deque()
+
+        def submit_next() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                pending.append((chunk, pool.submit(_decode_task, (chunk, preprocess, max_pixels))))
+
+        for _ in range(workers * BATCHES_AHEAD_PER_WORKER + 1):
+            submit_next()
+        while pending:
+            chunk, future = pending.popleft()
+            result = future.result()
+            submit_next()
+            yield chunk, result

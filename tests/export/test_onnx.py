@@ -1,0 +1,151 @@
+"""ONNX export of real trained runs: parity with PyTorch, self-describing metadata, int8, model card."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from vitrina import api_predict
+from vitrina.config import resolve
+from vitrina.errors import ModelError
+from vitrina.export import onnx as onnx_export
+
+DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def train_run(out: Path, cache: Path, **overrides: object) -> Path:
+    from vitrina import api
+
+    settings = {"train.workers": 1, "train.cache_dir": str(cache), **overrides}
+    return api.train(DEMO, resolve(overrides=settings), out=out, progress=False, log=quiet).run_dir
+
+
+@pytest.fixture(scope="module")
+def cnn_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, onnx_export.ExportResult, list[str]]:
+    """A scratch cnn1 run at 32 px, exported with int8; returns (run, result, log lines)."""
+    run = train_run(
+        tmp_path_factory.mktemp("cnn") / "run", tmp_path_factory.getbasetemp() / "vitrina-cache",
+        **{"train.mode": "scratch", "model.name": "cnn1", "model.input_size": 32, "train.epochs": 3, "train.patience": 0},
+    )
+    lines: list[str] = []
+    result = api_predict.export(run, int8=True, log=lines.append)
+    return run, result, lines
+
+
+def test_export_writes_onnx_card_and_checks_parity(cnn_export) -> None:
+    run, result, lines = cnn_export
+    assert result.onnx_path == run / "model.onnx" and result.onnx_path.is_file()
+    assert result.card_path == run / "model.md" and result.card_path.is_file()
+    assert result.parity["n_images"] > 0
+    assert result.parity["max_abs_diff"] <= 1e-4
+    assert result.parity["top1_identical"]
+    assert any("parity" in line and "max |p_onnx - p_torch|" in line for line in lines)
+
+
+def test_graph_has_a_dynamic_batch_and_probabilities(cnn_export) -> None:
+    _, result, _ = cnn_export
+    session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == ("input", "probabilities")
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]
+    for batch in (1, 5):
+        probs = session.run(None, {"input": np.random.default_rng(0).normal(size=(batch, 3, 32, 32)).astype(np.float32)})[0]
+        assert probs.shape == (batch, 10)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_metadata_round_trips_labels_preprocessing_and_metrics(cnn_export) -> None:
+    run, result, _ = cnn_export
+    meta = json.loads((run / "model.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    description = onnx_export.read_description(result.onnx_path)
+    assert description["classes"] == meta["classes"]
+    assert description["preprocess"] == meta["preprocess"]
+    assert description["model"] == "cnn1"
+    assert description["metrics"]["accuracy"] == metrics["accuracy"]
+    assert description["metrics"]["per_class"].keys() == metrics["per_class"].keys()
+    assert description["export"]["vitrina_version"]
+    assert description["export"]["precision"] == "fp32"
+    assert description["export"]["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_int8_export_reports_accuracy_change_and_speed(cnn_export) -> None:
+    run, result, lines = cnn_export
+    assert result.int8_path == run / "model.int8.onnx" and result.int8_path.is_file()
+    report = result.int8
+    for key in ("fp32_accuracy", "int8_accuracy", "accuracy_change_points", "within_tolerance", "fp32_images_per_second", "int8_images_per_second", "calibration_images"):
+        assert key in report, key
+    assert report["accuracy_change_points"] == pytest.approx((report["int8_accuracy"] - report["fp32_accuracy"]) * 100)
+    assert any("int8 on" in line and "points" in line for line in lines)
+    quantized = onnx.load(str(result.int8_path))
+    assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
+    description = onnx_export.read_description(result.int8_path)
+    assert description["export"]["precision"] == "int8"
+    assert description["export"]["int8"]["n_images"] == report["n_images"]
+
+
+def test_model_card_names_use_data_metrics_per_class_and_limits(cnn_export) -> None:
+    run, result, _ = cnn_export
+    card = result.card_path.read_text()
+    for heading in ("## Intended use", "## Data", "## Metrics", "## Export checks", "## Limits"):
+        assert heading in card
+    for name in json.loads((run / "model.json").read_text())["classes"]:
+        assert f"| {name} |" in card
+    assert "int8" in card and "points" in card
+
+
+def test_thresholds_travel_in_the_metadata(cnn_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, result, _ = cnn_export
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.onnx", "tensorboard"))
+    meta = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**meta, "thresholds": {"confidence": 0.6}}))
+    graph = onnx.load(str(result.onnx_path))
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess: graph)  # the graph is unchanged; skip re-exporting
+    exported = api_predict.export(copy, out=tmp_path / "out" / "shop.onnx", log=quiet)
+    assert exported.onnx_path == tmp_path / "out" / "shop.onnx"
+    assert exported.card_path == tmp_path / "out" / "shop.md"
+    assert onnx_export.read_description(exported.onnx_path)["thresholds"] == {"confidence": 0.6}
+
+
+def test_a_parity_failure_refuses_the_export(cnn_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, result, _ = cnn_export
+    graph = onnx.load(str(result.onnx_path))
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess: graph)
+    monkeypatch.setattr(onnx_export, "PARITY_TOLERANCE", -1.0)
+    with pytest.raises(ModelError, match="disagrees with PyTorch"):
+        api_predict.export(run, out=tmp_path / "bad.onnx", log=quiet)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_export_of_something_else_than_a_run_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not a run folder"):
+        api_predict.export(tmp_path / "missing", log=quiet)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="not a vitrina model"):
+        api_predict.export(tmp_path / "empty", log=quiet)
+
+
+@pytest.mark.slow
+def test_efficientnet_bottleneck_run_exports_with_parity(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = train_run(
+        tmp_path_factory.mktemp("effnet") / "run", tmp_path_factory.getbasetemp() / "vitrina-cache",
+        **{"train.mode": "bottleneck", "model.input_size": 96, "train.epochs": 10},
+    )
+    lines: list[str] = []
+    result = api_predict.export(run, log=lines.append)
+    assert result.parity["max_abs_diff"] <= 1e-4 and result.parity["top1_identical"]
+    description = onnx_export.read_description(result.onnx_path)
+    assert description["model"] == "efficientnet_lite0"
+    assert description["preprocess"]["input_size"] == 96
+    ops = {node.op_type for node in onnx.load(str(result.onnx_path)).graph.node}
+    assert "Softmax" in ops and "Conv" in ops

@@ -1,0 +1,182 @@
+"""Catalogue prediction: input forms, error rows, CSV/JSONL output, resume without duplicates or gaps."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests import imagegen
+from vitrina import api_predict
+from vitrina.config import resolve
+from vitrina.errors import ConfigError, DataError
+from vitrina.inference.batch import expand_inputs, predict_catalogue
+from vitrina.inference.predictor import Predictor, load_predictor
+
+DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exported scratch cnn1 model (32 px) trained on the demo photos."""
+    from vitrina import api
+
+    settings = {
+        "train.mode": "scratch", "model.name": "cnn1", "model.input_size": 32, "train.epochs": 2,
+        "train.patience": 0, "train.workers": 1, "train.cache_dir": str(tmp_path_factory.getbasetemp() / "vitrina-cache"),
+    }
+    run = api.train(DEMO, resolve(overrides=settings), out=tmp_path_factory.mktemp("batch") / "run", progress=False, log=lambda _: None).run_dir
+    return api_predict.export(run, log=lambda _: None).onnx_path
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 good photos in nested folders plus a truncated JPEG, a text file named .jpg, an empty
+    file, an enormous PNG and a file that is not an image by name (ignored)."""
+    root = tmp_path_factory.mktemp("catalogue")
+    for i, source in enumerate(sorted(DEMO.glob("test/*/*.jpg"))[:30]):
+        folder = root / ("shelf-a" if i % 2 else "shelf-b") / f"row{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, folder / f"item{i:02d}.jpg")
+    good = next(root.rglob("*.jpg")).read_bytes()
+    (root / "shelf-a" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    (root / "shelf-a" / "notes.jpg").write_text("this is a text file")
+    (root / "shelf-b" / "empty.jpg").write_bytes(b"")
+    (root / "shelf-b" / "huge.png").write_bytes(imagegen.huge_png_bytes())
+    (root / "readme.txt").write_text("not listed")
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def small_batches(model: Path, size: int = 8) -> Predictor:
+    predictor = load_predictor(model)
+    predictor.batch_size = size
+    return predictor
+
+
+def test_folder_with_bad_files_gives_error_rows_and_predicts_the_rest(model: Path, catalogue: Path, tmp_path: Path) -> None:
+    out = tmp_path / "predictions.csv"
+    summary = api_predict.predict(model, [catalogue], out=out, top_k=3, progress=False, workers=0)
+    rows = read_csv(out)
+    assert list(rows[0]) == ["path", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3", "error"]
+    assert [r["path"] for r in rows] == expand_inputs([catalogue])
+    assert len(rows) == 34 and summary.n_inputs == 34
+    assert (summary.n_predicted, summary.n_errors) == (30, 4)
+    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert "truncated" in errors["broken.jpg"]
+    assert "not an image" in errors["notes.jpg"]
+    assert "empty file" in errors["empty.jpg"]
+    assert "too many pixels" in errors["huge.png"]
+    for row in rows:
+        if row["error"]:
+            assert row["label_1"] == row["prob_1"] == ""
+        else:
+            probs = [float(row[f"prob_{i}"]) for i in (1, 2, 3)]
+            assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+            assert row["label_1"]
+
+
+def test_worker_processes_give_the_same_rows_as_one_process(model: Path, catalogue: Path, tmp_path: Path) -> None:
+    predict_catalogue(small_batches(model), [catalogue], tmp_path / "serial.csv", progress=False, workers=0)
+    summary = predict_catalogue(small_batches(model), [catalogue], tmp_path / "parallel.csv", progress=False, workers=2)
+    assert summary.workers == 2
+    assert (tmp_path / "parallel.csv").read_text() == (tmp_path / "serial.csv").read_text()
+
+
+def test_globs_csv_and_list_files_name_the_inputs(model: Path, catalogue: Path, tmp_path: Path) -> None:
+    listed = sorted(catalogue.rglob("item*.jpg"))[:4]
+    table = tmp_path / "lists" / "catalogue.csv"
+    table.parent.mkdir()
+    relative = Path("..", "..", listed[1].relative_to(tmp_path.parent))  # relative to the CSV's folder
+    with open(table, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sku", "path"])
+        writer.writerow(["A1", str(listed[0])])
+        writer.writerow(["A2", str(relative)])
+    plain = tmp_path / "lists" / "more.txt"
+    plain.write_text(f"# two more\n{listed[2]}\n\n{listed[3]}\n{listed[0]}\n")
+    pattern = str(catalogue / "shelf-b" / "**" / "item0*.jpg")
+    inputs = expand_inputs([table, plain, pattern])
+    assert inputs[:4] == [str(listed[0]), str(table.parent / relative), str(listed[2]), str(listed[3])]
+    assert all(Path(p).name.startswith("item0") for p in inputs[4:]) and len(inputs) > 4
+    assert len(inputs) == len(set(inputs)), "a path named twice is predicted once"
+    summary = api_predict.predict(model, [table, plain, pattern], out=tmp_path / "out.jsonl", progress=False, workers=0)
+    assert summary.n_errors == 0 and summary.n_predicted == len(inputs)
+
+
+def test_bad_inputs_are_clear_errors(model: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file or folder"):
+        expand_inputs([tmp_path / "nowhere"])
+    with pytest.raises(DataError, match="no files match"):
+        expand_inputs([str(tmp_path / "*.jpg")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        expand_inputs([tmp_path / "empty"])
+    with pytest.raises(ConfigError, match=".csv or .jsonl"):
+        api_predict.predict(model, [DEMO / "test"], out=tmp_path / "out.xlsx", progress=False)
+    with pytest.raises(ConfigError, match="top-k"):
+        api_predict.predict(model, [DEMO / "test"], out=tmp_path / "out.csv", top_k=0, progress=False)
+
+
+def test_jsonl_rows(model: Path, catalogue: Path, tmp_path: Path) -> None:
+    out = tmp_path / "predictions.jsonl"
+    api_predict.predict(model, [catalogue], out=out, top_k=2, progress=False, workers=0)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 34
+    good = next(r for r in rows if r["error"] is None)
+    assert set(good) == {"path", "top", "error"} and len(good["top"]) == 2
+    assert set(good["top"][0]) == {"label", "prob"}
+    bad = next(r for r in rows if r["path"].endswith("notes.jpg"))
+    assert bad["top"] == [] and "not an image" in bad["error"]
+
+
+def test_uncertain_column_when_the_model_has_thresholds(model: Path, catalogue: Path, tmp_path: Path) -> None:
+    plain = load_predictor(model)
+    predictor = Predictor(plain.backend, {**plain.description, "thresholds": {"confidence": 0.5}}, model)
+    predict_catalogue(predictor, [catalogue], tmp_path / "out.csv", top_k=1, progress=False, workers=0)
+    rows = read_csv(tmp_path / "out.csv")
+    assert list(rows[0]) == ["path", "label_1", "prob_1", "uncertain", "error"]
+    for row in rows:
+        if not row["error"]:
+            assert row["uncertain"] == ("true" if float(row["prob_1"]) < 0.5 else "false")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_resume_continues_a_truncated_file_without_duplicates(model: Path, catalogue: Path, tmp_path: Path, suffix: str) -> None:
+    full = tmp_path / f"full{suffix}"
+    predict_catalogue(small_batches(model), [catalogue], full, top_k=3, progress=False, workers=0)
+    lines = full.read_text().splitlines(keepends=True)
+    header = 1 if suffix == ".csv" else 0
+    partial = tmp_path / f"partial{suffix}"
+    partial.write_text("".join(lines[: header + 12]) + lines[header + 12][:17])  # 12 rows and half of the 13th
+    summary = predict_catalogue(small_batches(model), [catalogue], partial, top_k=3, resume=True, progress=False, workers=2)
+    assert summary.n_resumed == 12
+    assert summary.n_predicted + summary.n_errors == len(lines) - header - 12
+    assert partial.read_text() == full.read_text()
+
+
+def test_existing_output_needs_resume_and_the_same_columns(model: Path, catalogue: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    predict_catalogue(small_batches(model), [catalogue], out, top_k=2, progress=False, workers=0)
+    before = out.read_text()
+    with pytest.raises(ConfigError, match="--resume"):
+        predict_catalogue(small_batches(model), [catalogue], out, top_k=2, progress=False, workers=0)
+    with pytest.raises(ConfigError, match="columns"):
+        predict_catalogue(small_batches(model), [catalogue], out, top_k=3, resume=True, progress=False, workers=0)
+    summary = predict_catalogue(small_batches(model), [catalogue], out, top_k=2, resume=True, progress=False, workers=0)
+    assert (summary.n_resumed, summary.n_predicted, summary.n_errors) == (34, 0, 0)
+    assert out.read_text() == before
+
+
+def test_without_out_rows_go_to_standard_output(model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = sorted((DEMO / "test" / "hat").glob("*.jpg"))[:3]
+    api_predict.predict(model, images, top_k=1, progress=False, workers=0)
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["path"] for r in rows] == [str(p) for p in images]

@@ -1,0 +1,129 @@
+"""One predictor, two backends: run folders and .onnx files alone, identical preprocessing, clear errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from vitrina import api_predict
+from vitrina.config import resolve
+from vitrina.data.images import decode
+from vitrina.errors import ImageError, ModelError
+from vitrina.inference.predictor import Predictor, load_predictor
+
+DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
+TEST_IMAGES = sorted((DEMO / "test").glob("*/*.jpg"))[::4]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch cnn1 run at 32 px on the demo photos."""
+    from vitrina import api
+
+    settings = {
+        "train.mode": "scratch", "model.name": "cnn1", "model.input_size": 32, "train.epochs": 2,
+        "train.patience": 0, "train.workers": 1, "train.cache_dir": str(tmp_path_factory.getbasetemp() / "vitrina-cache"),
+    }
+    out = tmp_path_factory.mktemp("predictor") / "run"
+    return api.train(DEMO, resolve(overrides=settings), out=out, progress=False, log=lambda _: None).run_dir
+
+
+@pytest.fixture(scope="module")
+def onnx_alone(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's auto-exported model.onnx, copied alone into another folder."""
+    load_predictor(run_dir)
+    copy = tmp_path_factory.mktemp("elsewhere") / "shop-classifier.onnx"
+    shutil.copy(run_dir / "model.onnx", copy)
+    return copy
+
+
+def test_auto_backend_exports_once_and_reuses_the_file(run_dir: Path, onnx_alone: Path) -> None:
+    first = run_dir / "model.onnx"
+    assert first.is_file()
+    stamp = first.stat().st_mtime_ns
+    predictor = load_predictor(run_dir)
+    assert predictor.backend_name == "onnx"
+    assert first.stat().st_mtime_ns == stamp, "a second load must reuse the exported file"
+
+
+def test_onnx_file_alone_describes_itself(run_dir: Path, onnx_alone: Path) -> None:
+    meta = json.loads((run_dir / "model.json").read_text())
+    predictor = load_predictor(onnx_alone)
+    assert predictor.backend_name == "onnx"
+    assert predictor.classes == meta["classes"]
+    assert predictor.preprocess.to_dict() == meta["preprocess"]
+
+
+def test_onnx_and_torch_backends_agree(run_dir: Path, onnx_alone: Path) -> None:
+    onnx_probs, onnx_errors = load_predictor(onnx_alone).predict_paths(TEST_IMAGES)
+    torch_probs, torch_errors = load_predictor(run_dir, backend="torch").predict_paths(TEST_IMAGES)
+    assert onnx_errors == torch_errors == [None] * len(TEST_IMAGES)
+    assert np.abs(onnx_probs - torch_probs).max() <= 1e-4
+    assert (onnx_probs.argmax(1) == torch_probs.argmax(1)).all()
+    np.testing.assert_allclose(onnx_probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_images_and_arrays_get_the_same_preprocessing_as_files(onnx_alone: Path) -> None:
+    predictor = load_predictor(onnx_alone)
+    paths = TEST_IMAGES[:5]
+    from_files, _ = predictor.predict_paths(paths)
+    decoded = [decode(p, draft_size=predictor.preprocess.draft_size()) for p in paths]  # as predict_paths decodes
+    np.testing.assert_allclose(predictor.predict_images(decoded), from_files, atol=1e-6)
+    np.testing.assert_allclose(predictor.predict_images([np.asarray(img) for img in decoded]), from_files, atol=1e-6)
+    resized = np.stack([predictor.prepare(img) for img in decoded])
+    assert resized.shape == (5, 32, 32, 3) and resized.dtype == np.uint8
+    np.testing.assert_allclose(predictor.predict_arrays(resized), from_files, atol=1e-6)
+
+
+def test_unreadable_paths_give_reasons_and_nan_rows(onnx_alone: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    probs, errors = load_predictor(onnx_alone).predict_paths([TEST_IMAGES[0], bad, tmp_path / "gone.jpg"])
+    assert errors[0] is None and "not an image" in errors[1] and "not found" in errors[2]
+    assert np.isfinite(probs[0]).all() and np.isnan(probs[1:]).all()
+    with pytest.raises(ImageError):
+        load_predictor(onnx_alone).prepare(np.zeros((4, 4), dtype=np.float32))
+
+
+def test_top_k_and_uncertain_flag(onnx_alone: Path) -> None:
+    predictor = load_predictor(onnx_alone)
+    probs = np.asarray([[0.1, 0.7, 0.2] + [0.0] * 7, [0.3, 0.25, 0.45] + [0.0] * 7], dtype=np.float32)
+    order, top = predictor.top(probs, 2)
+    assert order.tolist() == [[1, 2], [2, 0]]
+    np.testing.assert_allclose(top, [[0.7, 0.2], [0.45, 0.3]])
+    assert predictor.uncertain(probs) is None
+    sure = Predictor(predictor.backend, {**predictor.description, "thresholds": {"confidence": 0.6}}, "x")
+    assert sure.uncertain(probs).tolist() == [False, True]
+
+
+def test_damaged_or_foreign_onnx_files_are_clear_errors(onnx_alone: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(onnx_alone.read_bytes()[:5000])
+    with pytest.raises(ModelError, match="corrupt.onnx"):
+        load_predictor(corrupt)
+    text = tmp_path / "text.onnx"
+    text.write_text("hello")
+    with pytest.raises(ModelError, match="text.onnx: not a readable ONNX model"):
+        load_predictor(text)
+    foreign = tmp_path / "foreign.onnx"
+    graph = onnx.load(str(onnx_alone))
+    del graph.metadata_props[:]
+    onnx.save(graph, str(foreign))
+    with pytest.raises(ModelError, match="foreign.onnx: an ONNX model without vitrina metadata"):
+        load_predictor(foreign)
+    with pytest.raises(ModelError, match="model not found"):
+        load_predictor(tmp_path / "missing.onnx")
+    with pytest.raises(ModelError, match="needs a run folder"):
+        load_predictor(onnx_alone, backend="torch")
+
+
+def test_predict_api_accepts_a_loaded_predictor(onnx_alone: Path, tmp_path: Path) -> None:
+    image = tmp_path / "one.png"
+    Image.open(TEST_IMAGES[0]).save(image)
+    summary = api_predict.predict(load_predictor(onnx_alone), [image], out=tmp_path / "out.csv", top_k=2, progress=False)
+    assert (summary.n_predicted, summary.n_errors, summary.backend) == (1, 0, "onnx")
