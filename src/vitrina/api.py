@@ -77,7 +77,7 @@ def train(
     from vitrina.artifact import write_json
     from vitrina.data.sources import load_dataset
     from vitrina.errors import VitrinaError
-    from vitrina.evaluation.evaluate import evaluate_images
+    from vitrina.evaluation.evaluate import evaluate_images, write_predictions
     from vitrina.models.runtime import resolve_device
     from vitrina.plots import learning_curves
     from vitrina.preprocess import Preprocess
@@ -110,9 +110,14 @@ def train(
         if split == "train":
             continue
         decoded = result.decoded[split]
-        split_metrics[split], _ = evaluate_images(
+        split_metrics[split], probs = evaluate_images(
             result.model, decoded.images, result.labels[split], dataset.classes, preprocess, device,
             result.meta["precision"], split=split, n_skipped=len(decoded.skipped),
+        )
+        samples = dataset.splits[split]
+        write_predictions(
+            run_dir / f"predictions_{split}.csv", [samples[i].path for i in decoded.index],
+            [samples[i].label for i in decoded.index], probs, dataset.classes,
         )
     chosen = report_split(list(split_metrics), cfg.data.holdout)
     metrics = {

@@ -1,6 +1,8 @@
 """Evaluating a trained network on decoded images of one split."""
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -39,3 +41,15 @@ def evaluate_images(
     metrics = classification_metrics(labels, probs, classes, split=split)
     metrics["n_skipped"] = n_skipped
     return metrics, probs
+
+
+def write_predictions(path: str | Path, paths: Sequence[str], labels: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> Path:
+    """One row per image: path, true label, predicted label, its probability, and correctness."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "predicted", "confidence", "correct"])
+        for p, label, row in zip(paths, labels, probs):
+            top = int(row.argmax())
+            writer.writerow([p, label, classes[top], f"{row[top]:.6f}", int(classes[top] == label)])
+    return path
