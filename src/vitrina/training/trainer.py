@@ -32,7 +32,8 @@ from vitrina.errors import ConfigError, VitrinaError
 from vitrina.models.checkpoint import save_model
 from vitrina.models.registry import create_model
 from vitrina.models.runtime import autocast, forward_uint8, resolve_device, resolve_precision
-from vitrina.training.cache import DecodedImages, FeatureStore, decode_samples, default_cache_dir
+from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
+from vitrina.training.cache import FeatureStore
 from vitrina.training.distributed import barrier, local_device_name
 from vitrina.training.plan import Plan, check_trainable, make_plan
 

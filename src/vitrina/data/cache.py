@@ -1,0 +1,162 @@
+"""The decoded-image cache: every image decoded and resized once, reused by every stage.
+
+:func:`decode_samples` decodes and resizes every image once (in worker processes) into one
+uint8 array, stored on disk as a memory-mapped ``.npy`` keyed by the files' identity and the
+preprocessing, so later epochs, later runs and evaluations never decode a JPEG again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from vitrina.data.images import open_sample
+from vitrina.data.samples import Sample
+from vitrina.errors import ImageError
+from vitrina.preprocess import Preprocess
+
+
+def default_cache_dir(configured: str | None = None) -> Path:
+    if configured:
+        return Path(configured)
+    env = os.environ.get("VITRINA_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitrina"
+
+
+def digest(*parts: object) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode() if not isinstance(part, bytes) else part)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def sample_identity(sample: Sample) -> tuple:
+    """Cheap identity of a sample's bytes (path, size, mtime), or its pixels' hash."""
+    if sample.pixels is not None:
+        return (sample.path, hashlib.blake2b(sample.pixels.tobytes(), digest_size=12).hexdigest())
+    try:
+        st = os.stat(sample.path)
+        return (sample.path, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (sample.path, None)
+
+
+@dataclass
+class DecodedImages:
+    """Resized uint8 images (NxHxWxC, memory-mapped) for the readable samples.
+
+    ``index`` maps each kept row to its position in the original sample list; ``hashes`` are
+    the images' content hashes; ``skipped`` lists ``{path, reason}`` for unreadable files.
+    """
+
+    images: np.ndarray
+    index: np.ndarray
+    hashes: list[str]
+    skipped: list[dict]
+
+
+def _decode_task(args: tuple[Sample, Preprocess, int | None]) -> tuple[np.ndarray | None, str, str | None]:
+    sample, preprocess, max_pixels = args
+    try:
+        if sample.pixels is not None:
+            content = sample.pixels.tobytes()
+        else:
+            with open(sample.path, "rb") as fh:
+                content = fh.read()
+        content_hash = hashlib.blake2b(content, digest_size=16).hexdigest()
+        img = open_sample(sample, preprocess.mode, max_pixels, draft_size=preprocess.draft_size())
+        return preprocess.to_uint8(img), content_hash, None
+    except ImageError as exc:
+        return None, "", exc.reason
+    except OSError as exc:
+        return None, "", f"cannot read file: {exc.strerror or exc}"
+
+
+def decode_samples(
+    samples: Sequence[Sample],
+    preprocess: Preprocess,
+    cache_dir: str | Path | None,
+    *,
+    max_pixels: int | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    desc: str = "decoding",
+) -> DecodedImages:
+    """Decode + resize every sample once; reuse the on-disk cache when nothing changed."""
+    key = digest("decoded-v1", preprocess.to_dict(), max_pixels, [sample_identity(s) for s in samples])
+    folder = Path(cache_dir) / "decoded" / key if cache_dir is not None else None
+    if folder is not None and (folder / "meta.json").is_file():
+        meta = json.loads((folder / "meta.json").read_text())
+        images = np.load(folder / "images.npy", mmap_mode="r")
+        return DecodedImages(images, np.asarray(meta["index"], dtype=np.int64), meta["hashes"], meta["skipped"])
+
+    size, channels = preprocess.input_size, preprocess.channels
+    n = len(samples)
+    tmp_folder = None
+    if folder is not None:
+        tmp_folder = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        tmp_folder.mkdir(parents=True, exist_ok=True)
+        buffer = np.lib.format.open_memmap(tmp_folder / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, channels))
+    else:
+        buffer = np.empty((n, size, size, channels), dtype=np.uint8)
+
+    kept: list[int] = []
+    hashes: list[str] = []
+    skipped: list[dict] = []
+    tasks = ((s, preprocess, max_pixels) for s in samples)
+    in_memory = all(s.pixels is not None for s in samples)
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
+    if workers > 1 and not in_memory and n > 64:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(_decode_task, tasks, chunksize=32)
+            _collect(results, samples, buffer, kept, hashes, skipped, bar)
+    else:
+        _collect(map(_decode_task, tasks), samples, buffer, kept, hashes, skipped, bar)
+    bar.close()
+
+    # Rows of unreadable files are dropped by compacting in place (kept rows only move down).
+    for row, original in enumerate(kept):
+        if row != original:
+            buffer[row] = buffer[original]
+    index = np.asarray(kept, dtype=np.int64)
+    if folder is None:
+        return DecodedImages(buffer[: len(kept)], index, hashes, skipped)
+
+    buffer.flush()
+    del buffer
+    if len(kept) != n:
+        full = np.load(tmp_folder / "images.npy", mmap_mode="r")
+        compact = np.lib.format.open_memmap(tmp_folder / "images.part.npy", mode="w+", dtype=np.uint8, shape=(len(kept), size, size, channels))
+        compact[:] = full[: len(kept)]
+        compact.flush()
+        del full, compact
+        os.replace(tmp_folder / "images.part.npy", tmp_folder / "images.npy")
+    (tmp_folder / "meta.json").write_text(json.dumps({"index": kept, "hashes": hashes, "skipped": skipped}))
+    try:
+        os.replace(tmp_folder, folder)
+    except OSError:  # another process filled the same cache entry first
+        shutil.rmtree(tmp_folder, ignore_errors=True)
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    return DecodedImages(images, index, hashes, skipped)
+
+
+def _collect(results, samples, buffer, kept, hashes, skipped, bar) -> None:  # type: ignore[no-untyped-def]
+    for i, (array, content_hash, reason) in enumerate(results):
+        if array is None:
+            skipped.append({"path": samples[i].path, "reason": reason})
+        else:
+            buffer[i] = array
+            kept.append(i)
+            hashes.append(content_hash)
+        bar.update(1)
