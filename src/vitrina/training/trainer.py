@@ -427,6 +427,33 @@ def train_network(
     return history, best_state
 
 
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The softmax temperature that minimises validation NLL (calibration; argmax unchanged)."""
+    if len(labels) < 2:
+        return 1.0
+    x, y = torch.from_numpy(logits).double(), torch.from_numpy(labels)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(min(10.0, max(0.05, log_t.exp().item())))
+
+
+def apply_temperature(model: nn.Module, temperature: float) -> None:
+    """Fold 1/T into the head's last linear layer, so every runtime (torch, ONNX) is calibrated."""
+    last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.div_(temperature)
+        if last.bias is not None:
+            last.bias.div_(temperature)
+
+
 # ----------------------------------------------------------------------------- entry point
 def _write_history(run_dir: Path, history: list[dict[str, float]], name: str = "history") -> None:
     if not history:
@@ -599,7 +626,14 @@ def train(
         writer.close()
 
     model.eval()
-    meta = model_meta(plan, dataset, config, {"train_seconds": round(train_seconds, 2), "precision": precision})
+    val_logits = forward_uint8(model, decoded["val"].images, plan.preprocess, device, precision)
+    temperature = fit_temperature(val_logits, labels["val"])
+    apply_temperature(model, temperature)
+    log(f"  calibration: softmax temperature {temperature:.3f} fitted on the validation split")
+    meta = model_meta(
+        plan, dataset, config,
+        {"train_seconds": round(train_seconds, 2), "precision": precision, "temperature": round(temperature, 4)},
+    )
     if main:
         save_model(run_dir, model, meta)
         if skipped:
