@@ -43,7 +43,11 @@ class FeatureStore:
         return out, missing
 
     def add(self, hashes: Sequence[str], features: np.ndarray) -> None:
-        new = [(h, f) for h, f in zip(hashes, features) if h not in self._rows]
+        fresh: dict[str, np.ndarray] = {}  # identical images (duplicates) share one row
+        for h, f in zip(hashes, features):
+            if h not in self._rows and h not in fresh:
+                fresh[h] = f
+        new = list(fresh.items())
         if not new:
             return
         block = np.stack([f for _, f in new]).astype(np.float32)
