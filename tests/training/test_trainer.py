@@ -77,6 +77,12 @@ def test_scratch_run_writes_a_complete_run_folder(tmp_path: Path) -> None:
     assert [row["epoch"] for row in history] == list(range(1, 9))
     meta = json.loads((folder / "model.json").read_text())
     assert meta["classes"] == ["bar", "disc", "square"]
+    assert 0.05 <= meta["temperature"] <= 10
+    # 95% of validation photos are answered confidently: the threshold is their 5th percentile.
+    predictions = (folder / "predictions_val.csv").read_text().splitlines()[1:]
+    confidences = sorted(float(line.split(",")[3]) for line in predictions)
+    accepted = sum(c >= meta["thresholds"]["confidence"] - 1e-6 for c in confidences)
+    assert accepted >= 0.95 * len(confidences) - 1
     assert meta["preprocess"]["input_size"] == 32
     splits = json.loads((folder / "splits.json").read_text())
     assert splits["carved"]["val"]["from"] == "train"

@@ -445,6 +445,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(min(10.0, max(0.05, log_t.exp().item())))
 
 
+ACCEPT_RATE = 0.95  # share of in-distribution (validation) photos a model answers confidently
+
+
+def confidence_threshold(logits: np.ndarray, accept_rate: float) -> dict[str, float]:
+    """The top-class probability above which ``accept_rate`` of validation photos fall.
+
+    Below it a prediction is "uncertain": the server and `predict` say so instead of guessing.
+    """
+    confidence = torch.softmax(torch.from_numpy(logits).double(), dim=1).max(dim=1).values.numpy()
+    value = float(np.quantile(confidence, 1.0 - accept_rate)) if len(confidence) else 0.0
+    return {"confidence": round(value, 6), "accept_rate": accept_rate}
+
+
 def apply_temperature(model: nn.Module, temperature: float) -> None:
     """Fold 1/T into the head's last linear layer, so every runtime (torch, ONNX) is calibrated."""
     last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
@@ -630,9 +643,11 @@ def train(
     temperature = fit_temperature(val_logits, labels["val"])
     apply_temperature(model, temperature)
     log(f"  calibration: softmax temperature {temperature:.3f} fitted on the validation split")
+    thresholds = confidence_threshold(val_logits / temperature, ACCEPT_RATE)
     meta = model_meta(
         plan, dataset, config,
-        {"train_seconds": round(train_seconds, 2), "precision": precision, "temperature": round(temperature, 4)},
+        {"train_seconds": round(train_seconds, 2), "precision": precision, "temperature": round(temperature, 4),
+         "thresholds": thresholds},
     )
     if main:
         save_model(run_dir, model, meta)
