@@ -10,7 +10,8 @@ official split 0 first so the accuracy figures mean something), exports it with 
 - the model alone: eager PyTorch fp32, ONNX Runtime fp32 and int8, at several batch sizes,
 - single-image latency (already decoded, model only) p50/p99 for fp32 and int8,
 - ``vitrina predict`` end to end over every image (read, decode, preprocess, model, write a CSV)
-  in a fresh process, with its peak memory (all its processes together),
+  in a fresh process, with its peak memory (all its processes together), for fp32 and int8, and
+  for the other pipeline layout (decoding workers beside one multi-threaded model) for comparison,
 - the ratios between them and the fraction of the matmul peak the model reaches.
 
 Usage::
@@ -39,12 +40,19 @@ SPLIT0 = REPO / "examples" / "freiburg-split0.yaml"
 MODEL = "efficientnet_lite0"
 STATED_GFLOP = 0.77  # efficientnet_lite0 at 224 px, as usually quoted; the bench also counts it
 
-# Run in a fresh interpreter so its memory and start-up are measured alone.
+# Run in a fresh interpreter so its memory and start-up are measured alone. "decoders" is the
+# other pipeline layout, for comparison: workers only decode, this process runs a 2-thread model.
 PREDICT_CHILD = """
-import json, sys
+import json, sys, time
+started = time.perf_counter()
 from vitrina.api_predict import predict
-summary = predict(sys.argv[1], [sys.argv[2]], out=sys.argv[3], progress=False)
-print(json.dumps({"seconds": summary.seconds, "n": summary.n_predicted + summary.n_errors,
+from vitrina.inference.predictor import load_predictor
+model, images, out, layout = sys.argv[1:5]
+predictor = load_predictor(model)
+if layout == "decoders":
+    predictor.backend.file = None
+summary = predict(predictor, [images], out=out, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - started, "n": summary.n_predicted + summary.n_errors,
                   "errors": summary.n_errors, "workers": summary.workers, "batch_size": summary.batch_size}))
 """
 
@@ -182,11 +190,12 @@ def tree_rss_mb(pid: int) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def predict_in_child(model: Path, images: Path, out: Path) -> dict:
+def predict_in_child(model: Path, images: Path, out: Path, layout: str = "default") -> dict:
     """Run `vitrina predict` in a fresh process; add its wall time and peak memory."""
     out.unlink(missing_ok=True)
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", PREDICT_CHILD, str(model), str(images), str(out)], stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", PREDICT_CHILD, str(model), str(images), str(out), layout]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     peak = 0.0
     stop = threading.Event()
 
@@ -252,8 +261,9 @@ def main() -> int:
     int8 = OnnxBackend.from_file(result.int8_path)
     eager = TorchBackend(model)
 
-    print("\nmodel only (already decoded and normalised images), images/s:")
+    print(f"\nmodel only (already decoded and normalised images), images/s; ORT with {fp32.session.get_session_options().intra_op_num_threads} threads unless said:")
     figures: dict[str, float] = {"eager torch fp32 b32": model_only(eager, batch32)}
+    figures["ORT fp32 1 thread b32"] = model_only(OnnxBackend.from_file(result.onnx_path, threads=1), batch32)
     for name, backend in (("ORT fp32", fp32), ("ORT int8", int8)):
         for size in (1, 8, 32, 64):
             figures[f"{name} b{size}"] = model_only(backend, batch64[:size])
@@ -279,12 +289,17 @@ def main() -> int:
             os.symlink(p, work / "subset" / f"{i:06d}.jpg")
     print(f"\nvitrina predict end to end over {len(paths):,} images (fresh process, default settings, CSV out):")
     print(f"  {load_average()}")
-    e2e = {name: predict_in_child(model_file, images_arg, work / f"{name}.csv") for name, model_file in (("fp32", result.onnx_path), ("int8", result.int8_path))}
+    cases = {
+        "fp32": (result.onnx_path, "default"),
+        "int8": (result.int8_path, "default"),
+        "fp32, decoders + 2-thread model": (result.onnx_path, "decoders"),
+    }
+    e2e = {name: predict_in_child(model_file, images_arg, work / f"e2e{i}.csv", layout) for i, (name, (model_file, layout)) in enumerate(cases.items())}
     for name, r in e2e.items():
         rate = r["n"] / r["seconds"]
         print(
-            f"  {name}: {rate:.1f} images/s ({r['n']} rows, {r['errors']} errors, {r['seconds']:.1f} s; "
-            f"{r['wall_seconds']:.1f} s with interpreter start), batch {r['batch_size']}, {r['workers']} decode worker(s), "
+            f"  {name}: {rate:.1f} images/s ({r['n']} rows, {r['errors']} errors, {r['seconds']:.1f} s from model load to last row; "
+            f"{r['wall_seconds']:.1f} s with interpreter start), batch {r['batch_size']}, {r['workers']} worker(s), "
             f"peak memory {r['peak_tree_mb']:.0f} MB (all processes)"
         )
 
@@ -298,6 +313,8 @@ def main() -> int:
     print(f"  ORT fp32 / eager torch    {figures['ORT fp32 b32'] / figures['eager torch fp32 b32']:.1f}x (model only, batch 32)")
     print(f"  ORT int8 / ORT fp32       {figures['ORT int8 b32'] / figures['ORT fp32 b32']:.1f}x (model only, batch 32)")
     print(f"  end to end / model only   {rate / figures['ORT fp32 b32']:.0%} (fp32, batch 32)")
+    other = e2e["fp32, decoders + 2-thread model"]
+    print(f"  model workers / decoders  {rate / (other['n'] / other['seconds']):.2f}x (the two pipeline layouts, fp32)")
     if report:
         print(f"  int8 accuracy change      {report['accuracy_change_points']:+.2f} points on {report['n_images']} validation images "
               f"({report['fp32_accuracy']:.4f} -> {report['int8_accuracy']:.4f})"

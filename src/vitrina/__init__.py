@@ -16,6 +16,12 @@ _LAZY = {
     "resolve_config": "vitrina.api",
     "train": "vitrina.api",
     "list_models": "vitrina.api",
+    "evaluate": "vitrina.api",
+    "compare": "vitrina.api",
+    "tune": "vitrina.api",
+    "export": "vitrina.api",
+    "predict": "vitrina.api",
+    "serve": "vitrina.api",
 }
 
 

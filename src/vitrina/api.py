@@ -78,6 +78,7 @@ def train(
     from vitrina.data.sources import load_dataset
     from vitrina.errors import VitrinaError
     from vitrina.evaluation.evaluate import evaluate_images, write_predictions
+    from vitrina.evaluation.report import write_run_report
     from vitrina.models.runtime import resolve_device
     from vitrina.plots import learning_curves
     from vitrina.preprocess import Preprocess
@@ -135,6 +136,7 @@ def train(
         write_json(run_dir / f"metrics_{name}.json", m)
     if result.history:
         learning_curves(result.history, run_dir / "curves.png", title=f"{result.meta['model']} ({result.meta['mode']})")
+    write_run_report(run_dir)
     return TrainRun(run_dir, metrics, split_metrics, result.history)
 
 
@@ -214,3 +216,10 @@ def list_models() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# The rest of the public surface lives in modules of its own; it is re-exported here so that
+# `vitrina.api` is the one place the CLI, the server and users call.
+from vitrina.api_eval import compare, evaluate, tune  # noqa: E402
+from vitrina.api_predict import export, predict  # noqa: E402
+from vitrina.api_serve import serve  # noqa: E402

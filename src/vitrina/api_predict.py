@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from vitrina.errors import ConfigError
 from vitrina.inference.batch import PredictSummary
 from vitrina.inference.predictor import BackendName, Predictor
 
@@ -44,6 +45,7 @@ def predict(
     backend: BackendName = "auto",
     threads: int | None = None,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> PredictSummary:
     """Predict every image that ``inputs`` name (files, folders, globs, CSV or list files).
 
@@ -51,15 +53,16 @@ def predict(
     None): path, the ``top_k`` labels and probabilities, and an error reason for unreadable
     files. ``model`` is a run folder, an exported ``.onnx`` file or a loaded :class:`Predictor`.
     ``resume`` continues an interrupted ``out`` file without repeating or losing rows.
+    ``workers``: processes that decode (and with ONNX Runtime also run the model); default one
+    per core. ``threads``: ONNX Runtime threads of a model loaded here (default: all cores).
+    ``log`` receives messages about the model (a run folder is exported to ONNX on first use).
     """
     from vitrina.inference.batch import predict_catalogue
     from vitrina.inference.predictor import load_predictor
 
-    predictor = model if isinstance(model, Predictor) else load_predictor(model, backend, threads=threads)
+    predictor = model if isinstance(model, Predictor) else load_predictor(model, backend, threads=threads, log=log)
     if batch_size is not None:
         if batch_size < 1:
-            from vitrina.errors import ConfigError
-
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         predictor.batch_size = batch_size
     return predict_catalogue(predictor, inputs, out, top_k=top_k, resume=resume, workers=workers, progress=progress)

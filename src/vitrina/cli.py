@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any, Callable, Sequence
 
@@ -113,6 +114,35 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vitrina import api
+
+    result = api.export(args.run, args.out, int8=args.int8, calibration=args.calibration)
+    print(f"ONNX model: {result.onnx_path}")
+    print(f"model card: {result.card_path}")
+    if result.int8_path is not None:
+        print(f"int8 model: {result.int8_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vitrina import api
+
+    summary = api.predict(
+        args.model, args.inputs, args.out, top_k=args.top_k, resume=args.resume, batch_size=args.batch_size,
+        workers=args.workers, backend=args.backend, threads=args.threads, progress=not args.quiet,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    where = summary.out if summary.out is not None else "standard output"
+    print(
+        f"{summary.n_predicted} images predicted, {summary.n_errors} unreadable"
+        + (f", {summary.n_resumed} already in the output" if summary.n_resumed else "")
+        + f" in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s, {summary.backend}); rows: {where}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from vitrina import api
 
@@ -130,16 +160,96 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     data = api.demo_data()
     print(f"vitrina demo on the embedded clothing photos ({data})")
-    print("step 1/2: inspect the data")
+    print("step 1/3: inspect the data")
     inspected = api.inspect(data, runs_dir=args.runs, progress=not args.quiet)
     print(f"  {inspected.summary['n_images']} images, {len(inspected.summary['classes'])} classes; "
           f"report: {inspected.out_dir / 'report.html'}")
-    print("step 2/2: train a classifier (efficientnet_lite0, fine-tuned)")
+    print("step 2/3: train a classifier (efficientnet_lite0, fine-tuned) and evaluate it on the test photos")
     run = api.train(data, api.demo_config(), runs_dir=args.runs, progress=not args.quiet)
     m = run.metrics
     print(f"  {m['split']} accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} on {m['n_images']} photos; "
           f"trained in {m['train_seconds']:.0f} s")
-    print(f"  run folder: {run.run_dir}")
+    print(f"  run folder: {run.run_dir} (report: {run.run_dir / 'report.html'})")
+    if args.no_serve:
+        return 0
+    print("step 3/3: serve the model: a web page that checks a seller's photo against the chosen category")
+    with contextlib.suppress(KeyboardInterrupt):
+        api.serve(run.run_dir, host=args.host, port=args.port, on_ready=announce_server, log_level="warning")
+    return 0
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vitrina import api
+
+    result = api.evaluate(args.model, args.data, split=args.split, out=args.out, overrides=_overrides(args), tta=args.tta, progress=not args.quiet)
+    m = result.metrics
+    print(f"{m['model']} ({m['mode']}) on {m['split']}: {m['n_images']} images ({m['n_skipped']} unreadable, skipped)")
+    tops = "".join(f", top-{k} {m[f'top{k}_accuracy']:.4f}" for k in (3, 5) if f"top{k}_accuracy" in m)
+    print(f"  accuracy {m['accuracy']:.4f}{tops}")
+    print(f"  macro F1 {m['macro_f1']:.4f}, weighted F1 {m['weighted_f1']:.4f}, expected calibration error {m['ece']:.4f}")
+    if "coarse_accuracy" in m:
+        print(f"  coarse-class accuracy {m['coarse_accuracy']:.4f}")
+    if "tta" in m:
+        print(f"  with test-time augmentation ({m['tta']['method']}): accuracy {m['tta']['accuracy']:.4f}, macro F1 {m['tta']['macro_f1']:.4f}")
+    print(f"evaluation folder: {result.out_dir} (report.html, mistakes.html, metrics.json)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vitrina import api
+
+    result = api.compare(args.data, args.configs, out=args.out, overrides=_overrides(args), runs_dir=args.runs, progress=not args.quiet)
+    print()
+    print((result.out_dir / "leaderboard.md").read_text(encoding="utf-8"), end="")
+    print(f"{len(result.rows)} configurations trained and evaluated on {result.split} in {result.total_seconds / 60:.1f} min")
+    print(f"leaderboard: {result.out_dir / 'leaderboard.md'} (also .csv, .png; curves.png)")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from vitrina import api
+
+    overrides = _overrides(args)
+    config = _resolve(args) if args.config or overrides else None
+    search = [name.strip() for name in args.search.split(",") if name.strip()] if args.search else None
+    result = api.tune(
+        args.data, config, out=args.out, trials=args.trials, minutes=args.minutes, search=search,
+        resume=args.resume, runs_dir=args.runs,
+    )
+    c = result.counts
+    print(f"{c['complete']} trials complete, {c['pruned']} pruned, {c['fail']} failed")
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    print(f"best: trial {result.best_trial}, validation accuracy {result.best_value:.4f} ({params})")
+    if result.default_value is not None:
+        margin = result.best_value - result.default_value
+        print(f"default config: validation accuracy {result.default_value:.4f}; margin of the best {margin * 100:+.2f} points")
+    print(f"best config: {result.best_config}  (train it: vitrina train {args.data} --config {result.best_config})")
+    print(f"study: {result.out_dir / 'study.db'} (resume with --out {result.out_dir} --resume)")
+    return 0
+
+
+def announce_server(info: Any) -> None:
+    """Print what a starting server serves and the URL to open (``info``: an ``api_serve.ServeInfo``)."""
+    access = "API keys required" if info.authentication else "no API keys (open to anyone who can reach it)"
+    rate = f"{info.rate_limit:g} requests/s per client" if info.rate_limit else "no rate limit"
+    print(f"vitrina serve: {info.model_name}, {info.classes} classes, version {info.model_version} ({info.backend}, "
+          f"{info.workers} worker{'s' if info.workers > 1 else ''})")
+    print(f"  moderation log: {info.database}; {access}; {rate}")
+    print(f"  open {info.url} in a browser (API docs: {info.url}docs, moderation: {info.url}moderation); Ctrl+C stops the server",
+          flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vitrina import api
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is how a server ends, once its requests are answered
+        api.serve(
+            args.model, args.host, args.port, args.workers, on_ready=announce_server, backend=args.backend, threads=args.threads,
+            database=args.db, store_images=args.store_images, api_keys_file=args.api_keys, rate_limit=args.rate_limit,
+            rate_burst=args.burst, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_photos=args.max_photos,
+            batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, queue_limit=args.queue_limit,
+            reload_interval=args.reload_interval, confidence=args.confidence,
+        )
+    print("vitrina serve: stopped", flush=True)
     return 0
 
 
@@ -196,13 +306,136 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_augment_preview)
 
     p = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained model on a dataset split: metrics, confusion matrices, calibration, mistakes",
+        description="Evaluate a run's model on one split and write an evaluation folder (default RUN/eval-SPLIT): "
+        "metrics.json, predictions.csv, confusion matrices, a reliability diagram, mistakes.html and report.html. "
+        "The data is read with the run's data settings unless flags override them.",
+    )
+    p.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder, or its model.safetensors or model.json")
+    p.add_argument("data", metavar="DATA", help="any dataset form that `vitrina inspect` reads")
+    p.add_argument("--split", metavar="SPLIT", help="split to evaluate (default: test, else the holdout, else validation)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: a new RUN/eval-SPLIT)")
+    p.add_argument("--tta", action="store_true", help="also report test-time augmentation (mean with the horizontal mirror)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override a setting of the run, e.g. --set train.device=cpu (repeatable)")
+    _add_config_flags(p, {k: v for k, v in TRAIN_FLAGS.items() if k in ("--device", "--workers")}, "runtime options")
+    _add_config_flags(p, DATA_FLAGS, "data options (default: the run's)")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser(
+        "compare",
+        help="train and evaluate several configurations on the same splits and write a leaderboard",
+        description="Train every configuration on the same splits, evaluate each run as `vitrina evaluate` does, and write "
+        "leaderboard.md/.csv, bar charts (accuracy, training time, model size, inference speed) and overlaid learning curves. "
+        "CONFIG files are YAML configs (named by file), or one compare YAML with 'configs:' (name -> settings or file) and "
+        "optional 'common:'. Without CONFIG: cnn1/cnn2/cnn3 from scratch, efficientnet_lite0 bottleneck and fine-tune.",
+    )
+    p.add_argument("data", metavar="DATA", help="any dataset form that `vitrina inspect` reads")
+    p.add_argument("configs", metavar="CONFIG", nargs="*", help="config YAML files, or one compare YAML")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/compare-NNN)")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="parent of new output folders (default runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override a setting of every configuration (repeatable)")
+    _add_config_flags(p, {k: v for k, v in TRAIN_FLAGS.items() if k in ("--epochs", "--seed", "--device", "--workers")}, "options for every configuration")
+    _add_config_flags(p, DATA_FLAGS, "data options")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser(
+        "tune",
+        help="search hyperparameters with Optuna (persistent, resumable study; pruning of bad trials)",
+        description="Search learning rate, weight decay, dropout, head, augmentation strength, epochs and unfrozen blocks "
+        "(those that apply to the mode) with Optuna, maximising validation accuracy. The study lives in OUT/study.db and "
+        "resumes with --resume; the first trial is the given config, so the best trial's margin over it is reported. "
+        "The best config is written to OUT/best_config.yaml for `vitrina train --config`.",
+    )
+    p.add_argument("data", metavar="DATA", help="any dataset form that `vitrina inspect` reads")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/tune-NNN); with --resume, the interrupted search")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="parent of new output folders (default runs)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out with its saved settings")
+    p.add_argument("--trials", type=int, metavar="N", help="finished trials wanted in total (default 20 unless --minutes)")
+    p.add_argument("--minutes", type=float, metavar="M", help="time budget of this call (checked between trials)")
+    p.add_argument("--search", metavar="NAMES", help="comma-separated parameters to search (default: those of the mode): "
+                   "lr, weight_decay, dropout, head, augment, epochs, unfreeze_blocks")
+    _add_common(p)
+    _add_config_flags(p, TRAIN_FLAGS, "training options")
+    _add_config_flags(p, DATA_FLAGS, "data options")
+    p.set_defaults(handler=cmd_tune)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a model: REST API, a web page to check listing photos, a moderation log",
+        description="Serve a run folder or an exported .onnx file over HTTP: POST /v1/predict, /v1/predict/batch and "
+        "/v1/check (a listing's photos against its category: match, mismatch or uncertain), GET /v1/model, /v1/checks, "
+        "/healthz, /readyz, /metrics (Prometheus), OpenAPI docs at /docs, the checking page at / and the moderators' page "
+        "at /moderation. Concurrent requests are micro-batched. Every check is recorded in the moderation log. When the "
+        "model files change (a new export or training into the run folder), the new model is loaded in the background and "
+        "swapped in without dropping requests. API keys come from VITRINA_API_KEYS (comma-separated) and/or --api-keys.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a run folder or an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="server processes, each with its own model (default 1)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="inference backend (default auto: ONNX Runtime when installed)")
+    p.add_argument("--threads", type=int, metavar="N", help="inference threads per worker (default: the cores, shared between workers)")
+    p.add_argument("--db", metavar="PATH_OR_URL", help="moderation log: an SQLite file or a database URL (default MODEL's folder/moderation.db)")
+    p.add_argument("--store-images", action="store_true", help="keep the checked photos in the moderation log (default: only their SHA-256)")
+    p.add_argument("--api-keys", metavar="FILE", help="file of API keys, one a line (adds to VITRINA_API_KEYS); with any key, /v1/ requires one")
+    p.add_argument("--rate-limit", type=float, default=0.0, metavar="R", help="requests a second per client (API key or address); 0: none (default)")
+    p.add_argument("--burst", type=int, metavar="N", help="requests a client may make at once above the rate (default: the rate)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB", help="largest photo accepted (default 10)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N", help="most pixels a photo may have (default 40,000,000)")
+    p.add_argument("--max-photos", type=int, default=10, metavar="N", help="most photos in one request (default 10)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, metavar="MS", help="how long a photo waits for others to share a model call (default 5)")
+    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="most photos per model call; 1 turns micro-batching off (default 32)")
+    p.add_argument("--queue-limit", type=int, default=256, metavar="N", help="photos in progress before new requests get 503 (default 256)")
+    p.add_argument("--reload-interval", type=float, default=2.0, metavar="S", help="seconds between looks at the model files for a new version; 0: never reload (default 2)")
+    p.add_argument("--confidence", type=float, metavar="P", help="confidence below which a verdict is uncertain (default: the threshold calibrated with the model)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser(
         "demo",
         help="run the main job on the embedded demo photos",
-        description="Inspect the embedded demo dataset (clothing photos, CC0) and write the results under --runs.",
+        description="Inspect the embedded demo dataset (clothing photos, CC0), train and evaluate a classifier on it, "
+        "then serve it (a web page and REST API) until Ctrl+C. Results are written under --runs.",
     )
     p.add_argument("--runs", default="runs", metavar="DIR", help="folder for the run folders (default runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--host", default="127.0.0.1", help="address the server listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port of the server (default 8000; 0 picks a free one)")
+    p.add_argument("--no-serve", action="store_true", help="stop after training instead of serving the model")
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained run to a self-describing ONNX file with a model card",
+        description="Export RUN to ONNX (dynamic batch; labels, preprocessing, thresholds and metrics in its metadata) "
+        "and write a Markdown model card beside it. The export is checked against PyTorch on real validation images.",
+    )
+    p.add_argument("run", metavar="RUN", help="a run folder made by `vitrina train`")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
+    p.add_argument("--out", metavar="FILE", help="output .onnx file (default: RUN/model.onnx)")
+    p.add_argument("--int8", action="store_true", help="also write an int8-quantised model and report its accuracy change")
+    p.add_argument("--calibration", metavar="DATA", help="data for the parity check and int8 calibration (default: the run's own)")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser(
+        "predict",
+        help="classify single images or whole catalogues into a CSV or JSONL file",
+        description="Predict every image INPUTS name: files, folders (recursive), globs, or a CSV/list of paths. "
+        "Streams with bounded memory; unreadable files get an error row instead of stopping the run.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a run folder or an exported .onnx file")
+    p.add_argument("inputs", metavar="INPUTS", nargs="+", help="image files, folders, globs, or CSV/list files of paths")
+    p.add_argument("--out", metavar="FILE", help="output .csv or .jsonl (default: CSV on standard output)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per image (default 5)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --out file without repeating rows")
+    p.add_argument("--batch-size", type=int, metavar="N", help="model batch size (default: measured best for the CPU)")
+    p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: one per core)")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto", help="runtime (default auto: ONNX Runtime)")
+    p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("models", help="list the model registry", description="List registered models with parameter counts and input sizes.")
     p.set_defaults(handler=cmd_models)

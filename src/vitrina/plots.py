@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
 DPI = 100
@@ -257,4 +258,143 @@ def learning_curves(history: Sequence[Mapping[str, float]], path: str | os.PathL
         ax.legend()
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def confusion_matrix_chart(
+    matrix: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    normalize: bool = False,
+    title: str = "Confusion matrix",
+) -> Path:
+    """Rows are true classes, columns predicted; ``normalize`` shows each row as shares of its total.
+
+    Cells are labelled with their values up to 30 classes; beyond that the colour carries the
+    value and the figure grows so tick labels stay readable up to about 120 classes.
+    """
+    counts = np.asarray(matrix, dtype=np.float64).reshape(len(classes), len(classes))
+    n = len(classes)
+    rows = counts.sum(axis=1, keepdims=True)
+    values = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0) if normalize else counts
+    side = max(4.5, 2.5 + (0.38 if n <= 30 else 0.15) * n)
+    fig = _figure(side + 1.5, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(1.0, values.max()), interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.6, label="share of the true class" if normalize else "images")
+    font = 9 if n <= 30 else (7 if n <= 60 else 5)
+    labels = [_short(c, 28) for c in classes]
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), labels, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        threshold = 0.5 * (1 if normalize else max(1.0, values.max()))
+        for (i, j), value in np.ndenumerate(values):
+            if counts[i, j]:
+                text = f"{value:.2f}" if normalize else f"{int(value):,}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if value > threshold else "#222222")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def reliability_diagram(bins: Sequence[Mapping[str, float]], path: str | os.PathLike, *, ece: float | None = None, title: str = "Reliability") -> Path:
+    """Accuracy against confidence per bin (``lower``, ``upper``, ``count``, ``accuracy``), with the counts below."""
+    fig = _figure(6, 6.5)
+    ax, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    lower = np.array([b["lower"] for b in bins])
+    width = np.array([b["upper"] - b["lower"] for b in bins])
+    counts = np.array([b["count"] for b in bins])
+    accuracy = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
+    confidence = np.array([b["confidence"] if b["count"] else 0.0 for b in bins])
+    filled = counts > 0
+    ax.bar(lower[filled], accuracy[filled], width=width[filled], align="edge", color=SPLIT_COLOURS["train"], edgecolor="white", label="accuracy")
+    ax.bar(lower[filled], confidence[filled], width=width[filled], align="edge", fill=False, edgecolor="#C44E52", linewidth=1.2,
+           label="mean confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#555555", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    if ece is not None:
+        ax.text(0.97, 0.05, f"ECE {ece:.3f}", transform=ax.transAxes, ha="right", fontsize=11,
+                bbox={"facecolor": "white", "edgecolor": "#cccccc"})
+    ax_count.bar(lower, counts, width=width, align="edge", color="#8C8C8C", edgecolor="white")
+    ax_count.set_xlabel("confidence (largest probability)")
+    ax_count.set_ylabel("images")
+    ax_count.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def leaderboard_chart(rows: Sequence[Mapping[str, float | str]], path: str | os.PathLike, *, split: str = "test") -> Path:
+    """Four bar charts, one bar per configuration (``name``): accuracy, training time, size, speed."""
+    panels = (
+        ("accuracy", f"{split} accuracy", "{:.1%}"),
+        ("train_seconds", "training time (s)", "{:,.0f}"),
+        ("size_mb", "model file (MB)", "{:.1f}"),
+        ("images_per_second", "inference (images/s, batch 32)", "{:,.0f}"),
+    )
+    names = [_short(str(row["name"]), 28) for row in rows]
+    fig = _figure(12, 2.4 + 0.55 * len(rows))
+    colours = [_OTHER_COLOURS[i % len(_OTHER_COLOURS)] for i in range(len(rows))]
+    for ax, (key, label, fmt) in zip(fig.subplots(1, 4, sharey=True).flat, panels):
+        values = [float(row[key]) for row in rows]
+        bars = ax.barh(range(len(rows)), values, color=colours)
+        ax.bar_label(bars, labels=[fmt.format(v) for v in values], padding=2, fontsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.margins(x=0.3)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+        if key == "accuracy":
+            ax.set_xlim(0, 1.15)
+    ax0 = fig.axes[0]
+    ax0.set_yticks(range(len(rows)), names)
+    ax0.invert_yaxis()
+    fig.suptitle("Leaderboard")
+    return _save(fig, path)
+
+
+def overlaid_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike, title: str = "Learning curves") -> Path:
+    """Validation accuracy and loss per epoch of several runs on shared axes (training dashed)."""
+    fig = _figure(11, 4.5)
+    axes = fig.subplots(1, 2)
+    for i, (name, history) in enumerate(histories.items()):
+        colour = _OTHER_COLOURS[i % len(_OTHER_COLOURS)]
+        epochs = [row["epoch"] for row in history]
+        for ax, metric in zip(axes, ("accuracy", "loss")):
+            ax.plot(epochs, [row.get(f"val_{metric}") for row in history], color=colour, marker="o", markersize=2, label=name)
+            ax.plot(epochs, [row.get(f"train_{metric}") for row in history], color=colour, linestyle="--", linewidth=0.8, alpha=0.6)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{metric} (validation solid, training dashed)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def trials_chart(values: Sequence[tuple[int, float, str]], path: str | os.PathLike, *, baseline: float | None = None) -> Path:
+    """Search progress: each trial's objective (``(number, value, state)``), the best so far, and the default's value."""
+    fig = _figure(9, 4.5)
+    ax = fig.add_subplot()
+    styles = {"COMPLETE": (SPLIT_COLOURS["train"], "complete"), "PRUNED": ("#8C8C8C", "pruned")}
+    for state, (colour, label) in styles.items():
+        points = [(n, v) for n, v, s in values if s == state and v is not None]
+        if points:
+            ax.scatter(*zip(*points), color=colour, s=22, label=label, zorder=3)
+    complete = sorted((n, v) for n, v, s in values if s == "COMPLETE")
+    if complete:
+        best = np.maximum.accumulate([v for _, v in complete])
+        ax.step([n for n, _ in complete], best, where="post", color="#C44E52", label="best so far")
+    if baseline is not None:
+        ax.axhline(baseline, color="#555555", linestyle="--", linewidth=1, label="default config")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("Hyperparameter search")
     return _save(fig, path)

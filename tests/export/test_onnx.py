@@ -82,7 +82,7 @@ def test_int8_export_reports_accuracy_change_and_speed(cnn_export) -> None:
     run, result, lines = cnn_export
     assert result.int8_path == run / "model.int8.onnx" and result.int8_path.is_file()
     report = result.int8
-    for key in ("fp32_accuracy", "int8_accuracy", "accuracy_change_points", "within_tolerance", "fp32_images_per_second", "int8_images_per_second", "calibration_images"):
+    for key in ("fp32_accuracy", "int8_accuracy", "accuracy_change_points", "within_tolerance", "top1_agreement", "fp32_images_per_second", "int8_images_per_second", "calibration_images"):
         assert key in report, key
     assert report["accuracy_change_points"] == pytest.approx((report["int8_accuracy"] - report["fp32_accuracy"]) * 100)
     assert any("int8 on" in line and "points" in line for line in lines)
@@ -149,3 +149,20 @@ def test_efficientnet_bottleneck_run_exports_with_parity(tmp_path_factory: pytes
     assert description["preprocess"]["input_size"] == 96
     ops = {node.op_type for node in onnx.load(str(result.onnx_path)).graph.node}
     assert "Softmax" in ops and "Conv" in ops
+
+
+def test_checks_use_the_listed_images_when_the_data_moved(cnn_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, result, _ = cnn_export
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.onnx", "tensorboard"))
+    splits = json.loads((copy / "splits.json").read_text())
+    (copy / "splits.json").write_text(json.dumps({**splits, "source": str(tmp_path / "moved")}))
+    graph = onnx.load(str(result.onnx_path))
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess: graph)
+    exported = api_predict.export(copy, log=quiet)
+    assert exported.parity["n_images"] == len(splits["splits"]["val"])
+    assert "unlabelled" in onnx_export.read_description(exported.onnx_path)["export"]["check_images"]
+    with pytest.raises(ModelError, match="labelled validation images"):
+        api_predict.export(copy, int8=True, log=quiet)
+    with_data = api_predict.export(copy, int8=True, calibration=DEMO, log=quiet)
+    assert with_data.int8["n_images"] > 0

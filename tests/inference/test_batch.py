@@ -65,7 +65,8 @@ def test_folder_with_bad_files_gives_error_rows_and_predicts_the_rest(model: Pat
     out = tmp_path / "predictions.csv"
     summary = api_predict.predict(model, [catalogue], out=out, top_k=3, progress=False, workers=0)
     rows = read_csv(out)
-    assert list(rows[0]) == ["path", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3", "error"]
+    flag = ["uncertain"] if load_predictor(model).thresholds else []  # trained models carry a confidence threshold
+    assert list(rows[0]) == ["path", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3", *flag, "error"]
     assert [r["path"] for r in rows] == expand_inputs([catalogue])
     assert len(rows) == 34 and summary.n_inputs == 34
     assert (summary.n_predicted, summary.n_errors) == (30, 4)
@@ -90,6 +91,18 @@ def test_worker_processes_give_the_same_rows_as_one_process(model: Path, catalog
     assert (tmp_path / "parallel.csv").read_text() == (tmp_path / "serial.csv").read_text()
 
 
+def test_torch_backend_with_decoding_workers_matches_onnx(model: Path, catalogue: Path, tmp_path: Path) -> None:
+    predict_catalogue(small_batches(model), [catalogue], tmp_path / "onnx.csv", progress=False, workers=0)
+    torch_predictor = load_predictor(model.parent, backend="torch")
+    torch_predictor.batch_size = 8
+    summary = predict_catalogue(torch_predictor, [catalogue], tmp_path / "torch.csv", progress=False, workers=1)
+    assert (summary.backend, summary.workers) == ("torch", 1)
+    for a, b in zip(read_csv(tmp_path / "onnx.csv"), read_csv(tmp_path / "torch.csv"), strict=True):
+        assert (a["path"], a["label_1"], a["error"]) == (b["path"], b["label_1"], b["error"])
+        if not a["error"]:
+            assert float(a["prob_1"]) == pytest.approx(float(b["prob_1"]), abs=1e-5)
+
+
 def test_globs_csv_and_list_files_name_the_inputs(model: Path, catalogue: Path, tmp_path: Path) -> None:
     listed = sorted(catalogue.rglob("item*.jpg"))[:4]
     table = tmp_path / "lists" / "catalogue.csv"
@@ -102,6 +115,9 @@ def test_globs_csv_and_list_files_name_the_inputs(model: Path, catalogue: Path, 
         writer.writerow(["A2", str(relative)])
     plain = tmp_path / "lists" / "more.txt"
     plain.write_text(f"# two more\n{listed[2]}\n\n{listed[3]}\n{listed[0]}\n")
+    bare = tmp_path / "lists" / "bare.csv"
+    bare.write_text(f"{listed[3]},A4\n{listed[2]},A3\n")  # no header: paths in the first column
+    assert expand_inputs([bare]) == [str(listed[3]), str(listed[2])]
     pattern = str(catalogue / "shelf-b" / "**" / "item0*.jpg")
     inputs = expand_inputs([table, plain, pattern])
     assert inputs[:4] == [str(listed[0]), str(table.parent / relative), str(listed[2]), str(listed[3])]
@@ -131,7 +147,7 @@ def test_jsonl_rows(model: Path, catalogue: Path, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 34
     good = next(r for r in rows if r["error"] is None)
-    assert set(good) == {"path", "top", "error"} and len(good["top"]) == 2
+    assert {"path", "top", "error"} <= set(good) <= {"path", "top", "uncertain", "error"} and len(good["top"]) == 2
     assert set(good["top"][0]) == {"label", "prob"}
     bad = next(r for r in rows if r["path"].endswith("notes.jpg"))
     assert bad["top"] == [] and "not an image" in bad["error"]

@@ -96,8 +96,9 @@ def test_top_k_and_uncertain_flag(onnx_alone: Path) -> None:
     order, top = predictor.top(probs, 2)
     assert order.tolist() == [[1, 2], [2, 0]]
     np.testing.assert_allclose(top, [[0.7, 0.2], [0.45, 0.3]])
-    assert predictor.uncertain(probs) is None
-    sure = Predictor(predictor.backend, {**predictor.description, "thresholds": {"confidence": 0.6}}, "x")
+    without = {k: v for k, v in predictor.description.items() if k != "thresholds"}
+    assert Predictor(predictor.backend, without, "x").uncertain(probs) is None
+    sure = Predictor(predictor.backend, {**without, "thresholds": {"confidence": 0.6}}, "x")
     assert sure.uncertain(probs).tolist() == [False, True]
 
 
@@ -120,6 +121,18 @@ def test_damaged_or_foreign_onnx_files_are_clear_errors(onnx_alone: Path, tmp_pa
         load_predictor(tmp_path / "missing.onnx")
     with pytest.raises(ModelError, match="needs a run folder"):
         load_predictor(onnx_alone, backend="torch")
+
+
+def test_run_without_its_images_falls_back_to_torch(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.onnx", "tensorboard"))
+    (copy / "splits.json").write_text(json.dumps({"source": str(tmp_path / "moved"), "splits": {"val": [str(tmp_path / "moved" / "a.jpg")]}}))
+    messages: list[str] = []
+    predictor = load_predictor(copy, log=messages.append)
+    assert predictor.backend_name == "torch"
+    assert any("PyTorch instead of ONNX Runtime" in m for m in messages)
+    with pytest.raises(ModelError, match="no longer readable"):
+        load_predictor(copy, backend="onnx")
 
 
 def test_predict_api_accepts_a_loaded_predictor(onnx_alone: Path, tmp_path: Path) -> None:

@@ -19,9 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -44,6 +42,10 @@ Log = Callable[[str], None]
 if TYPE_CHECKING:  # torch and onnx load only when exporting: predicting from a file needs neither
     import onnx
     from torch import nn
+
+
+class NoReferenceImages(ModelError):
+    """Neither the run's data nor a given dataset has images for the export checks."""
 
 
 @dataclass
@@ -181,18 +183,20 @@ def _evenly(items: list, limit: int) -> list:
 
 def _decode(samples: list, preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images of the readable samples and the positions they came from."""
-    from vitrina.training.cache import decode_samples
+    from vitrina.data.cache import decode_samples
 
     decoded = decode_samples(samples, preprocess, None, max_pixels=max_pixels, workers=1, progress=False)
     return np.asarray(decoded.images), decoded.index
 
 
-def reference_images(run_dir: Path, meta: dict[str, Any], calibration: str | Path | None = None) -> ReferenceImages:
+def reference_images(run_dir: Path, meta: dict[str, Any], calibration: str | Path | None = None, *, int8: bool = False) -> ReferenceImages:
     """Validation images (with labels where known) and calibration images for the export checks.
 
     ``calibration``: a dataset (any form vitrina reads) to use instead of the run's own data;
     its validation split (carved from train when absent) is checked, its training split calibrates.
+    Without ``int8`` only the few images of the parity check are decoded.
     """
+    limit = MAX_EVALUATION_IMAGES if int8 else PARITY_IMAGES
     from vitrina import config as config_lib
     from vitrina.data.samples import Sample
     from vitrina.data.sources import load_dataset
@@ -213,11 +217,11 @@ def reference_images(run_dir: Path, meta: dict[str, Any], calibration: str | Pat
         # The data moved: the file paths listed in splits.json still give real images, unlabelled.
         paths = [p for p in listed.get("splits", {}).get("val", []) if Path(p).is_file()]
         if not paths:
-            raise ModelError(
+            raise NoReferenceImages(
                 f"{run_dir}: the images it was trained on are no longer readable; "
                 "pass a dataset for the export checks (--data DATA)"
             ) from None
-        images, _ = _decode(_evenly([Sample(p, "") for p in paths], MAX_EVALUATION_IMAGES), preprocess, cfg.data.max_pixels)
+        images, _ = _decode(_evenly([Sample(p, "") for p in paths], limit), preprocess, cfg.data.max_pixels)
         return ReferenceImages(images, None, images[:CALIBRATION_IMAGES], f"{source} (unlabelled)")
 
     index = {name: i for i, name in enumerate(meta["classes"])}
@@ -225,12 +229,14 @@ def reference_images(run_dir: Path, meta: dict[str, Any], calibration: str | Pat
     if calibration is None and listed.get("splits", {}).get("val"):
         wanted = set(listed["splits"]["val"])
         validation = [s for s in validation if s.path in wanted] or validation
-    validation = _evenly(validation, MAX_EVALUATION_IMAGES)
+    validation = _evenly(validation, limit)
     images, kept = _decode(validation, preprocess, cfg.data.max_pixels)
-    labels = np.asarray([index[validation[i].label] for i in kept], dtype=np.int64)
-    calibration_images, _ = _decode(_evenly(dataset.split("train"), CALIBRATION_IMAGES), preprocess, cfg.data.max_pixels)
     if len(images) == 0:
-        raise ModelError(f"{source}: no readable validation images for the export checks")
+        raise NoReferenceImages(f"{source}: no readable validation images for the export checks")
+    labels = np.asarray([index[validation[i].label] for i in kept], dtype=np.int64)
+    calibration_images = images
+    if int8:
+        calibration_images, _ = _decode(_evenly(dataset.split("train"), CALIBRATION_IMAGES), preprocess, cfg.data.max_pixels)
     return ReferenceImages(images, labels, calibration_images if len(calibration_images) else images, source)
 
 
@@ -273,9 +279,8 @@ def images_per_second(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray
             return done / elapsed
 
 
-def _accuracy(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, preprocess: Preprocess) -> float:
-    predicted = np.concatenate([run(preprocess.normalize(images[i : i + 64])).argmax(1) for i in range(0, len(images), 64)])
-    return float((predicted == labels).mean())
+def _top1(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    return np.concatenate([run(preprocess.normalize(images[i : i + 64])).argmax(1) for i in range(0, len(images), 64)])
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, preprocess: Preprocess) -> None:
@@ -337,13 +342,15 @@ def export_run(
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     preprocess = Preprocess.from_dict(meta["preprocess"])
     path = Path(out) if out is not None else default_onnx_path(run_dir)
-    if path.suffix.lower() != ".onnx":
+    if path.is_dir():
+        path = path / default_onnx_path(run_dir).name
+    elif path.suffix.lower() != ".onnx":
         path = path.with_suffix(".onnx")
 
     started = time.perf_counter()
     proto = to_onnx(model, preprocess)
     log(f"exported {meta['model']} to ONNX (opset {OPSET}) in {time.perf_counter() - started:.1f} s")
-    reference = reference_images(run_dir, meta, calibration)
+    reference = reference_images(run_dir, meta, calibration, int8=int8)
     fp32 = OnnxBackend.from_bytes(proto.SerializeToString(), str(path))
     parity = parity_check(model, fp32, reference.validation[:PARITY_IMAGES], preprocess)
     log(
@@ -397,8 +404,8 @@ def _export_int8(
         tmp.unlink(missing_ok=True)
     int8 = OnnxBackend.from_bytes(proto.SerializeToString(), str(path))
     images, labels = reference.validation, reference.validation_labels
-    fp32_accuracy = _accuracy(fp32, images, labels, preprocess)
-    int8_accuracy = _accuracy(int8, images, labels, preprocess)
+    fp32_top1, int8_top1 = _top1(fp32, images, preprocess), _top1(int8, images, preprocess)
+    fp32_accuracy, int8_accuracy = float((fp32_top1 == labels).mean()), float((int8_top1 == labels).mean())
     change = (int8_accuracy - fp32_accuracy) * 100.0
     batch = preprocess.normalize(np.resize(images, (32, *images.shape[1:])))
     report = {
@@ -408,6 +415,7 @@ def _export_int8(
         "int8_accuracy": int8_accuracy,
         "accuracy_change_points": change,
         "within_tolerance": abs(change) <= INT8_TOLERANCE_POINTS,
+        "top1_agreement": float((fp32_top1 == int8_top1).mean()),
         "tolerance_points": INT8_TOLERANCE_POINTS,
         "fp32_images_per_second": images_per_second(fp32, batch),
         "int8_images_per_second": images_per_second(int8, batch),
@@ -416,7 +424,7 @@ def _export_int8(
     save_onnx(proto, path, {**description, "export": {**description["export"], "precision": "int8", "int8": report}})
     log(
         f"int8 on {report['n_images']} validation images: accuracy {fp32_accuracy:.4f} (fp32) -> {int8_accuracy:.4f} (int8), "
-        f"change {change:+.2f} points; model-only speed {report['fp32_images_per_second']:.0f} -> "
+        f"change {change:+.2f} points, same top-1 as fp32 on {report['top1_agreement']:.1%}; model-only speed {report['fp32_images_per_second']:.0f} -> "
         f"{report['int8_images_per_second']:.0f} images/s at batch 32"
     )
     if not report["within_tolerance"]:

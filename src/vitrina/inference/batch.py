@@ -1,11 +1,12 @@
 """Streaming prediction over whole catalogues: bounded memory, parallel decoding, resumable output.
 
 Inputs (files, folders searched recursively, globs, CSV or list files of paths) expand to one
-ordered list of paths. Worker processes decode and resize whole batches (uint8 arrays, cheap to
-pass back) while the main process runs the model on the previous batch; at most a few batches
-are in flight, so memory stays flat however large the catalogue. Each batch's rows are written
-and flushed before the next, in input order: an interrupted run leaves a valid prefix that
-``resume`` continues (a half-written last line is dropped and redone).
+ordered list of paths. Worker processes take whole batches: with an ONNX model each worker
+decodes, resizes and runs its own single-threaded session and passes back probabilities; with
+PyTorch the workers decode (uint8 arrays) and the main process runs the model. At most a few
+batches are in flight, so memory stays flat however large the catalogue. Each batch's rows are
+written and flushed before the next, in input order: an interrupted run leaves a valid prefix
+that ``resume`` continues (a half-written last line is dropped and redone).
 """
 from __future__ import annotations
 
@@ -27,14 +28,16 @@ import numpy as np
 
 from vitrina.data.images import DEFAULT_MAX_PIXELS, decode, is_image_file
 from vitrina.errors import ConfigError, DataError, ImageError
-from vitrina.inference.predictor import Predictor, default_threads
+from vitrina.inference.predictor import OnnxBackend, Predictor, default_threads
 from vitrina.preprocess import Preprocess
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 CSV_PATH_COLUMNS = ("path", "file", "filename", "image", "image_path")
 GLOB_CHARACTERS = frozenset("*?[")
-# Batches decoded ahead of the model per worker: enough to hide decoding, small enough for flat memory.
+# Batches queued per worker: none waits while rows are written, and memory stays flat.
 BATCHES_AHEAD_PER_WORKER = 2
+# An fp32 efficientnet_lite0 worker at batch 32 holds about 420 MB; more cores become threads per worker.
+MAX_MODEL_WORKERS = 3
 
 
 @dataclass
@@ -64,7 +67,10 @@ def _paths_in_folder(folder: Path) -> list[str]:
 
 
 def _paths_in_list(path: Path) -> list[str]:
-    """Paths from a CSV (a path column, else the first) or a list file; relative to its folder."""
+    """Paths from a CSV (a path column, else the first) or a list file; relative to its folder.
+
+    A CSV's first row is a header when it names a path column or its first cell is not an image file name.
+    """
     base = path.parent
     with open(path, newline="", encoding="utf-8-sig") as fh:
         if path.suffix.lower() == ".csv":
@@ -73,10 +79,9 @@ def _paths_in_list(path: Path) -> list[str]:
                 return []
             header = [cell.strip().lower() for cell in rows[0]]
             column = next((header.index(name) for name in CSV_PATH_COLUMNS if name in header), None)
-            if column is None:  # no header naming the paths: the first column, header or not
-                column = 0
-            else:
-                rows = rows[1:]
+            if column is not None or not is_image_file(rows[0][0].strip() if rows[0] else ""):
+                rows = rows[1:]  # a header row
+            column = column or 0
             names = [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
         else:
             names = [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
@@ -134,8 +139,19 @@ def decode_batch(paths: Sequence[str], preprocess: Preprocess, max_pixels: int |
     return images[:kept], errors
 
 
-def _decode_task(task: tuple[list[str], Preprocess, int | None]) -> tuple[np.ndarray, list[str | None]]:
-    return decode_batch(*task)
+_worker_backend: OnnxBackend | None = None
+
+
+def _start_model_worker(model_file: Path, threads: int) -> None:
+    global _worker_backend
+    _worker_backend = OnnxBackend.from_file(model_file, threads)
+
+
+def _score_batch(paths: list[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray | None, list[str | None]]:
+    """In a model worker: decode, resize, run the model -> (probabilities of the readable files or None, errors)."""
+    assert _worker_backend is not None, "model worker not started"
+    images, errors = decode_batch(paths, preprocess, max_pixels)
+    return (_worker_backend(preprocess.normalize(images)) if len(images) else None), errors
 
 
 # ----------------------------------------------------------------------------- output
@@ -251,9 +267,16 @@ def _row_format(out: Path | None, classes: list[str], top_k: int, with_uncertain
 
 
 # ----------------------------------------------------------------------------- the pipeline
-def default_workers() -> int:
-    """Decoding processes beside the model: one per core beyond the first, at least one."""
-    return max(1, default_threads() - 1)
+def default_workers(predictor: Predictor) -> int:
+    """Worker processes: a model worker per core for an ONNX file (each holds its own
+    activations, so at most :data:`MAX_MODEL_WORKERS`), else one decoder beside the model."""
+    return min(default_threads(), MAX_MODEL_WORKERS) if _model_file(predictor) else max(1, default_threads() - 1)
+
+
+def _model_file(predictor: Predictor) -> Path | None:
+    """The ONNX file worker processes can open themselves, if the predictor came from one."""
+    backend = predictor.backend
+    return backend.file if isinstance(backend, OnnxBackend) and backend.file is not None else None
 
 
 def predict_catalogue(
@@ -270,7 +293,8 @@ def predict_catalogue(
     """Predict every image ``inputs`` name; one row per image, written to ``out`` (CSV/JSONL) or stdout.
 
     Unreadable files give a row whose ``error`` says why. ``resume`` continues an interrupted
-    ``out`` file: paths already in it are skipped. ``workers=0`` decodes in this process.
+    ``out`` file: paths already in it are skipped. ``workers``: processes that decode (and, for
+    an ONNX model, also run it); 0 does everything in this process.
     """
     from tqdm import tqdm
 
@@ -291,7 +315,7 @@ def predict_catalogue(
             done = set(rows.completed(fh))
     remaining = [p for p in paths if p not in done]
     n_resumed = len(paths) - len(remaining)
-    workers = default_workers() if workers is None else max(0, workers)
+    workers = default_workers(predictor) if workers is None else max(0, workers)
     batch_size = predictor.batch_size
 
     if out_path is None:
@@ -305,13 +329,12 @@ def predict_catalogue(
     n_predicted = n_errors = 0
     bar = tqdm(total=len(paths), initial=n_resumed, unit="img", desc="predicting", file=sys.stderr, disable=not progress, smoothing=0.05)
     try:
-        for chunk, (images, errors) in _decoded_batches(remaining, predictor.preprocess, max_pixels, batch_size, workers):
-            probs = predictor.predict_arrays(images)
+        for chunk, probs, errors in _scored_batches(predictor, remaining, max_pixels, workers):
             order, top_probs = predictor.top(probs, top_k)
             sink.write(rows.encode(chunk, order, top_probs, predictor.uncertain(probs), errors))
             sink.flush()
-            n_predicted += len(images)
-            n_errors += len(chunk) - len(images)
+            n_predicted += len(probs)
+            n_errors += len(chunk) - len(probs)
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -323,28 +346,49 @@ def predict_catalogue(
     )
 
 
-def _decoded_batches(
-    paths: list[str], preprocess: Preprocess, max_pixels: int | None, batch_size: int, workers: int
-) -> Iterator[tuple[list[str], tuple[np.ndarray, list[str | None]]]]:
-    """(paths, decoded batch) in input order; at most a few batches decoded ahead."""
+def _scored_batches(
+    predictor: Predictor, paths: list[str], max_pixels: int | None, workers: int
+) -> Iterator[tuple[list[str], np.ndarray, list[str | None]]]:
+    """(paths, probabilities of the readable ones, per-path error) batch by batch, in input order.
+
+    With an ONNX file, each worker process decodes and runs its own single-threaded session: on
+    a few cores this beats a multi-threaded model beside separate decoders, whose threads wait
+    for each other whenever a decoder (or any other program) takes a core. Otherwise workers
+    decode and this process runs the model. At most a few batches are in flight.
+    """
+    preprocess, batch_size = predictor.preprocess, predictor.batch_size
     chunks = (paths[start : start + batch_size] for start in range(0, len(paths), batch_size))
     if workers == 0 or len(paths) <= batch_size:
         for chunk in chunks:
-            yield chunk, decode_batch(chunk, preprocess, max_pixels)
+            images, errors = decode_batch(chunk, preprocess, max_pixels)
+            yield chunk, predictor.predict_arrays(images), errors
         return
-    # Spawned workers import only numpy, PIL and the decoder: no model, no inherited threads.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    model_file = _model_file(predictor)
+    # Spawned workers start clean: no inherited model threads, no torch.
+    context = multiprocessing.get_context("spawn")
+    if model_file is not None:
+        threads = max(1, default_threads() // workers)
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_model_worker, initargs=(model_file, threads))
+        task = _score_batch
+    else:
+        pool = ProcessPoolExecutor(workers, mp_context=context)
+        task = decode_batch
+    with pool:
         pending: deque[tuple[list[str], Future]] = deque()
 
         def submit_next() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                pending.append((chunk, pool.submit(_decode_task, (chunk, preprocess, max_pixels))))
+                pending.append((chunk, pool.submit(task, chunk, preprocess, max_pixels)))
 
-        for _ in range(workers * BATCHES_AHEAD_PER_WORKER + 1):
+        for _ in range(workers * BATCHES_AHEAD_PER_WORKER):
             submit_next()
         while pending:
             chunk, future = pending.popleft()
-            result = future.result()
+            result, errors = future.result()
             submit_next()
-            yield chunk, result
+            if model_file is None:
+                result = predictor.predict_arrays(result)
+            elif result is None:  # nothing readable in this batch
+                result = np.zeros((0, len(predictor.classes)), dtype=np.float32)
+            yield chunk, result, errors

@@ -39,11 +39,12 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, session: Any, source: str):
+    def __init__(self, session: Any, source: str, file: Path | None = None):
         from vitrina.export.onnx import INPUT_NAME, OUTPUT_NAME
 
         self.session = session
         self.source = source
+        self.file = file  # the model file when the session was opened from one (workers reopen it)
         self._input, self._output = INPUT_NAME, OUTPUT_NAME
 
     @staticmethod
@@ -76,7 +77,7 @@ class OnnxBackend:
             session = ort.InferenceSession(model, cls.session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for damaged files
             raise ModelError(f"{source}: not a readable ONNX model: {str(exc).strip() or type(exc).__name__}") from None
-        return cls(session, source)
+        return cls(session, source, Path(model) if isinstance(model, str) else None)
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
@@ -219,6 +220,22 @@ def cached_onnx(run_dir: Path, log: Callable[[str], None] | None = None) -> Path
     return path
 
 
+def _run_predictor(run_dir: Path, use_onnx: bool, onnx_required: bool, threads: int | None, log: Callable[[str], None] | None) -> Predictor:
+    """A run folder's predictor: ONNX Runtime on its cached export, else PyTorch."""
+    from vitrina.export.onnx import NoReferenceImages
+
+    if not use_onnx:
+        return _torch_predictor(run_dir)
+    try:
+        return _onnx_predictor(cached_onnx(run_dir, log), threads)
+    except NoReferenceImages as exc:
+        if onnx_required:
+            raise
+        if log is not None:
+            log(f"{exc}; predicting with PyTorch instead of ONNX Runtime")
+        return _torch_predictor(run_dir)
+
+
 def _onnx_runtime_available() -> bool:
     try:
         import onnx  # noqa: F401
@@ -239,8 +256,9 @@ def load_predictor(
     """A predictor for a run folder or an exported ``.onnx`` file.
 
     ``backend="auto"`` uses ONNX Runtime: the ``.onnx`` file itself, or for a run folder its
-    ``model.onnx`` (exported there on first use); it falls back to PyTorch when ONNX Runtime
-    is not installed. ``threads`` sets ONNX Runtime's thread count (default: all cores).
+    ``model.onnx`` (exported and checked there on first use); it falls back to PyTorch when ONNX
+    Runtime is not installed or the run's images for the export check are gone. ``threads``
+    sets ONNX Runtime's thread count (default: all cores); ``log`` receives export messages.
     """
     path = Path(path)
     if backend not in ("auto", "torch", "onnx"):
@@ -256,6 +274,6 @@ def load_predictor(
         use_onnx = backend == "onnx" or (backend == "auto" and _onnx_runtime_available())
         if backend == "onnx" and not _onnx_runtime_available():
             raise ModelError("the onnx backend needs onnxruntime and onnx: pip install onnxruntime onnx")
-        predictor = _onnx_predictor(cached_onnx(run_dir, log), threads) if use_onnx else _torch_predictor(run_dir)
+        predictor = _run_predictor(run_dir, use_onnx, backend == "onnx", threads, log)
     predictor.batch_size = batch_size
     return predictor

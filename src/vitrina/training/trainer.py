@@ -38,6 +38,7 @@ from vitrina.training.distributed import barrier, local_device_name
 from vitrina.training.plan import Plan, check_trainable, make_plan
 
 Log = Callable[[str], None]
+EpochHook = Callable[[dict[str, float]], None]  # sees each epoch's history row; may raise to stop
 
 
 @dataclass
@@ -179,6 +180,7 @@ def fit_head(
     epochs: int | None = None,
     writer: Any = None,
     log: Log = print,
+    on_epoch: EpochHook | None = None,
 ) -> list[dict[str, float]]:
     """Train a head on cached features (seconds); keeps the epoch with the best validation accuracy."""
     t = config.train
@@ -219,6 +221,8 @@ def fit_head(
         val_loss, val_acc = _loss_and_accuracy(val_logits, val_y)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / total, "train_accuracy": correct / total, "val_loss": val_loss, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"]}
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
         if writer is not None:
             _log_scalars(writer, row, epoch + 1, prefix="head/")
         if (val_acc, -val_loss) > (best[0], -best[1]):
@@ -233,6 +237,46 @@ def fit_head(
         head.load_state_dict(best_state)
     log(f"  head: best validation accuracy {best[0]:.4f} (loss {best[1]:.4f}) after {len(history)} epochs")
     return history
+
+
+def _fit_head_on_features(
+    model: nn.Module,
+    model_id: str,
+    decoded: dict[str, DecodedImages],
+    labels: dict[str, np.ndarray],
+    plan: Plan,
+    config: Config,
+    cache_dir: Path,
+    device: torch.device,
+    precision: str,
+    num_classes: int,
+    writer: Any,
+    on_epoch: EpochHook | None,
+    log: Log,
+) -> list[dict[str, float]]:
+    """Bottleneck training, or the fine-tuning warm start: the head fitted on cached frozen features."""
+    train_x = extract_features(model, model_id, decoded["train"], plan, cache_dir, device, precision, log=log)
+    train_y = labels["train"]
+    if plan.mode == "bottleneck" and config.train.feature_copies > 0:
+        transform = build_augment(config.augment, channels=plan.preprocess.channels)
+        aug_key = json.dumps(config.augment.__dict__, sort_keys=True)
+        copies = [train_x]
+        for copy in range(1, config.train.feature_copies + 1):
+            copies.append(
+                extract_features(
+                    model, model_id, decoded["train"], plan, cache_dir, device, precision,
+                    variant=f"aug{copy}|seed{config.train.seed}|{aug_key}", transform=transform,
+                    seed=config.train.seed * 1000 + copy, log=log,
+                )
+            )
+        train_x = np.concatenate(copies)
+        train_y = np.tile(train_y, len(copies))
+    val_x = extract_features(model, model_id, decoded["val"], plan, cache_dir, device, precision, log=log)
+    head_plan = plan
+    if plan.mode == "finetune":
+        head_plan = Plan(plan.mode, plan.model, plan.preprocess, plan.pretrained, **WARM_START_HEAD)
+    log("  fitting the head on frozen features")
+    return fit_head(model.head, train_x, train_y, val_x, labels["val"], head_plan, config, num_classes, writer=writer, log=log, on_epoch=on_epoch)
 
 
 def _log_scalars(writer: Any, row: dict[str, float], step: int, prefix: str = "") -> None:
@@ -292,6 +336,7 @@ def train_network(
     save_checkpoint: Callable[[nn.Module, dict], None] | None = None,
     progress: bool = True,
     log: Log = print,
+    on_epoch: EpochHook | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor] | None]:
     """Scratch or fine-tuning epochs with early stopping; returns (history, best state)."""
     from tqdm import tqdm
@@ -421,6 +466,8 @@ def train_network(
                     "best_state": best_state,
                 },
             )
+        if on_epoch is not None:
+            on_epoch(row)
         if t.patience and stale >= t.patience:
             log(f"  early stop: validation loss has not improved for {t.patience} epochs")
             break
@@ -445,6 +492,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(min(10.0, max(0.05, log_t.exp().item())))
 
 
+WARM_START_HEAD = {"epochs": 30, "batch_size": 256, "lr": 2e-3, "weight_decay": 1e-3}  # head fit before fine-tuning
 ACCEPT_RATE = 0.95  # share of in-distribution (validation) photos a model answers confidently
 
 
@@ -522,8 +570,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Log = print,
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
-    """Train a classifier on ``dataset`` as ``config`` says, writing everything into ``run_dir``."""
+    """Train a classifier on ``dataset`` as ``config`` says, writing everything into ``run_dir``.
+
+    ``on_epoch`` receives the history row of every epoch that selects the model (the head's on
+    cached features in bottleneck mode, the network's otherwise); an exception it raises stops
+    training (hyperparameter search prunes trials so).
+    """
     check_trainable(dataset)
     plan = make_plan(dataset, config)
     device = resolve_device(local_device_name(config.train.device))
@@ -589,54 +643,34 @@ def train(
         torch.save({**state, "config_digest": digest}, tmp)
         os.replace(tmp, state_path)
 
-    if plan.mode in ("bottleneck", "finetune") and not (resume_state and plan.mode == "finetune"):
-        if plan.mode == "bottleneck" or config.train.warm_start_head:
-            train_x = extract_features(model, model_id, decoded["train"], plan, cache_dir, device, precision, log=log)
-            train_y = labels["train"]
-            if plan.mode == "bottleneck" and config.train.feature_copies > 0:
-                transform = build_augment(config.augment, channels=plan.preprocess.channels)
-                aug_key = json.dumps(config.augment.__dict__, sort_keys=True)
-                copies = [train_x]
-                for copy in range(1, config.train.feature_copies + 1):
-                    copies.append(
-                        extract_features(
-                            model, model_id, decoded["train"], plan, cache_dir, device, precision,
-                            variant=f"aug{copy}|seed{config.train.seed}|{aug_key}", transform=transform,
-                            seed=config.train.seed * 1000 + copy, log=log,
-                        )
-                    )
-                train_x = np.concatenate(copies)
-                train_y = np.tile(train_y, len(copies))
-            val_x = extract_features(model, model_id, decoded["val"], plan, cache_dir, device, precision, log=log)
-            head_plan = plan
-            if plan.mode == "finetune":
-                rec = {"epochs": 30, "batch_size": 256, "lr": 2e-3, "weight_decay": 1e-3}
-                head_plan = Plan(plan.mode, plan.model, plan.preprocess, plan.pretrained, **rec)
-            log("  fitting the head on frozen features")
-            head_history = fit_head(model.head, train_x, train_y, val_x, labels["val"], head_plan, config, num_classes, writer=writer, log=log)
+    try:
+        if plan.mode == "bottleneck" or (plan.mode == "finetune" and config.train.warm_start_head and resume_state is None):
+            history = _fit_head_on_features(
+                model, model_id, decoded, labels, plan, config, cache_dir, device, precision, num_classes,
+                writer, on_epoch if plan.mode == "bottleneck" else None, log,
+            )
             if main:
-                _write_history(run_dir, head_history, "history_head" if plan.mode == "finetune" else "history")
-            history = head_history
-
-    if main:
-        barrier()
-    if plan.mode in ("finetune", "scratch"):
-        if resume_state is not None:
-            from safetensors.torch import load_file
-
-            model.load_state_dict(load_file(str(run_dir / "last.safetensors")))
-        history, best_state = train_network(
-            model, decoded["train"], labels["train"], decoded["val"], labels["val"], plan, config, run_dir,
-            device, precision, num_classes, writer=writer, resume_state=resume_state,
-            save_checkpoint=save_checkpoint, progress=progress, log=log,
-        )
-        if best_state is not None:
-            model.load_state_dict(best_state)
+                _write_history(run_dir, history, "history_head" if plan.mode == "finetune" else "history")
         if main:
-            _write_history(run_dir, history)
+            barrier()
+        if plan.mode in ("finetune", "scratch"):
+            if resume_state is not None:
+                from safetensors.torch import load_file
+
+                model.load_state_dict(load_file(str(run_dir / "last.safetensors")))
+            history, best_state = train_network(
+                model, decoded["train"], labels["train"], decoded["val"], labels["val"], plan, config, run_dir,
+                device, precision, num_classes, writer=writer, resume_state=resume_state,
+                save_checkpoint=save_checkpoint, progress=progress, log=log, on_epoch=on_epoch,
+            )
+            if best_state is not None:
+                model.load_state_dict(best_state)
+            if main:
+                _write_history(run_dir, history)
+    finally:
+        if writer is not None:
+            writer.close()
     train_seconds = time.perf_counter() - started
-    if writer is not None:
-        writer.close()
 
     model.eval()
     val_logits = forward_uint8(model, decoded["val"].images, plan.preprocess, device, precision)

@@ -1,0 +1,108 @@
+"""The public surface of evaluation, comparison and hyperparameter search (re-exported by :mod:`vitrina.api`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from vitrina.config import Config
+
+if TYPE_CHECKING:  # the implementations load torch and optuna; importing this module stays cheap
+    from vitrina.evaluation.compare import Comparison
+    from vitrina.evaluation.run_eval import Evaluation
+    from vitrina.training.tune import TuneResult
+
+
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    *,
+    split: str | None = None,
+    out: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    tta: bool = False,
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate a trained model on one split of ``data`` and write an evaluation folder.
+
+    ``model`` is a run folder or its ``model.safetensors`` / ``model.json``. The data is read
+    with the run's data settings, then ``overrides`` (dotted keys such as ``data.coarse_map``).
+    ``split`` defaults to test, else the holdout, else validation (carved as in training when
+    ``data`` is the training data), else all of ``data``. The folder (default
+    ``RUN/eval-SPLIT``, never one already written) holds metrics.json, predictions.csv,
+    confusion matrices, a reliability diagram, mistakes.html and report.html. ``tta`` adds the
+    figures of flip-averaged predictions under ``tta``.
+    """
+    from vitrina.evaluation.run_eval import evaluate_run
+
+    return evaluate_run(model, data, split=split, out=out, overrides=overrides, tta=tta, progress=progress)
+
+
+def compare(
+    data: str | Path,
+    configs: Sequence[Config | str | Path] | str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    runs_dir: str | Path = "runs",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Comparison:
+    """Train and evaluate several configurations on the same splits; write a leaderboard.
+
+    ``configs``: config files or objects, one compare YAML (``configs:`` name -> settings or
+    file, optional ``common:``), or None for the default lineup (the 1/2/3-block scratch CNNs,
+    efficientnet_lite0 bottleneck and fine-tune). ``overrides`` apply to every configuration.
+    Writes ``OUT/<name>/`` run folders, leaderboard.md/.csv/.png, curves.png and compare.json.
+    """
+    from vitrina.artifact import prepare_out_dir
+    from vitrina.evaluation.compare import check_lineup, compare_configs, lineup
+
+    entries = lineup(configs, overrides)
+    check_lineup(data, entries)  # a bad configuration fails before any training
+    out_dir = prepare_out_dir(out, runs_dir, "compare")
+    return compare_configs(data, entries, out_dir, progress=progress, log=log)
+
+
+def tune(
+    data: str | Path,
+    config: Config | str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    trials: int | None = None,
+    minutes: float | None = None,
+    search: Sequence[str] | None = None,
+    resume: bool = False,
+    runs_dir: str | Path = "runs",
+    log: Callable[[str], None] = print,
+) -> TuneResult:
+    """Search hyperparameters with Optuna; the study lives in ``OUT/study.db``.
+
+    ``resume`` continues the interrupted search in ``out`` with its saved base configuration
+    (``base_config.yaml``), keeping every finished trial. ``trials`` counts finished trials in
+    total; ``minutes`` bounds this call. The best configuration is written to
+    ``OUT/best_config.yaml``, ready for ``vitrina train --config``.
+    """
+    from vitrina import config as config_lib
+    from vitrina.api import resolve_config
+    from vitrina.artifact import prepare_out_dir
+    from vitrina.data.sources import load_dataset
+    from vitrina.errors import ConfigError, VitrinaError
+    from vitrina.training.plan import check_trainable
+    from vitrina.training.tune import BASE_CONFIG, STUDY_FILE
+    from vitrina.training.tune import tune as run_tune
+
+    if resume:
+        if out is None or not (Path(out) / STUDY_FILE).is_file():
+            raise VitrinaError(f"--resume needs --out pointing at a tune folder with {STUDY_FILE}")
+        out_dir = Path(out)
+        base = config_lib.resolve(out_dir / BASE_CONFIG)
+        if config is not None and resolve_config(config).to_dict() != base.to_dict():
+            raise ConfigError(f"{out_dir}: a resumed search keeps its settings ({BASE_CONFIG}); resume without other settings")
+    else:
+        base = resolve_config(config)
+    dataset = load_dataset(data, base.data, carve_val=True)
+    check_trainable(dataset)
+    if not resume:
+        out_dir = prepare_out_dir(out, runs_dir, "tune")
+        config_lib.save(base, out_dir, BASE_CONFIG)
+    return run_tune(dataset, base, out_dir, trials=trials, minutes=minutes, search=search, log=log)

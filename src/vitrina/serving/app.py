@@ -1,0 +1,356 @@
+"""The HTTP layer: routes, request parsing and validation, JSON errors, the web pages.
+
+Handlers only parse and validate; the work happens in :class:`~vitrina.serving.service.Service`.
+Every error is JSON ``{"error": code, "detail": message}`` with its status (401, 413, 415, 422,
+429, 503), and every response carries the model version in ``X-Model-Version``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vitrina import __version__
+from vitrina.serving.security import AccessGate, ApiKeys, RateLimiter, load_api_keys
+from vitrina.serving.service import (
+    MEBIBYTE,
+    LoadedModel,
+    PayloadTooLarge,
+    ServeSettings,
+    Service,
+    ServingError,
+    UnsupportedMediaType,
+    Upload,
+)
+
+SETTINGS_ENV = "VITRINA_SERVE_SETTINGS"
+STATIC = Path(__file__).resolve().parent / "static"
+Verdict = Literal["match", "mismatch", "uncertain"]
+TopK = Annotated[int, Query(ge=1, le=1000, description="how many labels to return")]
+Photos = Annotated[list[UploadFile], File(description="one or more photos (repeat the field)")]
+
+
+# ----------------------------------------------------------------------------- response schemas
+class Label(BaseModel):
+    label: str
+    probability: float
+
+
+class PhotoResult(BaseModel):
+    filename: str
+    sha256: str = Field(description="SHA-256 of the uploaded bytes")
+    predicted: str
+    confidence: float
+    uncertain: bool = Field(description="the confidence is below the model's calibrated threshold")
+    top: list[Label]
+
+
+class PredictResponse(PhotoResult):
+    model_version: str
+
+
+class BatchResponse(BaseModel):
+    model_version: str
+    results: list[PhotoResult]
+
+
+class CheckResponse(BaseModel):
+    check_id: int = Field(description="the check's id in the moderation log")
+    model_version: str
+    declared: str
+    predicted: str = Field(description="the category the listing's photos show (mean of their probabilities)")
+    confidence: float
+    threshold: float | None = Field(description="confidence below which the verdict is uncertain")
+    verdict: Verdict
+    suggestion: str | None = Field(description="the category to use instead, on a mismatch")
+    photos: list[PhotoResult]
+
+
+class ModelResponse(BaseModel):
+    name: str
+    version: str
+    labels: list[str]
+    preprocess: dict[str, Any]
+    thresholds: dict[str, float]
+    metrics: dict[str, Any]
+    mode: str | None
+    backend: str
+    loaded_at: str
+    limits: dict[str, float] = Field(description="max_photos a request, max_upload_mb a photo, max_pixels a photo")
+
+
+class LoggedPhoto(BaseModel):
+    position: int
+    sha256: str
+    predicted: str
+    confidence: float
+    image_stored: bool
+
+
+class LoggedCheck(BaseModel):
+    id: int
+    time: str
+    declared: str
+    predicted: str
+    confidence: float
+    verdict: Verdict
+    model_version: str
+    photos: list[LoggedPhoto]
+
+
+class ChecksResponse(BaseModel):
+    checks: list[LoggedCheck]
+    next_before: int | None = Field(description="pass as ?before= for the next page; null on the last")
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        401: "API key missing or invalid (when keys are configured)",
+        413: "upload too large, or too many photos",
+        415: "not a multipart form, or not a supported photo format",
+        422: "missing field, corrupt or non-image data, too many pixels, unknown category",
+        429: "rate limit exceeded (see Retry-After)",
+        503: "queue full or not ready (see Retry-After)",
+    }.items()
+}
+
+
+# ----------------------------------------------------------------------------- middleware
+def error_body(code: str, detail: str) -> dict[str, str]:
+    return {"error": code, "detail": detail}
+
+
+class RequestEnvelope:
+    """ASGI middleware around every request: body size limit, metrics, the model version header."""
+
+    def __init__(self, app: ASGIApp, service: Service):
+        self.app = app
+        self.service = service
+        self.max_body = service.settings.max_request_bytes
+
+    def _too_large(self) -> JSONResponse:
+        limit = self.max_body / MEBIBYTE
+        return JSONResponse(error_body("payload_too_large", f"the request is larger than this server's {limit:.3g} MB limit"), 413)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            status = 413
+            await self._too_large()(scope, receive, send)
+            self._observe(scope, status, started)
+            return
+        received = 0
+        overflowed = responded = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, overflowed
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body and not responded:
+                overflowed = True
+                return {"type": "http.disconnect"}  # stops the form parser; the 413 replaces its answer
+            return message
+
+        async def send_with_version(message: Message) -> None:
+            nonlocal status, responded
+            if overflowed:
+                return  # the app's answer to a cut-off body is replaced by the 413 below
+            if message["type"] == "http.response.start":
+                status, responded = message["status"], True
+                version = scope.get("state", {}).get("model_version")
+                if version is None and self.service.holder.current is not None:
+                    version = self.service.holder.current.version
+                if version is not None:
+                    message["headers"] = [*message.get("headers", []), (b"x-model-version", version.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_version)
+        except Exception:
+            if not overflowed:
+                self._observe(scope, status, started)
+                raise
+        if overflowed:
+            status = 413
+            await self._too_large()(scope, receive, send)
+        self._observe(scope, status, started)
+
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        metrics = self.service.metrics
+        metrics.requests.labels(scope["method"], route, str(status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------- request parsing
+def require_multipart(request: Request) -> None:
+    """415 for bodies that are not multipart forms (JSON, raw bytes, URL-encoded)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        shown = content_type.split(";", 1)[0] or "no content type"
+        raise UnsupportedMediaType(f"{shown}: send the photos as multipart/form-data in the field 'image'")
+
+
+async def read_uploads(files: list[UploadFile], settings: ServeSettings) -> list[Upload]:
+    """The uploaded files' bytes; 413 for one larger than the limit (checked before reading it)."""
+    uploads = []
+    for number, file in enumerate(files, start=1):
+        name = file.filename or f"photo {number}"
+        if file.size is not None and file.size > settings.max_upload_bytes:
+            raise PayloadTooLarge(f"{name}: {file.size / MEBIBYTE:.3g} MB; photos may be at most {settings.max_upload_mb:g} MB")
+        uploads.append(Upload(name, file.content_type, await file.read()))
+    return uploads
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """One readable sentence for FastAPI's validation errors."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+        if error.get("type") == "missing":
+            parts.append(f"missing field '{where}'")
+        else:
+            parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+# ----------------------------------------------------------------------------- the app
+def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> FastAPI:
+    """The server for ``settings``; ``model`` is a model already loaded (else loaded at start-up)."""
+    service = Service(settings, model)
+    keys = ApiKeys(load_api_keys(settings.api_keys_file))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="vitrina",
+        version=__version__,
+        summary="Checks sellers' product photos against the category they chose.",
+        description="Upload photos as multipart/form-data in the field `image`. Every answer names the model "
+        "version that produced it (`model_version`, and the `X-Model-Version` header).",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.service = service
+
+    @app.exception_handler(ServingError)
+    async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), exc.status, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body("invalid_request", validation_message(list(exc.errors()))), 422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, exc.headers)
+
+    # Documents the key in /docs; AccessGate enforces it before any body is read.
+    documented_key = [Security(APIKeyHeader(name="X-API-Key", auto_error=False))] if keys.enabled else []
+    v1 = APIRouter(prefix="/v1", dependencies=documented_key, responses=ERRORS)
+    uploads = [Depends(require_multipart)]
+
+    @v1.post("/predict", response_model=PredictResponse, dependencies=uploads, summary="Top-k labels of one photo")
+    async def predict(request: Request, image: Annotated[UploadFile, File(description="the photo")], top_k: TopK = settings.top_k) -> dict[str, Any]:
+        answer = await service.predict(await read_uploads([image], settings), top_k)
+        request.state.model_version = answer["model_version"]
+        return {"model_version": answer["model_version"], **answer["results"][0]}
+
+    @v1.post("/predict/batch", response_model=BatchResponse, dependencies=uploads, summary="Top-k labels of several photos")
+    async def predict_batch(request: Request, image: Photos, top_k: TopK = settings.top_k) -> dict[str, Any]:
+        answer = await service.predict(await read_uploads(image, settings), top_k)
+        request.state.model_version = answer["model_version"]
+        return answer
+
+    @v1.post("/check", response_model=CheckResponse, dependencies=uploads, summary="Check a listing's photos against its category")
+    async def check(request: Request, image: Photos, category: Annotated[str, Form(description="the category the seller chose")]) -> dict[str, Any]:
+        answer = await service.check(await read_uploads(image, settings), category.strip())
+        request.state.model_version = answer["model_version"]
+        return answer
+
+    @v1.get("/model", response_model=ModelResponse, summary="The model being served")
+    async def model_info() -> dict[str, Any]:
+        return service.model_info()
+
+    @v1.get("/checks", response_model=ChecksResponse, summary="The moderation log, newest first")
+    async def checks(
+        verdict: Annotated[Verdict | None, Query(description="only checks with this verdict")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        before: Annotated[int | None, Query(ge=1, description="only checks older than this id (paging)")] = None,
+    ) -> dict[str, Any]:
+        return await service.recent_checks(verdict, limit, before)
+
+    @v1.get("/checks/{check_id}/photos/{position}", summary="A photo kept in the moderation log",
+            responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}})
+    async def logged_photo(check_id: Annotated[int, PathParam(ge=1)], position: Annotated[int, PathParam(ge=0)]) -> Response:
+        stored = await service.stored_photo(check_id, position)
+        if stored is None:
+            raise HTTPException(404, "no stored photo here (the server keeps photos only with --store-images)")
+        data, media_type = stored
+        return Response(data, media_type=media_type or "application/octet-stream", headers={"X-Content-Type-Options": "nosniff"})
+
+    app.include_router(v1)
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the model is loaded and requests are accepted")
+    async def readyz() -> JSONResponse:
+        if not service.ready:
+            return JSONResponse({"status": "not ready"}, 503, {"Retry-After": "1"})
+        return JSONResponse({"status": "ready", "model_version": service.model.version})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def check_page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/moderation", include_in_schema=False)
+    async def moderation_page() -> FileResponse:
+        return FileResponse(STATIC / "moderation.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(AccessGate, keys=keys, limiter=RateLimiter(settings.rate_limit, settings.rate_burst))
+    app.add_middleware(RequestEnvelope, service=service)
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app factory of server worker processes: settings arrive as JSON in ``VITRINA_SERVE_SETTINGS``."""
+    return create_app(ServeSettings.from_json(os.environ[SETTINGS_ENV]))

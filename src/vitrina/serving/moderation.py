@@ -1,0 +1,187 @@
+"""The moderation log: every listing check, kept for moderators and queryable by verdict.
+
+Each check is one row of ``checks`` (time, declared and predicted category, confidence,
+verdict, model version) with one row per photo in ``check_photos`` (SHA-256, the photo's own
+prediction, and the image bytes only when the server is configured to keep them). The log lives
+in an embedded SQLite file by default; any database URL SQLAlchemy understands works too
+(``postgresql+psycopg://...`` with its driver installed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from vitrina.errors import ConfigError
+
+VERDICTS = ("match", "mismatch", "uncertain")
+
+metadata = MetaData()
+checks_table = Table(
+    "checks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", String(32), nullable=False),  # ISO 8601, UTC: sorts and reads well in any database
+    Column("declared", String(200), nullable=False),
+    Column("predicted", String(200), nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Index("ix_checks_verdict_id", "verdict", "id"),
+)
+photos_table = Table(
+    "check_photos",
+    metadata,
+    Column("check_id", Integer, ForeignKey("checks.id"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("sha256", String(64), nullable=False, index=True),
+    Column("predicted", String(200), nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("media_type", String(100), nullable=True),
+    Column("image", LargeBinary, nullable=True),
+)
+
+
+@dataclass
+class PhotoRecord:
+    sha256: str
+    predicted: str
+    confidence: float
+    media_type: str | None = None
+    image: bytes | None = None
+
+
+@dataclass
+class CheckRecord:
+    declared: str
+    predicted: str
+    confidence: float
+    verdict: str
+    model_version: str
+    photos: list[PhotoRecord] = field(default_factory=list)
+
+
+def database_url(target: str | Path) -> str:
+    """A database URL from a URL or a file path (a path means an SQLite file there)."""
+    text = str(target)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ModerationLog:
+    """Records checks and lists them, newest first. Thread-safe; calls block on the database."""
+
+    def __init__(self, target: str | Path, store_images: bool = False):
+        self.url = database_url(target)
+        self.store_images = store_images
+        try:
+            url = make_url(self.url)
+        except ArgumentError as exc:
+            raise ConfigError(f"moderation database: not a database URL or path: {target} ({exc})") from None
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine: Engine = create_engine(url)
+            if url.get_backend_name() == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            metadata.create_all(self.engine)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise ConfigError(f"moderation database {url.render_as_string(hide_password=True)}: {exc}") from None
+
+    def record(self, check: CheckRecord) -> int:
+        """Store one check with its photos; returns its id."""
+        with self.engine.begin() as connection:
+            check_id = connection.execute(
+                insert(checks_table).values(
+                    time=_now(), declared=check.declared, predicted=check.predicted, confidence=check.confidence,
+                    verdict=check.verdict, model_version=check.model_version,
+                )
+            ).inserted_primary_key[0]
+            connection.execute(
+                insert(photos_table),
+                [
+                    {
+                        "check_id": check_id, "position": position, "sha256": photo.sha256, "predicted": photo.predicted,
+                        "confidence": photo.confidence, "media_type": photo.media_type,
+                        "image": photo.image if self.store_images else None,
+                    }
+                    for position, photo in enumerate(check.photos)
+                ],
+            )
+        return int(check_id)
+
+    def recent(self, verdict: str | None = None, limit: int = 50, before_id: int | None = None) -> list[dict[str, Any]]:
+        """Checks newest first, optionally of one verdict and older than ``before_id`` (paging)."""
+        query = select(checks_table).order_by(checks_table.c.id.desc()).limit(limit)
+        if verdict is not None:
+            query = query.where(checks_table.c.verdict == verdict)
+        if before_id is not None:
+            query = query.where(checks_table.c.id < before_id)
+        with self.engine.connect() as connection:
+            rows = [dict(row._mapping) for row in connection.execute(query)]
+            if not rows:
+                return []
+            photo_rows = connection.execute(
+                select(
+                    photos_table.c.check_id, photos_table.c.position, photos_table.c.sha256, photos_table.c.predicted,
+                    photos_table.c.confidence, photos_table.c.media_type, photos_table.c.image.is_not(None).label("stored"),
+                )
+                .where(photos_table.c.check_id.in_([row["id"] for row in rows]))
+                .order_by(photos_table.c.check_id, photos_table.c.position)
+            )
+            photos: dict[int, list[dict[str, Any]]] = {}
+            for photo in photo_rows:
+                photos.setdefault(photo.check_id, []).append(
+                    {"position": photo.position, "sha256": photo.sha256, "predicted": photo.predicted,
+                     "confidence": photo.confidence, "image_stored": bool(photo.stored)}
+                )
+        for row in rows:
+            row["photos"] = photos.get(row["id"], [])
+        return rows
+
+    def photo(self, check_id: int, position: int) -> tuple[bytes, str | None] | None:
+        """A stored photo's bytes and media type, or None when absent or not kept."""
+        query = select(photos_table.c.image, photos_table.c.media_type).where(
+            photos_table.c.check_id == check_id, photos_table.c.position == position
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None or row.image is None:
+            return None
+        return bytes(row.image), row.media_type
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    """WAL: readers never block the writer, several server processes share the file, commits are cheap."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,141 @@
+"""Access to the API: optional API keys and a per-client rate limit.
+
+Keys come from the environment variable ``VITRINA_API_KEYS`` (comma-separated) and/or a file of
+one key per line (``#`` starts a comment). When any key is configured, every ``/v1/`` request
+must present one as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (401 otherwise). The
+rate limit is a token bucket per client (its API key, else its IP address): ``rate`` requests
+a second on average with bursts of ``burst`` (429 with ``Retry-After`` beyond). Both are checked
+before the request body is read, so a rejected upload costs almost nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vitrina.errors import ConfigError
+
+API_KEYS_ENV = "VITRINA_API_KEYS"
+PROTECTED_PREFIX = "/v1/"
+# Clients remembered by the rate limiter; the least recently seen are forgotten beyond this.
+MAX_TRACKED_CLIENTS = 10_000
+
+
+def load_api_keys(file: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> frozenset[str]:
+    """The configured keys: ``VITRINA_API_KEYS`` plus the lines of ``file``; empty means no authentication."""
+    keys = {key.strip() for key in environ.get(API_KEYS_ENV, "").split(",") if key.strip()}
+    if file is not None:
+        path = Path(file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"API keys file {path}: {exc.strerror or exc}") from None
+        from_file = {line.split("#", 1)[0].strip() for line in lines} - {""}
+        if not from_file:
+            raise ConfigError(f"API keys file {path} holds no key (one key per line)")
+        keys |= from_file
+    return frozenset(keys)
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The key a request carries in ``X-API-Key`` or ``Authorization: Bearer``."""
+    key = headers.get("x-api-key")
+    if key:
+        return key.strip()
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+class ApiKeys:
+    """The set of valid keys, compared in constant time."""
+
+    def __init__(self, keys: Iterable[str]):
+        self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def valid(self, key: str | None) -> bool:
+        if key is None:
+            return False
+        digest = hashlib.sha256(key.encode()).digest()
+        return any(hmac.compare_digest(digest, known) for known in self._digests)
+
+
+class RateLimiter:
+    """A token bucket per client: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: int | None = None):
+        self.rate = rate
+        self.burst = float(burst if burst is not None else max(1, math.ceil(rate)))
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, updated)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def acquire(self, client: str, now: float | None = None) -> float:
+        """Take a token: 0.0 when allowed, else the seconds until one is available."""
+        now = time.monotonic() if now is None else now
+        tokens, updated = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - updated) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[client] = (tokens, now)
+        while len(self._buckets) > MAX_TRACKED_CLIENTS:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+def client_identity(key: str | None, scope: Scope) -> str:
+    """Who a request counts against: its API key (hashed, never stored as is), else its address."""
+    if key is not None:
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    client = scope.get("client")
+    return "ip:" + (client[0] if client else "unknown")
+
+
+class AccessGate:
+    """ASGI middleware: 401 without a valid key (when keys are set), 429 over the rate limit."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys, limiter: RateLimiter):
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(Headers(scope=scope))
+        if self.keys.enabled and not self.keys.valid(key):
+            message = "a valid API key is required: send it as X-API-Key or Authorization: Bearer"
+            if key is not None:
+                message = "this API key is not valid"
+            response = JSONResponse({"error": "unauthorized", "detail": message}, 401, {"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        if self.limiter.enabled:
+            wait = self.limiter.acquire(client_identity(key if self.keys.enabled else None, scope))
+            if wait > 0:
+                retry_after = max(1, math.ceil(wait))
+                detail = f"rate limit of {self.limiter.rate:g} requests a second exceeded; retry in {retry_after} s"
+                response = JSONResponse({"error": "rate_limited", "detail": detail}, 429, {"Retry-After": str(retry_after)})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,143 @@
+"""The serving parts alone: verdicts, micro-batching, the moderation log, keys and the rate limit."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitrina.errors import ConfigError
+from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord, database_url
+from vitrina.serving.security import ApiKeys, RateLimiter, load_api_keys
+from vitrina.serving.service import MicroBatcher, ServeSettings, ServiceMetrics, files_version, listing_verdict
+
+CLASSES = ["hat", "shoes", "dress"]
+
+
+# ----------------------------------------------------------------------------- verdicts
+def test_verdicts_follow_the_mean_of_the_photos_and_the_threshold() -> None:
+    shoes = np.array([[0.1, 0.8, 0.1]])
+    assert listing_verdict(shoes, CLASSES, "shoes", 0.5).verdict == "match"
+    mismatch = listing_verdict(shoes, CLASSES, "hat", 0.5)
+    assert (mismatch.verdict, mismatch.predicted, mismatch.suggestion) == ("mismatch", "shoes", "shoes")
+    unsure = listing_verdict(shoes, CLASSES, "hat", 0.9)
+    assert (unsure.verdict, unsure.suggestion) == ("uncertain", None)
+    assert listing_verdict(shoes, CLASSES, "hat", None).verdict == "mismatch"  # a model without a threshold
+    listing = np.array([[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.0, 0.9, 0.1]])  # one hat photo, two shoe photos
+    verdict = listing_verdict(listing, CLASSES, "shoes", 0.5)
+    assert verdict.verdict == "match" and verdict.confidence == pytest.approx(2.0 / 3.0)
+
+
+# ----------------------------------------------------------------------------- micro-batching
+class CountingPredictor:
+    """Stands in for a Predictor: records each model call's batch size."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append(len(images))
+        return np.tile(images[:, 0, 0, :1].astype(np.float32), (1, 3))  # row i carries image i's value
+
+
+class FakeModel:
+    def __init__(self) -> None:
+        self.predictor = CountingPredictor()
+
+
+async def batched(photos_per_request: list[int], max_batch: int, window_s: float) -> tuple[list[int], list[np.ndarray]]:
+    batcher = MicroBatcher(max_batch, window_s, queue_limit=100, metrics=ServiceMetrics())
+    batcher.start()
+    model = FakeModel()
+
+    async def request(index: int, photos: int) -> np.ndarray:
+        with batcher.admit(photos) as admission:
+            await asyncio.sleep(0.001 * index)  # decoding
+            pixels = np.full((photos, 2, 2, 3), index, dtype=np.uint8)
+            return await batcher.submit(admission, model, pixels)  # type: ignore[arg-type]
+
+    answers = await asyncio.gather(*(request(i, n) for i, n in enumerate(photos_per_request)))
+    await batcher.stop()
+    return model.predictor.calls, list(answers)
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_answers() -> None:
+    calls, answers = asyncio.run(batched([1, 2, 1, 3, 1], max_batch=32, window_s=0.005))
+    assert calls == [8]
+    for index, answer in enumerate(answers):
+        assert (answer[:, 0] == index).all()
+
+
+def test_batches_never_exceed_max_batch_and_one_photo_batches_turn_it_off() -> None:
+    calls, _ = asyncio.run(batched([2] * 6, max_batch=4, window_s=0.005))
+    assert sum(calls) == 12 and max(calls) <= 4
+    calls, _ = asyncio.run(batched([1] * 5, max_batch=1, window_s=0.005))
+    assert calls == [1] * 5
+
+
+# ----------------------------------------------------------------------------- moderation log
+def test_moderation_log_records_and_filters_checks(tmp_path: Path) -> None:
+    log = ModerationLog(f"sqlite:///{tmp_path / 'log.db'}", store_images=False)
+    photo = PhotoRecord("ab" * 32, "shoes", 0.9, "image/jpeg", b"jpeg bytes")
+    first = log.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [photo]))
+    second = log.record(CheckRecord("shoes", "shoes", 0.8, "match", "v1", [photo, photo]))
+    assert second == first + 1
+    assert [c["id"] for c in log.recent()] == [second, first]
+    mismatches = log.recent("mismatch")
+    assert [c["declared"] for c in mismatches] == ["hat"] and mismatches[0]["photos"][0]["sha256"] == "ab" * 32
+    assert len(log.recent("match")[0]["photos"]) == 2
+    assert log.photo(first, 0) is None  # images are kept only when configured
+    log.close()
+    kept = ModerationLog(tmp_path / "log.db", store_images=True)
+    third = kept.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v2", [photo]))
+    assert kept.photo(third, 0) == (b"jpeg bytes", "image/jpeg")
+    assert len(kept.recent()) == 3  # the same file, opened by path
+    kept.close()
+
+
+def test_database_targets_are_paths_or_urls(tmp_path: Path) -> None:
+    assert database_url(tmp_path / "a.db") == f"sqlite:///{tmp_path / 'a.db'}"
+    assert database_url("postgresql+psycopg://u@host/db") == "postgresql+psycopg://u@host/db"
+    with pytest.raises(ConfigError, match="moderation database"):
+        ModerationLog("nosuchdialect://x/y")
+
+
+# ----------------------------------------------------------------------------- access
+def test_api_keys_come_from_the_environment_and_a_file(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("first  # the shop's key\n\nsecond\n")
+    keys = load_api_keys(keys_file, environ={"VITRINA_API_KEYS": "env-one, env-two,"})
+    assert keys == {"first", "second", "env-one", "env-two"}
+    assert load_api_keys(None, environ={}) == frozenset()
+    with pytest.raises(ConfigError, match="no key"):
+        (tmp_path / "empty").write_text("# nothing\n")
+        load_api_keys(tmp_path / "empty", environ={})
+    with pytest.raises(ConfigError, match="missing"):
+        load_api_keys(tmp_path / "missing", environ={})
+    checker = ApiKeys(keys)
+    assert checker.enabled and checker.valid("first") and not checker.valid("firs") and not checker.valid(None)
+
+
+def test_token_bucket_allows_bursts_then_the_rate() -> None:
+    limiter = RateLimiter(rate=2.0, burst=3)
+    assert [limiter.acquire("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.acquire("a", now=0.0) == pytest.approx(0.5)
+    assert limiter.acquire("b", now=0.0) == 0.0
+    assert limiter.acquire("a", now=0.6) == 0.0  # refilled 1.2 tokens
+
+
+def test_settings_are_checked_and_travel_as_json(tmp_path: Path) -> None:
+    settings = ServeSettings(model=str(tmp_path), max_batch=8, confidence=0.4)
+    assert ServeSettings.from_json(settings.to_json()) == settings
+    assert settings.database_target() == str(tmp_path / "moderation.db")
+    with pytest.raises(ConfigError, match="max_batch=0"):
+        ServeSettings(model="m", max_batch=0)
+
+
+def test_the_model_version_follows_the_file_content(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"one")
+    first = files_version([model])
+    model.write_bytes(b"two")
+    assert files_version([model]) != first and len(first) == 12
