@@ -116,3 +116,12 @@ def test_photos_are_kept_only_when_configured(make_client: Callable[..., TestCli
     photo = client.get(f"/v1/checks/{check_id}/photos/0")
     assert photo.status_code == 200 and photo.content == confident_shoe.read_bytes()
     assert photo.headers["content-type"] == "image/jpeg"
+
+
+def test_api_docs_work_without_internet(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "/docs-assets/swagger-ui-bundle.js" in page.text and "cdn" not in page.text.lower()
+    script = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
+    assert client.get("/openapi.json").json()["info"]["title"] == "vitrina"

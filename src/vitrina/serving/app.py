@@ -13,10 +13,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -260,6 +262,7 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
         description="Upload photos as multipart/form-data in the field `image`. Every answer names the model "
         "version that produced it (`model_version`, and the `X-Model-Version` header).",
         lifespan=lifespan,
+        docs_url=None,  # served below from the packaged Swagger UI, so /docs works without internet
         redoc_url=None,
     )
     app.state.service = service
@@ -345,7 +348,16 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
     async def moderation_page() -> FileResponse:
         return FileResponse(STATIC / "moderation.html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title="vitrina API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg" if (STATIC / "favicon.svg").is_file() else "",
+        )
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
     app.add_middleware(AccessGate, keys=keys, limiter=RateLimiter(settings.rate_limit, settings.rate_burst))
     app.add_middleware(RequestEnvelope, service=service)
     return app
