@@ -8,7 +8,8 @@ official split 0 first so the accuracy figures mean something), exports it with 
 - the CPU's fp32 matrix-multiply peak (torch and numpy SGEMM 2048x2048),
 - a naive loop: per batch of 32, PIL decode + torchvision transforms + eager PyTorch fp32,
 - the model alone: eager PyTorch fp32, ONNX Runtime fp32 and int8, at several batch sizes,
-- single-image latency (already decoded, model only) p50/p99 for fp32 and int8,
+- single-image latency (already decoded, model only) p50/p99 for fp32 and int8 (a run folder
+  whose int8 export kept its accuracy within 1 point is predicted and served in int8),
 - ``vitrina predict`` end to end over every image (read, decode, preprocess, model, write a CSV)
   in a fresh process, with its peak memory (all its processes together), for fp32 and int8, and
   for the other pipeline layout (decoding workers beside one multi-threaded model) for comparison,
@@ -24,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -194,6 +196,7 @@ def predict_in_child(model: Path, images: Path, out: Path, layout: str = "defaul
     """Run `vitrina predict` in a fresh process; add its wall time and peak memory."""
     out.unlink(missing_ok=True)
     started = time.perf_counter()
+    cpu_before = children_cpu_seconds()
     command = [sys.executable, "-c", PREDICT_CHILD, str(model), str(images), str(out), layout]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     peak = 0.0
@@ -213,8 +216,15 @@ def predict_in_child(model: Path, images: Path, out: Path, layout: str = "defaul
         raise SystemExit(f"vitrina predict failed (exit {child.returncode})")
     result = json.loads(output.strip().splitlines()[-1])
     result["wall_seconds"] = time.perf_counter() - started
+    result["cpu_seconds"] = children_cpu_seconds() - cpu_before
     result["peak_tree_mb"] = peak
     return result
+
+
+def children_cpu_seconds() -> float:
+    """CPU time (user + system) of every finished child process and their children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -268,13 +278,15 @@ def main() -> int:
         for size in (1, 8, 32, 64):
             figures[f"{name} b{size}"] = model_only(backend, batch64[:size])
     for name, value in figures.items():
-        print(f"  {name:<22} {value:7.1f}   {value * gflop / peak:5.1%} of the matmul peak")
+        share = "" if "int8" in name else f"   {value * gflop / peak:5.1%} of the fp32 matmul peak"
+        print(f"  {name:<22} {value:7.1f}{share}")
 
-    print("\nsingle image, model only, already decoded (200 runs):")
+    shipped = load_predictor(run).precision  # what `vitrina predict RUN` and `vitrina serve RUN` use
+    print(f"\nsingle image, model only, already decoded (200 runs); a run folder is served in {shipped}:")
     latency = {}
-    for name, backend in (("ORT fp32 (default)", fp32), ("ORT int8", int8)):
+    for name, backend in (("fp32", fp32), ("int8", int8)):
         latency[name] = latency_ms(backend, batch32[0])
-        print(f"  {name:<20} p50 {latency[name][0]:.2f} ms   p99 {latency[name][1]:.2f} ms")
+        print(f"  ORT {name}{' (default)' if name == shipped else '':<10} p50 {latency[name][0]:.2f} ms   p99 {latency[name][1]:.2f} ms")
 
     naive_paths = paths[: args.naive_images]
     print(f"\nnaive loop over {len(naive_paths)} images (PIL + torchvision + eager PyTorch fp32, batch 32)...")
@@ -295,16 +307,20 @@ def main() -> int:
         "fp32, decoders + 2-thread model": (result.onnx_path, "decoders"),
     }
     e2e = {name: predict_in_child(model_file, images_arg, work / f"e2e{i}.csv", layout) for i, (name, (model_file, layout)) in enumerate(cases.items())}
+    cores = os.cpu_count() or 1
     for name, r in e2e.items():
         rate = r["n"] / r["seconds"]
+        cpu_ms = r["cpu_seconds"] / r["n"] * 1000
         print(
             f"  {name}: {rate:.1f} images/s ({r['n']} rows, {r['errors']} errors, {r['seconds']:.1f} s from model load to last row; "
             f"{r['wall_seconds']:.1f} s with interpreter start), batch {r['batch_size']}, {r['workers']} worker(s), "
-            f"peak memory {r['peak_tree_mb']:.0f} MB (all processes)"
+            f"peak memory {r['peak_tree_mb']:.0f} MB (all processes); {cpu_ms:.1f} CPU-ms per image, "
+            f"so {cores / cpu_ms * 1000:.0f} images/s if it had the {cores} cores to itself"
         )
 
     rate = e2e["fp32"]["n"] / e2e["fp32"]["seconds"]
     int8_rate = e2e["int8"]["n"] / e2e["int8"]["seconds"]
+    default_rate = int8_rate if shipped == "int8" else rate
     report = result.int8 or {}
     print("\nsummary")
     print(f"  vitrina predict fp32      {rate:7.1f} images/s = {rate / naive:.1f}x the naive loop ({naive:.1f}), "
@@ -320,11 +336,11 @@ def main() -> int:
               f"({report['fp32_accuracy']:.4f} -> {report['int8_accuracy']:.4f})"
               + ("" if args.train else "; untrained head: run with --train for a meaningful figure"))
     targets = [
-        ("end to end >= 150 images/s", rate >= 150),
-        ("end to end >= 4x the naive loop", rate >= 4 * naive),
-        ("peak memory <= 1.5 GB", e2e["fp32"]["peak_tree_mb"] <= 1500),
-        ("single image p50 <= 5 ms (fp32)", latency["ORT fp32 (default)"][0] <= 5),
-        ("single image p99 <= 10 ms (fp32)", latency["ORT fp32 (default)"][1] <= 10),
+        (f"end to end >= 150 images/s ({shipped}, the default)", default_rate >= 150),
+        (f"end to end >= 4x the naive loop ({shipped})", default_rate >= 4 * naive),
+        ("peak memory <= 1.5 GB (fp32 and int8)", max(e2e["fp32"]["peak_tree_mb"], e2e["int8"]["peak_tree_mb"]) <= 1500),
+        (f"single image p50 <= 5 ms ({shipped})", latency[shipped][0] <= 5),
+        (f"single image p99 <= 10 ms ({shipped})", latency[shipped][1] <= 10),
     ]
     for name, met in targets:
         print(f"  [{'met' if met else 'MISSED'}] {name}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -88,6 +89,9 @@ def test_int8_export_reports_accuracy_change_and_speed(cnn_export) -> None:
     assert any("int8 on" in line and "points" in line for line in lines)
     quantized = onnx.load(str(result.int8_path))
     assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
+    (softmax,) = [node for node in quantized.graph.node if node.op_type == "Softmax"]
+    consumers = [node.op_type for node in quantized.graph.node if set(node.input) & set(softmax.output)]
+    assert "QuantizeLinear" not in consumers, "the probabilities must not be rounded to 8 bits"
     description = onnx_export.read_description(result.int8_path)
     assert description["export"]["precision"] == "int8"
     assert description["export"]["int8"]["n_images"] == report["n_images"]
@@ -166,3 +170,22 @@ def test_checks_use_the_listed_images_when_the_data_moved(cnn_export, tmp_path: 
         api_predict.export(copy, int8=True, log=quiet)
     with_data = api_predict.export(copy, int8=True, calibration=DEMO, log=quiet)
     assert with_data.int8["n_images"] > 0
+
+
+def test_a_run_folder_predicts_with_its_int8_export_only_when_it_kept_the_accuracy(cnn_export, tmp_path: Path) -> None:
+    from vitrina.inference.predictor import load_predictor
+
+    run, _, _ = cnn_export
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard"))
+    int8_file = copy / "model.int8.onnx"
+    for within in (True, False):
+        description = onnx_export.read_description(int8_file)
+        description["export"]["int8"]["within_tolerance"] = within
+        onnx_export.save_onnx(onnx.load(str(int8_file)), int8_file, description)
+        assert load_predictor(copy).precision == ("int8" if within else "fp32")
+    description["export"]["int8"]["within_tolerance"] = True
+    onnx_export.save_onnx(onnx.load(str(int8_file)), int8_file, description)
+    weights_time = (copy / "model.safetensors").stat().st_mtime
+    os.utime(int8_file, (weights_time - 60, weights_time - 60))  # made from older weights
+    assert load_predictor(copy).precision == "fp32"

@@ -139,4 +139,4 @@ def test_predict_api_accepts_a_loaded_predictor(onnx_alone: Path, tmp_path: Path
     image = tmp_path / "one.png"
     Image.open(TEST_IMAGES[0]).save(image)
     summary = api_predict.predict(load_predictor(onnx_alone), [image], out=tmp_path / "out.csv", top_k=2, progress=False)
-    assert (summary.n_predicted, summary.n_errors, summary.backend) == (1, 0, "onnx")
+    assert (summary.n_predicted, summary.n_errors, summary.backend, summary.precision) == (1, 0, "onnx", "fp32")

@@ -219,7 +219,7 @@ def reference_images(run_dir: Path, meta: dict[str, Any], calibration: str | Pat
         if not paths:
             raise NoReferenceImages(
                 f"{run_dir}: the images it was trained on are no longer readable; "
-                "pass a dataset for the export checks (--data DATA)"
+                "pass a dataset for the export checks (--calibration DATA)"
             ) from None
         images, _ = _decode(_evenly([Sample(p, "") for p in paths], limit), preprocess, cfg.data.max_pixels)
         return ReferenceImages(images, None, images[:CALIBRATION_IMAGES], f"{source} (unlabelled)")
@@ -296,12 +296,16 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, pre
             start = next(self.batches, None)
             return None if start is None else {INPUT_NAME: preprocess.normalize(calibration[start : start + 16])}
 
+    import onnx
+
     with tempfile.TemporaryDirectory(prefix="vitrina-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
+        # A quantised softmax would round every probability to a multiple of 1/255.
+        softmax = [node.name for node in onnx.load_model(str(prepared)).graph.node if node.op_type == "Softmax"]
         quantize_static(
             str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=softmax,
         )
 
 
@@ -390,7 +394,7 @@ def _export_int8(
     if reference.validation_labels is None:
         raise ModelError(
             "int8 export measures the accuracy change on labelled validation images; the run's data "
-            "cannot be loaded, so pass a dataset (--data DATA)"
+            "cannot be loaded, so pass a dataset (--calibration DATA)"
         )
     path = int8_path_for(fp32_path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

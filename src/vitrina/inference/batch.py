@@ -49,6 +49,7 @@ class PredictSummary:
     n_resumed: int  # rows already in the output file (resume)
     seconds: float
     backend: str
+    precision: str
     batch_size: int
     workers: int
 
@@ -342,7 +343,8 @@ def predict_catalogue(
             sink.close()
     return PredictSummary(
         out=out_path, n_inputs=len(paths), n_predicted=n_predicted, n_errors=n_errors, n_resumed=n_resumed,
-        seconds=time.perf_counter() - started, backend=predictor.backend_name, batch_size=batch_size, workers=workers,
+        seconds=time.perf_counter() - started, backend=predictor.backend_name, precision=predictor.precision,
+        batch_size=batch_size, workers=workers,
     )
 
 
