@@ -235,19 +235,8 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, default=None, help="use the first N images (default: all 4,947)")
-    parser.add_argument("--naive-images", type=int, default=640, help="images timed in the naive loop (default 640)")
-    parser.add_argument("--train", action="store_true", help="fit the head on split 0 first (meaningful accuracy figures)")
-    args = parser.parse_args()
-    if not IMAGES.is_dir():
-        print(f"Freiburg images not found at {IMAGES}; nothing to measure.")
-        return 0
-    paths = [str(p) for p in sorted(IMAGES.glob("*/*.jpg"))[: args.limit]]
-    if not paths:
-        print(f"No JPEG files under {IMAGES}; nothing to measure.")
-        return 0
+def measure(paths: list[str], args: argparse.Namespace, work: Path) -> None:
+    """Every figure, printed as it is measured; ``work`` holds the run folder and outputs."""
 
     import torch
 
@@ -264,7 +253,6 @@ def main() -> int:
     peak = max(torch_peak, numpy_peak)
     print(f"\nfp32 matmul 2048x2048: torch {torch_peak:.0f} GFLOP/s, numpy {numpy_peak:.0f} GFLOP/s")
 
-    work = Path(tempfile.mkdtemp(prefix="vitrina-bench-"))
     run = build_run(work, args.train)
     print("\nexport (vitrina export RUN --int8):")
     result = export(run, int8=True, calibration=SPLIT0, log=lambda line: print(f"  {line}"))
@@ -355,6 +343,23 @@ def main() -> int:
     for name, met in targets:
         print(f"  [{'met' if met else 'MISSED'}] {name}")
     print(f"  {load_average()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=None, help="use the first N images (default: all 4,947)")
+    parser.add_argument("--naive-images", type=int, default=640, help="images timed in the naive loop (default 640)")
+    parser.add_argument("--train", action="store_true", help="fit the head on split 0 first (meaningful accuracy figures)")
+    args = parser.parse_args()
+    if not IMAGES.is_dir():
+        print(f"Freiburg images not found at {IMAGES}; nothing to measure.")
+        return 0
+    paths = [str(p) for p in sorted(IMAGES.glob("*/*.jpg"))[: args.limit]]
+    if not paths:
+        print(f"No JPEG files under {IMAGES}; nothing to measure.")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="vitrina-bench-") as work:
+        measure(paths, args, Path(work))
     return 0
 
 
