@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,11 +29,20 @@ def tiny_flags(cache_dir: Path) -> list[str]:
 
 
 def finished_trials(study_db: Path) -> dict[int, tuple[float, dict]]:
-    """Trial number -> (value, params) of the complete trials in a study file (empty while it is being created)."""
-    try:
-        study = optuna.load_study(study_name="vitrina", storage=f"sqlite:///{study_db}")
-    except Exception:  # not created yet, or locked for a moment by the search writing it
+    """Trial number -> (value, params) of the complete trials in a study file (empty while it is being created).
+
+    Reads a copy: opening the live file would let optuna initialise its schema while the search does the same.
+    """
+    if not study_db.is_file():
         return {}
+    snapshot = study_db.with_name(f"snapshot-{time.monotonic_ns()}.db")
+    try:
+        shutil.copyfile(study_db, snapshot)
+        study = optuna.load_study(study_name="vitrina", storage=f"sqlite:///{snapshot}")
+    except Exception:  # copied mid-write, or the study is not created yet
+        return {}
+    finally:
+        snapshot.unlink(missing_ok=True)
     return {t.number: (t.value, t.params) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
 
 
@@ -69,7 +79,8 @@ def test_a_killed_search_resumes_with_every_finished_trial(shapes: Path, cache_d
             assert time.monotonic() < deadline, "no two trials finished in 4 minutes"
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     before = finished_trials(out / "study.db")
     result = api_eval.tune(shapes, out=out, resume=True, trials=len(before) + 1, log=lambda _: None)
