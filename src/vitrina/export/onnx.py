@@ -16,7 +16,6 @@ import json
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -70,8 +69,9 @@ class ExportResult:
 # ----------------------------------------------------------------------------- graph
 def to_onnx(model: nn.Module, preprocess: Preprocess) -> onnx.ModelProto:
     """The fp32 network plus softmax as an ONNX graph with a dynamic batch axis."""
-    import onnx
     import torch
+
+    from vitrina.models.onnx_graph import module_to_onnx
 
     class WithSoftmax(torch.nn.Module):
         def __init__(self, net: nn.Module):
@@ -81,32 +81,9 @@ def to_onnx(model: nn.Module, preprocess: Preprocess) -> onnx.ModelProto:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.net(x), dim=1)
 
-    wrapper = WithSoftmax(model.float().to(memory_format=torch.contiguous_format)).eval()
     size = preprocess.input_size
     example = torch.zeros(2, preprocess.channels, size, size)  # batch 2: batch 1 would be specialised
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(
-                wrapper, (example,), dynamo=True, verbose=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            )
-            return program.model_proto
-        except Exception as dynamo_error:  # noqa: BLE001
-            # Some timm architectures defeat torch.export; the TorchScript exporter still handles them.
-            import io
-
-            buffer = io.BytesIO()
-            try:
-                torch.onnx.export(
-                    wrapper, (example,), buffer, dynamo=False, opset_version=OPSET,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                )
-            except Exception as exc:  # noqa: BLE001
-                raise ModelError(f"cannot export the network to ONNX: {dynamo_error}; {exc}") from None
-            return onnx.load_from_string(buffer.getvalue())
+    return module_to_onnx(WithSoftmax(model), example, INPUT_NAME, OUTPUT_NAME, OPSET)
 
 
 def describe(meta: dict[str, Any], metrics: dict[str, Any], precision: str, checks: dict[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,57 @@ def _loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, f
 
 
 # ----------------------------------------------------------------------------- features
+class BackboneFeatures:
+    """Frozen-backbone features of decoded images, cached on disk by image content.
+
+    On a CPU in fp32 the backbone runs through ONNX Runtime (``train.feature_runtime: auto``), about
+    3x faster than eager PyTorch here; both compute the same function to float rounding, so they
+    share the cache. The ONNX session is only built when some features are missing.
+    """
+
+    def __init__(
+        self, model: nn.Module, model_id: str, plan: Plan, cache_dir: Path, device: torch.device,
+        precision: str, runtime: str = "auto", log: Log = print,
+    ):
+        self.model, self.model_id, self.plan, self.cache_dir = model, model_id, plan, cache_dir
+        self.device, self.precision, self.log = device, precision, log
+        if runtime == "auto":
+            runtime = "onnx" if device.type == "cpu" and precision == "fp32" else "torch"
+        if runtime == "onnx" and (device.type != "cpu" or precision != "fp32"):
+            raise ConfigError("train.feature_runtime=onnx runs on the CPU in fp32 (set train.device=cpu, train.precision=fp32)")
+        self.runtime = runtime
+        self._onnx: Any = None
+
+    def _forward(self, images: np.ndarray) -> np.ndarray:
+        if self.runtime == "onnx":
+            if self._onnx is None:
+                from vitrina.models.onnx_graph import OnnxFeatureExtractor
+
+                self._onnx = OnnxFeatureExtractor(self.model, self.plan.preprocess, self.cache_dir)
+            return self._onnx(images)
+        self.model.eval()
+        return forward_uint8(self.model.forward_features, images, self.plan.preprocess, self.device, self.precision, batch_size=64)
+
+    def __call__(self, decoded: DecodedImages, variant: str = "plain", transform: Any = None, seed: int = 0) -> np.ndarray:
+        store = FeatureStore(self.cache_dir, f"{self.model_id}|{self.precision}", self.plan.preprocess, variant)
+        feats, missing = store.lookup(decoded.hashes)
+        if missing:
+            started = time.perf_counter()
+            images = np.asarray(decoded.images[missing]) if len(missing) < len(decoded.hashes) else np.asarray(decoded.images)
+            if transform is not None:
+                torch.manual_seed(seed)
+                images = augment_batch(transform, torch.from_numpy(images)).numpy()
+            store.add([decoded.hashes[i] for i in missing], self._forward(images))
+            feats, _ = store.lookup(decoded.hashes)
+            seconds = time.perf_counter() - started
+            self.log(
+                f"  features ({variant}, {self.runtime}): {len(missing)} images in {seconds:.1f} s "
+                f"({len(missing) / max(seconds, 1e-9):.0f} images/s)"
+            )
+        assert feats is not None
+        return feats
+
+
 def extract_features(
     model: nn.Module,
     model_id: str,
@@ -148,24 +199,10 @@ def extract_features(
     transform: Any = None,
     seed: int = 0,
     log: Log = print,
+    runtime: str = "auto",
 ) -> np.ndarray:
-    """Backbone features for every decoded image, from the cache where present."""
-    store = FeatureStore(cache_dir, f"{model_id}|{precision}", plan.preprocess, variant)
-    feats, missing = store.lookup(decoded.hashes)
-    if missing:
-        started = time.perf_counter()
-        images = np.asarray(decoded.images[missing]) if len(missing) < len(decoded.hashes) else np.asarray(decoded.images)
-        if transform is not None:
-            torch.manual_seed(seed)
-            images = augment_batch(transform, torch.from_numpy(images)).numpy()
-        model.eval()
-        new = forward_uint8(model.forward_features, images, plan.preprocess, device, precision, batch_size=64)
-        store.add([decoded.hashes[i] for i in missing], new)
-        feats, _ = store.lookup(decoded.hashes)
-        seconds = time.perf_counter() - started
-        log(f"  features ({variant}): {len(missing)} images in {seconds:.1f} s ({len(missing) / max(seconds, 1e-9):.0f} images/s)")
-    assert feats is not None
-    return feats
+    """Backbone features for every decoded image, from the cache where present (see :class:`BackboneFeatures`)."""
+    return BackboneFeatures(model, model_id, plan, cache_dir, device, precision, runtime, log)(decoded, variant, transform, seed)
 
 
 def fit_head(
@@ -255,7 +292,8 @@ def _fit_head_on_features(
     log: Log,
 ) -> list[dict[str, float]]:
     """Bottleneck training, or the fine-tuning warm start: the head fitted on cached frozen features."""
-    train_x = extract_features(model, model_id, decoded["train"], plan, cache_dir, device, precision, log=log)
+    features = BackboneFeatures(model, model_id, plan, cache_dir, device, precision, config.train.feature_runtime, log)
+    train_x = features(decoded["train"])
     train_y = labels["train"]
     if plan.mode == "bottleneck" and config.train.feature_copies > 0:
         transform = build_augment(config.augment, channels=plan.preprocess.channels)
@@ -263,15 +301,14 @@ def _fit_head_on_features(
         copies = [train_x]
         for copy in range(1, config.train.feature_copies + 1):
             copies.append(
-                extract_features(
-                    model, model_id, decoded["train"], plan, cache_dir, device, precision,
-                    variant=f"aug{copy}|seed{config.train.seed}|{aug_key}", transform=transform,
-                    seed=config.train.seed * 1000 + copy, log=log,
+                features(
+                    decoded["train"], variant=f"aug{copy}|seed{config.train.seed}|{aug_key}",
+                    transform=transform, seed=config.train.seed * 1000 + copy,
                 )
             )
         train_x = np.concatenate(copies)
         train_y = np.tile(train_y, len(copies))
-    val_x = extract_features(model, model_id, decoded["val"], plan, cache_dir, device, precision, log=log)
+    val_x = features(decoded["val"])
     head_plan = plan
     if plan.mode == "finetune":
         head_plan = Plan(plan.mode, plan.model, plan.preprocess, plan.pretrained, **WARM_START_HEAD)

@@ -1,0 +1,130 @@
+"""Torch modules as ONNX graphs and ONNX Runtime sessions.
+
+ONNX Runtime runs a clean, statically padded graph of a mobile backbone 3-8x faster on a CPU than
+eager PyTorch, so frozen-backbone features (bottleneck training, the fine-tuning warm start,
+data cleaning) and exported models both go through here.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitrina.errors import ModelError
+from vitrina.preprocess import Preprocess
+
+INPUT_NAME = "image"
+
+
+def module_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str, opset: int = 18):  # type: ignore[no-untyped-def]
+    """``module`` as an fp32 ONNX graph (onnx.ModelProto) with a dynamic batch axis.
+
+    The torch.export-based exporter comes first: it folds TensorFlow-style "same" padding into
+    static pads, which ONNX Runtime fuses into the convolutions (about 2x faster than the
+    TorchScript exporter's graph here). Architectures that defeat torch.export fall back to it.
+    """
+    import onnx
+
+    # A copy: .float() and .to() work in place, and the caller may go on training its module.
+    module = copy.deepcopy(module).cpu().float().to(memory_format=torch.contiguous_format).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, verbose=False, opset_version=opset,
+                input_names=[input_name], output_names=[output_name],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            )
+            return program.model_proto
+        except Exception as dynamo_error:  # noqa: BLE001
+            buffer = io.BytesIO()
+            try:
+                torch.onnx.export(
+                    module, (example,), buffer, dynamo=False, opset_version=opset,
+                    input_names=[input_name], output_names=[output_name],
+                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                )
+            except Exception as exc:  # noqa: BLE001
+                raise ModelError(f"cannot export the network to ONNX: {dynamo_error}; {exc}") from None
+            return onnx.load_from_string(buffer.getvalue())
+
+
+def cpu_session(model: bytes | str | Path, threads: int | None = None):  # type: ignore[no-untyped-def]
+    """An ONNX Runtime CPU session using ``threads`` intra-op threads (default: torch's setting)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def weights_digest(module: nn.Module, skip_prefix: str | None = None) -> str:
+    """A digest of the parameters and buffers (those under ``skip_prefix`` left out)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        if skip_prefix and name.startswith(skip_prefix):
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Features(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+
+class OnnxFeatureExtractor:
+    """A network's ``forward_features`` run by ONNX Runtime on uint8 NxHxWxC images.
+
+    The exported graph is kept in ``cache_dir/onnx`` under a digest of the body's weights (the
+    classification head plays no part in the features) and the input size, so a second run skips the export (about 15 s for efficientnet_lite0).
+    """
+
+    def __init__(self, model: nn.Module, preprocess: Preprocess, cache_dir: str | Path, threads: int | None = None):
+        self.preprocess = preprocess
+        size, channels = preprocess.input_size, preprocess.channels
+        key = hashlib.blake2b(f"{weights_digest(model, skip_prefix='head.')}|{channels}x{size}".encode(), digest_size=12).hexdigest()
+        path = Path(cache_dir) / "onnx" / f"features-{key}.onnx"
+        if not path.is_file():
+            proto = module_to_onnx(_Features(model), torch.zeros(2, channels, size, size), INPUT_NAME, "features")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            tmp.write_bytes(proto.SerializeToString())
+            os.replace(tmp, path)
+        self.session = cpu_session(path, threads)
+
+    def __call__(self, images: np.ndarray, batch_size: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """float32 features for uint8 NxHxWxC ``images``; the next batch is normalised while ORT runs."""
+        if len(images) == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        starts = range(0, len(images), batch_size)
+        outputs = []
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.preprocess.normalize, np.asarray(images[0:batch_size]))
+            for i, start in enumerate(starts):
+                batch = pending.result()
+                if i + 1 < len(starts):
+                    nxt = starts[i + 1]
+                    pending = pool.submit(self.preprocess.normalize, np.asarray(images[nxt : nxt + batch_size]))
+                out = self.session.run(None, {INPUT_NAME: batch})[0]
+                outputs.append(out.reshape(len(out), -1))
+                if progress is not None:
+                    progress(len(out))
+        return np.concatenate(outputs).astype(np.float32, copy=False)
