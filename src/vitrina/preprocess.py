@@ -15,6 +15,8 @@ from PIL import Image
 
 from vitrina.errors import ConfigError
 
+# Pillow's default: a large downscale first averages whole pixel blocks (Image.reduce).
+_REDUCING_GAP = 3.0
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -101,26 +103,29 @@ class Preprocess:
         w, h = img.size
         if self.resize == "squash":
             if (w, h) != (size, size):
-                img = img.resize((size, size), resample, reducing_gap=3.0)
+                img = img.resize((size, size), resample, reducing_gap=_REDUCING_GAP)
             return img
         if self.resize == "letterbox":
             scale = size / max(w, h)
             nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
             if (nw, nh) != (w, h):
-                img = img.resize((nw, nh), resample, reducing_gap=3.0)
+                img = img.resize((nw, nh), resample, reducing_gap=_REDUCING_GAP)
             if (nw, nh) == (size, size):
                 return img
             fill = self.pad_value if self.channels == 1 else (self.pad_value,) * 3
             canvas = Image.new(self.mode, (size, size), fill)
             canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
             return canvas
-        # centre crop
+        # centre crop: the pixels of resizing to (nw, nh) and cropping the centre, computed
+        # for the crop alone where that is exact (see _resize_crop)
         short = self.scale_size
         scale = short / min(w, h)
         nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), resample, reducing_gap=3.0)
         left, top = (nw - size) // 2, (nh - size) // 2
+        if (nw, nh) != (w, h):
+            if resample != Image.Resampling.NEAREST:
+                return _resize_crop(img, (nw, nh), (left, top), size, resample)
+            img = img.resize((nw, nh), resample, reducing_gap=_REDUCING_GAP)
         if (nw, nh) != (size, size):
             img = img.crop((left, top, left + size, top + size))
         return img
@@ -138,10 +143,16 @@ class Preprocess:
         single = batch.ndim == 3
         if single:
             batch = batch[None]
-        scale = np.asarray([1.0 / (255.0 * s) for s in self.std], dtype=np.float32)
-        shift = np.asarray([m / s for m, s in zip(self.mean, self.std)], dtype=np.float32)
-        out = batch.astype(np.float32) * scale - shift
-        out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        scale = np.asarray([1.0 / (255.0 * s) for s in self.std], dtype=np.float32)[:, None, None]
+        shift = np.asarray([m / s for m, s in zip(self.mean, self.std)], dtype=np.float32)[:, None, None]
+        if batch.dtype != np.uint8:
+            batch = batch.astype(np.float32, copy=False)
+        n, h, w, c = batch.shape
+        # Transposed while still uint8 and converted in the same pass (float32(x) * scale, then
+        # - shift: the same float32 operations, so the same values, as converting first).
+        out = np.empty((n, c, h, w), dtype=np.float32)
+        np.multiply(batch.transpose(0, 3, 1, 2), scale, out=out)
+        out -= shift
         return out[0] if single else out
 
     def normalize_torch(self, batch):  # type: ignore[no-untyped-def]
@@ -159,3 +170,58 @@ class Preprocess:
     def __call__(self, img: Image.Image) -> np.ndarray:
         """Decoded image -> normalised float32 CxHxW array."""
         return self.normalize(self.to_uint8(img))
+
+
+# ----------------------------------------------------------------------------- exact crop resizing
+def _crop_axis(extent: float, resized: int, offset: int, size: int) -> tuple[float, float, int, int]:
+    """One axis of :func:`_resize_crop`: (box start, box end, output length, crop offset).
+
+    Pillow resamples an axis from the float32 box ``[in0, in1)`` onto ``n`` pixels with the
+    filter centred at ``in0 + (i + 0.5) * (in1 - in0) / n``. Resizing the whole extent onto
+    ``resized`` pixels and keeping ``[offset, offset + size)`` gives the centres
+    ``(offset + i + 0.5) * extent / resized``. When the box that covers just the crop gives
+    bit-identical centres and scale, every filter weight and so every pixel is identical, and
+    the box is returned; otherwise (or when the axis is not scaled) the whole extent, then a crop.
+    """
+    scale = float(np.float32(extent)) / resized
+    if resized != size and extent != resized:
+        start, end = offset * scale, (offset + size) * scale
+        start32, end32 = np.float32(start), np.float32(end)
+        if start32 == start and end32 == end and float(end32 - start32) / size == scale:
+            centres = np.arange(size, dtype=np.float64) + 0.5
+            if np.array_equal(start + centres * scale, (centres + offset) * scale):
+                return start, end, size, 0
+    return 0.0, float(extent), resized, offset
+
+
+def _resize_crop(img: Image.Image, resized: tuple[int, int], offset: tuple[int, int], size: int, resample: int) -> Image.Image:
+    """Exactly ``img.resize(resized, resample, reducing_gap=3.0).crop((*offset, *offset + size))``,
+    but resampling only the pixels the crop keeps along each axis where that is exact (for example
+    a square photo, whose scale is then a short binary fraction), which is faster.
+    """
+    w, h = img.size
+    # What Image.resize does with a reducing gap: reduce the whole image by whole blocks first.
+    fx = int(w / resized[0] / _REDUCING_GAP) or 1
+    fy = int(h / resized[1] / _REDUCING_GAP) or 1
+    extent_x, extent_y = float(w), float(h)
+    if fx > 1 or fy > 1:
+        img = img.reduce((fx, fy))
+        extent_x, extent_y = w / fx, h / fy
+    x0, x1, out_w, left = _crop_axis(extent_x, resized[0], offset[0], size)
+    y0, y1, out_h, top = _crop_axis(extent_y, resized[1], offset[1], size)
+    if _horizontal_first(img.size, resized) != _horizontal_first(img.size, (out_w, out_h)):
+        # Pillow would run the two passes in another order (rounding differs): the whole resize.
+        x0, x1, out_w, left = 0.0, extent_x, resized[0], offset[0]
+        y0, y1, out_h, top = 0.0, extent_y, resized[1], offset[1]
+    img = img.resize((out_w, out_h), resample, box=(x0, y0, x1, y1))
+    if (out_w, out_h) != (size, size):
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def _horizontal_first(size_in: tuple[int, int], size_out: tuple[int, int]) -> bool:
+    """Whether Pillow resamples rows before columns (Pillow 13 runs the vertical pass first when the
+    height shrinks by more than twice the width's reduction; earlier versions always run rows first,
+    and two sizes this calls alike are then alike too)."""
+    shrink_h = size_in[1] - size_out[1]
+    return not (shrink_h > 0 and shrink_h > (size_in[0] - size_out[0]) * 2)
