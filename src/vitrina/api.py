@@ -75,9 +75,11 @@ def train(
     import time
 
     from vitrina.artifact import write_json
+    from vitrina.data.cache import default_cache_dir
     from vitrina.data.sources import load_dataset
     from vitrina.errors import VitrinaError
-    from vitrina.evaluation.evaluate import evaluate_images, write_predictions
+    from vitrina.evaluation.evaluate import evaluate_images, evaluate_probabilities, write_predictions
+    from vitrina.evaluation.metrics import softmax
     from vitrina.evaluation.report import write_run_report
     from vitrina.models.runtime import resolve_device
     from vitrina.plots import learning_curves
@@ -111,10 +113,15 @@ def train(
         if split == "train":
             continue
         decoded = result.decoded[split]
-        split_metrics[split], probs = evaluate_images(
-            result.model, decoded.images, result.labels[split], dataset.classes, preprocess, device,
-            result.meta["precision"], split=split, n_skipped=len(decoded.skipped),
-        )
+        if split in result.logits:  # computed in training from cached features
+            probs = softmax(result.logits[split])
+            split_metrics[split] = evaluate_probabilities(probs, result.labels[split], dataset.classes, split, len(decoded.skipped))
+        else:
+            split_metrics[split], probs = evaluate_images(
+                result.model, decoded.images, result.labels[split], dataset.classes, preprocess, device,
+                result.meta["precision"], split=split, n_skipped=len(decoded.skipped),
+                cache_dir=default_cache_dir(cfg.train.cache_dir),
+            )
         samples = dataset.splits[split]
         write_predictions(
             run_dir / f"predictions_{split}.csv", [samples[i].path for i in decoded.index],

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from vitrina.evaluation.metrics import classification_metrics, softmax
-from vitrina.models.runtime import forward_uint8
+from vitrina.models.runtime import predict_logits
 from vitrina.preprocess import Preprocess
 
 
@@ -20,9 +20,10 @@ def predict_probabilities(
     device: torch.device,
     precision: str = "fp32",
     batch_size: int = 64,
+    cache_dir: str | Path | None = None,
 ) -> np.ndarray:
-    model.eval()
-    return softmax(forward_uint8(model, images, preprocess, device, precision, batch_size=batch_size))
+    """Class probabilities for uint8 images (through ONNX Runtime where that is faster, see predict_logits)."""
+    return softmax(predict_logits(model, images, preprocess, device, precision, cache_dir, batch_size=batch_size))
 
 
 def evaluate_images(
@@ -35,12 +36,18 @@ def evaluate_images(
     precision: str = "fp32",
     split: str = "test",
     n_skipped: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Metrics for one split, and the probabilities they came from."""
-    probs = predict_probabilities(model, images, preprocess, device, precision)
+    probs = predict_probabilities(model, images, preprocess, device, precision, cache_dir=cache_dir)
+    return evaluate_probabilities(probs, labels, classes, split, n_skipped), probs
+
+
+def evaluate_probabilities(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], split: str = "test", n_skipped: int = 0) -> dict:
+    """Metrics for one split from its predicted probabilities."""
     metrics = classification_metrics(labels, probs, classes, split=split)
     metrics["n_skipped"] = n_skipped
-    return metrics, probs
+    return metrics
 
 
 def write_predictions(path: str | Path, paths: Sequence[str], labels: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> Path:

@@ -219,8 +219,9 @@ def evaluate_run(
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
     workers = config.train.workers if config.train.workers >= 0 else min(4, os.cpu_count() or 1)
+    cache_dir = default_cache_dir(config.train.cache_dir)
     decoded = decode_samples(
-        samples, preprocess, default_cache_dir(config.train.cache_dir), max_pixels=config.data.max_pixels,
+        samples, preprocess, cache_dir, max_pixels=config.data.max_pixels,
         workers=workers, progress=progress, desc=f"decoding {split}",
     )
     kept = [samples[i] for i in decoded.index]
@@ -228,7 +229,10 @@ def evaluate_run(
         raise DataError(f"no readable images in the {split} split of {data}")
     labels = label_indices(kept, classes)
     net.to(device)
-    metrics, probs = evaluate_images(net, decoded.images, labels, classes, preprocess, device, precision, split=split, n_skipped=len(decoded.skipped))
+    metrics, probs = evaluate_images(
+        net, decoded.images, labels, classes, preprocess, device, precision, split=split,
+        n_skipped=len(decoded.skipped), cache_dir=cache_dir,
+    )
     coarse = coarse_accuracy(kept, [classes[i] for i in probs.argmax(axis=1)], {**meta.get("coarse_of", {}), **dataset.coarse_of})
     if coarse is not None:
         metrics["coarse_accuracy"] = coarse

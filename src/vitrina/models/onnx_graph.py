@@ -100,8 +100,7 @@ class OnnxFeatureExtractor:
     def __init__(self, model: nn.Module, preprocess: Preprocess, cache_dir: str | Path, threads: int | None = None):
         self.preprocess = preprocess
         size, channels = preprocess.input_size, preprocess.channels
-        key = hashlib.blake2b(f"{weights_digest(model, skip_prefix='head.')}|{channels}x{size}".encode(), digest_size=12).hexdigest()
-        path = Path(cache_dir) / "onnx" / f"features-{key}.onnx"
+        path = self.graph_path(model, preprocess, cache_dir)
         if not path.is_file():
             proto = module_to_onnx(_Features(model), torch.zeros(2, channels, size, size), INPUT_NAME, "features")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +108,13 @@ class OnnxFeatureExtractor:
             tmp.write_bytes(proto.SerializeToString())
             os.replace(tmp, path)
         self.session = cpu_session(path, threads)
+
+    @staticmethod
+    def graph_path(model: nn.Module, preprocess: Preprocess, cache_dir: str | Path) -> Path:
+        """Where the exported graph of ``model``'s body for this input lives (it may not exist yet)."""
+        shape = f"{preprocess.channels}x{preprocess.input_size}"
+        key = hashlib.blake2b(f"{weights_digest(model, skip_prefix='head.')}|{shape}".encode(), digest_size=12).hexdigest()
+        return Path(cache_dir) / "onnx" / f"features-{key}.onnx"
 
     def __call__(self, images: np.ndarray, batch_size: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """float32 features for uint8 NxHxWxC ``images``; the next batch is normalised while ORT runs."""

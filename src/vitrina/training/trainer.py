@@ -31,7 +31,7 @@ from vitrina.data.samples import Dataset
 from vitrina.errors import ConfigError, VitrinaError
 from vitrina.models.checkpoint import save_model
 from vitrina.models.registry import create_model
-from vitrina.models.runtime import autocast, forward_uint8, resolve_device, resolve_precision
+from vitrina.models.runtime import autocast, forward_uint8, predict_logits, resolve_device, resolve_precision
 from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.training.cache import FeatureStore
 from vitrina.training.distributed import barrier, local_device_name
@@ -51,6 +51,9 @@ class TrainResult:
     labels: dict[str, np.ndarray]
     train_seconds: float
     skipped: list[dict] = field(default_factory=list)
+    # Calibrated logits of the evaluation splits where training already has them (bottleneck:
+    # the head applied to cached features, the same function as the saved model).
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -220,6 +223,19 @@ def fit_head(
     on_epoch: EpochHook | None = None,
 ) -> list[dict[str, float]]:
     """Train a head on cached features (seconds); keeps the epoch with the best validation accuracy."""
+    # Matrices this small gain nothing from a second thread, and lose a lot when the cores are busy.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_head(head, train_x, train_y, val_x, val_y, plan, config, num_classes, epochs, writer, log, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_head(
+    head: nn.Module, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, plan: Plan,
+    config: Config, num_classes: int, epochs: int | None, writer: Any, log: Log, on_epoch: EpochHook | None,
+) -> list[dict[str, float]]:
     t = config.train
     torch.manual_seed(t.seed)
     xs, ys = torch.from_numpy(train_x), torch.from_numpy(train_y)
@@ -710,7 +726,16 @@ def train(
     train_seconds = time.perf_counter() - started
 
     model.eval()
-    val_logits = forward_uint8(model, decoded["val"].images, plan.preprocess, device, precision)
+    split_logits: dict[str, np.ndarray] = {}
+    if plan.mode == "bottleneck":
+        features = BackboneFeatures(model, model_id, plan, cache_dir, device, precision, config.train.feature_runtime, log)
+        with torch.inference_mode():
+            for split in decoded:
+                if split != "train":
+                    split_logits[split] = model.forward_head(torch.from_numpy(features(decoded[split])).to(device)).float().cpu().numpy()
+        val_logits = split_logits["val"]
+    else:
+        val_logits = predict_logits(model, decoded["val"].images, plan.preprocess, device, precision, cache_dir)
     temperature = fit_temperature(val_logits, labels["val"])
     apply_temperature(model, temperature)
     log(f"  calibration: softmax temperature {temperature:.3f} fitted on the validation split")
@@ -727,4 +752,5 @@ def train(
                 w = csv.DictWriter(fh, fieldnames=["split", "path", "reason"])
                 w.writeheader()
                 w.writerows(skipped)
-    return TrainResult(run_dir, model, meta, history, decoded, labels, train_seconds, skipped)
+    calibrated = {split: logits / temperature for split, logits in split_logits.items()}
+    return TrainResult(run_dir, model, meta, history, decoded, labels, train_seconds, skipped, calibrated)
