@@ -43,7 +43,7 @@ class ModelConfig:
     pretrained: bool = True
     input_size: int | None = None  # overrides the registry's default input size
     resize: Literal["center_crop", "letterbox", "squash"] | None = None
-    head: Literal["linear", "mlp"] = "linear"
+    head: Literal["auto", "linear", "mlp"] = "auto"  # auto: MLP for bottleneck training, linear otherwise
     hidden: int = 512  # MLP head width
     dropout: float = 0.2
 
@@ -86,7 +86,7 @@ class TrainConfig:
     unfreeze_blocks: int = 4
     freeze_bn: Literal["auto", "yes", "no"] = "auto"  # auto: BatchNorm statistics frozen when fine-tuning
     warm_start_head: bool = True  # fine-tuning: fit the head on cached features first
-    feature_copies: int = 0  # bottleneck: augmented feature copies per training image
+    feature_copies: int | None = None  # bottleneck: augmented feature copies per training image
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Frozen-backbone features: auto = ONNX Runtime on a CPU in fp32 (about 3x eager PyTorch), torch otherwise.
     feature_runtime: Literal["auto", "onnx", "torch"] = "auto"

@@ -311,14 +311,14 @@ def _fit_head_on_features(
     features = BackboneFeatures(model, model_id, plan, cache_dir, device, precision, config.train.feature_runtime, log)
     train_x = features(decoded["train"])
     train_y = labels["train"]
-    if plan.mode == "bottleneck" and config.train.feature_copies > 0:
+    if plan.mode == "bottleneck" and plan.feature_copies > 0:
         transform = build_augment(config.augment, channels=plan.preprocess.channels)
         aug_key = json.dumps(config.augment.__dict__, sort_keys=True)
         copies = [train_x]
-        for copy in range(1, config.train.feature_copies + 1):
+        for copy in range(1, plan.feature_copies + 1):
             copies.append(
                 features(
-                    decoded["train"], variant=f"aug{copy}|seed{config.train.seed}|{aug_key}",
+                    decoded["train"], variant=f"aug{copy}|seed{config.train.seed}|batch-augment-v1|{aug_key}",
                     transform=transform, seed=config.train.seed * 1000 + copy,
                 )
             )
@@ -327,7 +327,7 @@ def _fit_head_on_features(
     val_x = features(decoded["val"])
     head_plan = plan
     if plan.mode == "finetune":
-        head_plan = Plan(plan.mode, plan.model, plan.preprocess, plan.pretrained, **WARM_START_HEAD)
+        head_plan = Plan(plan.mode, plan.model, plan.preprocess, plan.pretrained, **WARM_START_HEAD, head=plan.head)
     log("  fitting the head on frozen features")
     return fit_head(model.head, train_x, train_y, val_x, labels["val"], head_plan, config, num_classes, writer=writer, log=log, on_epoch=on_epoch)
 
@@ -607,7 +607,7 @@ def model_meta(plan: Plan, dataset: Dataset, config: Config, extra: dict[str, An
         "classes": dataset.classes,
         "coarse_of": dataset.coarse_of,
         "preprocess": plan.preprocess.to_dict(),
-        "head": config.model.head,
+        "head": plan.head,
         "hidden": config.model.hidden,
         "dropout": config.model.dropout,
         "trained_on": dataset.source,
@@ -683,7 +683,7 @@ def train(
     model = create_model(
         plan.model, num_classes, pretrained=plan.pretrained, weights=config.model.weights,
         channels=plan.preprocess.channels, input_size=plan.preprocess.input_size,
-        head=config.model.head, hidden=config.model.hidden, dropout=config.model.dropout,
+        head=plan.head, hidden=config.model.hidden, dropout=config.model.dropout,
     )
     model_id = f"{plan.model}|{config.model.weights or ('pretrained' if plan.pretrained else 'random')}"
     model.to(device).to(memory_format=torch.channels_last)

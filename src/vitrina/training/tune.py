@@ -28,7 +28,7 @@ from vitrina.config import Config
 from vitrina.data.samples import Dataset
 from vitrina.errors import ConfigError
 from vitrina.plots import trials_chart
-from vitrina.training.plan import RECOMMENDED, make_plan
+from vitrina.training.plan import RECOMMENDED, RECOMMENDED_HEAD, make_plan
 from vitrina.training.trainer import train as run_training
 
 Log = Callable[[str], None]
@@ -66,7 +66,7 @@ def default_params(config: Config, mode: str, searched: tuple[str, ...]) -> dict
         "lr": t.lr if t.lr is not None else rec["lr"],
         "weight_decay": t.weight_decay if t.weight_decay is not None else rec["weight_decay"],
         "dropout": config.model.dropout,
-        "head": config.model.head,
+        "head": config.model.head if config.model.head != "auto" else RECOMMENDED_HEAD[mode],
         "augment": 1.0,
         "epochs": t.epochs if t.epochs is not None else rec["epochs"],
         "unfreeze_blocks": t.unfreeze_blocks,
