@@ -139,6 +139,9 @@ def _loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, f
 
 
 # ----------------------------------------------------------------------------- features
+FEATURE_CHUNK = 256  # images decoded, augmented and embedded at a time
+
+
 class BackboneFeatures:
     """Frozen-backbone features of decoded images, cached on disk by image content.
 
@@ -175,11 +178,16 @@ class BackboneFeatures:
         feats, missing = store.lookup(decoded.hashes)
         if missing:
             started = time.perf_counter()
-            images = np.asarray(decoded.images[missing]) if len(missing) < len(decoded.hashes) else np.asarray(decoded.images)
-            if transform is not None:
-                torch.manual_seed(seed)
-                images = augment_batch(transform, torch.from_numpy(images)).numpy()
-            store.add([decoded.hashes[i] for i in missing], self._forward(images))
+            torch.manual_seed(seed)
+            parts = []
+            # In chunks: augmentation works in float32, about 12x the uint8 images' memory.
+            for start in range(0, len(missing), FEATURE_CHUNK):
+                rows = missing[start : start + FEATURE_CHUNK]
+                images = np.asarray(decoded.images[rows])
+                if transform is not None:
+                    images = augment_batch(transform, torch.from_numpy(images)).numpy()
+                parts.append(self._forward(images))
+            store.add([decoded.hashes[i] for i in missing], np.concatenate(parts))
             feats, _ = store.lookup(decoded.hashes)
             seconds = time.perf_counter() - started
             self.log(
@@ -223,9 +231,10 @@ def fit_head(
     on_epoch: EpochHook | None = None,
 ) -> list[dict[str, float]]:
     """Train a head on cached features (seconds); keeps the epoch with the best validation accuracy."""
-    # Matrices this small gain nothing from a second thread, and lose a lot when the cores are busy.
+    # A linear head's matrices are too small to gain from a second thread, and lose a lot when the cores are busy.
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if not any(isinstance(m, nn.ReLU | nn.GELU) for m in head.modules()):
+        torch.set_num_threads(1)
     try:
         return _fit_head(head, train_x, train_y, val_x, val_y, plan, config, num_classes, epochs, writer, log, on_epoch)
     finally:
