@@ -22,6 +22,7 @@ _LAZY = {
     "export": "vitrina.api",
     "predict": "vitrina.api",
     "serve": "vitrina.api",
+    "clean": "vitrina.api",
 }
 
 

@@ -92,6 +92,8 @@ def train(
 
     cfg = resolve_config(config)
     dataset = load_dataset(data, cfg.data, carve_val=True)
+    if "excluded" in dataset.carved:
+        log(f"left out {dataset.carved['excluded']['count']} files listed in {dataset.carved['excluded']['file']}")
     check_trainable(dataset)  # refuse bad data and unknown models before any folder is made
     make_plan(dataset, cfg)
     init_distributed(cfg.train.device)
@@ -137,6 +139,7 @@ def train(
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "val_accuracy": split_metrics["val"]["accuracy"],
         "splits": {name: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n_images": m["n_images"]} for name, m in split_metrics.items()},
+        **({"excluded": dataset.carved["excluded"]} if "excluded" in dataset.carved else {}),
     }
     write_json(run_dir / "metrics.json", metrics)
     for name, m in split_metrics.items():
@@ -230,3 +233,4 @@ def list_models() -> list[dict[str, Any]]:
 from vitrina.api_eval import compare, evaluate, tune  # noqa: E402
 from vitrina.api_predict import export, predict  # noqa: E402
 from vitrina.api_serve import serve  # noqa: E402
+from vitrina.api_quality import clean  # noqa: E402

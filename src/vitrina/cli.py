@@ -91,6 +91,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    from vitrina import api
+    from vitrina.quality.clean import CleanSettings
+
+    chosen = {name: getattr(args, name) for name in CleanSettings.__dataclass_fields__ if getattr(args, name, None) is not None}
+    settings = CleanSettings(**chosen)
+    result = api.clean(
+        args.data, out=args.out, config=_resolve(args), settings=settings, exclude_out=args.exclude_out,
+        workers=args.workers, progress=not args.quiet, runs_dir=args.runs, log=lambda message: print(message, file=sys.stderr),
+    )
+    s = result.summary
+    print(f"{s['source']}: {s['n_readable']} readable images checked, {len(s['unreadable'])} unreadable")
+    print(f"  duplicate groups: {s['exact_duplicate_groups']} exact, {s['near_duplicate_groups']} near ({s['leakage_groups']} across splits)")
+    print(f"  likely wrong labels: {s['label_suspects']}   off-topic: {s['off_topic_suspects']}")
+    for note in s["notes"]:
+        print(f"  note: {note}")
+    print(f"report: {result.out_dir / 'report.html'}  (suspects.csv, duplicates.csv, suspects.png)")
+    print(f"exclusion list: {result.exclude_file} ({s['excluded']} files; nothing was moved or deleted)"
+          + (f", copied to {s['exclude_out']}" if s.get("exclude_out") else ""))
+    print(f"train without them: vitrina train {args.data} --exclude {s.get('exclude_out') or result.exclude_file}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vitrina import api
 
@@ -102,6 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"on {m['n_images']} images; trained in {m['train_seconds']:.0f} s, peak memory {m['peak_rss_mb']:.0f} MB")
     for name, split in m["splits"].items():
         print(f"  {name:<12} accuracy {split['accuracy']:.4f}  ({split['n_images']} images)")
+    if "excluded" in m:
+        print(f"  left out {m['excluded']['count']} files listed in {m['excluded']['file']}")
     print(f"run folder: {run.run_dir}")
     return 0
 
@@ -288,6 +313,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, TRAIN_FLAGS, "training options")
     _add_config_flags(p, DATA_FLAGS, "data options")
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser(
+        "clean",
+        help="find unreadable, duplicate, mislabelled and off-topic images (never changes them)",
+        description="Check a dataset with frozen ImageNet features (the same cached features training uses): unreadable "
+        "files; exact and near-duplicate photos within and across splits (leakage); likely wrong labels (cross-validated "
+        "probabilities and confident learning, each with a suggested label); off-topic photos far from every other. Writes "
+        "report.html with thumbnails, suspects.csv, duplicates.csv, suspects.png and exclude.csv, which "
+        "`vitrina train --exclude` reads. Files are never deleted or moved.",
+    )
+    p.add_argument("data", metavar="DATA", help="any dataset form that `vitrina inspect` reads")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/clean-NNN)")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="parent of new output folders (default runs)")
+    p.add_argument("--exclude-out", metavar="FILE", help="also write the exclusion list to FILE (must not exist)")
+    p.add_argument("--model", dest="models", metavar="NAMES", help="pretrained backbone(s) whose features are used, comma-separated "
+                   "(default efficientnet_lite0,efficientnet_lite2)")
+    p.add_argument("--folds", type=int, metavar="N", help="cross-validation folds (default 5)")
+    p.add_argument("--neighbours", type=int, metavar="K", help="nearest neighbours for the off-topic score and label votes (default 10)")
+    p.add_argument("--outlier-z", dest="outlier_z", type=float, metavar="Z", help="robust z-score above which a photo is off-topic (default 3)")
+    p.add_argument("--hash-bits", dest="hash_bits", type=int, metavar="N", help="perceptual-hash distance that alone makes a near duplicate (default 6)")
+    p.add_argument("--min-similarity", dest="min_similarity", type=float, metavar="S",
+                   help="feature similarity that, with a close hash, makes a near duplicate (default 0.9)")
+    p.add_argument("--exclude-kinds", dest="exclude_kinds", metavar="KINDS",
+                   help="what goes into exclude.csv: comma-separated duplicates, labels, off-topic (default all)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding processes (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_common(p)
+    _add_config_flags(p, {k: v for k, v in TRAIN_FLAGS.items() if k in ("--device", "--seed")}, "runtime options")
+    _add_config_flags(p, DATA_FLAGS, "data options")
+    p.set_defaults(handler=cmd_clean)
 
     p = sub.add_parser(
         "augment-preview",

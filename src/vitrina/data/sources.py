@@ -629,6 +629,11 @@ def _read_exclude(path: Path) -> set[tuple[str, ...]]:
         path_index = next(header.index(n) for n in PATH_COLUMNS if n in header)
         rows = csv.reader(io.StringIO("\n".join(line for _, line in lines[1:])))
         names = [row[path_index] for row in rows if len(row) > path_index]
+    elif path.suffix.lower() == ".csv" and len(header) > 1:
+        raise DataError(
+            f"{path}:{lines[0][0]}: an exclusion CSV needs a header row naming its path column "
+            f"({', '.join(PATH_COLUMNS[:4])}, ...); found {', '.join(header)}"
+        )
     else:
         names = [line for _, line in lines]
     return {PurePath(os.path.normpath(name.strip())).parts for name in names if name.strip()}
