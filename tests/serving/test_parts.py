@@ -36,9 +36,10 @@ class CountingPredictor:
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+    def predict_scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append(len(images))
-        return np.tile(images[:, 0, 0, :1].astype(np.float32), (1, 3))  # row i carries image i's value
+        values = images[:, 0, 0, 0].astype(np.float32)
+        return np.tile(values[:, None], (1, 3)), values / 10  # row i carries image i's value; so does its unknown score
 
 
 class FakeModel:
@@ -65,8 +66,8 @@ async def batched(photos_per_request: list[int], max_batch: int, window_s: float
 def test_concurrent_requests_share_model_calls_and_get_their_own_answers() -> None:
     calls, answers = asyncio.run(batched([1, 2, 1, 3, 1], max_batch=32, window_s=0.005))
     assert calls == [8]
-    for index, answer in enumerate(answers):
-        assert (answer[:, 0] == index).all()
+    for index, (probs, scores) in enumerate(answers):
+        assert (probs[:, 0] == index).all() and np.allclose(scores, index / 10)
 
 
 def test_batches_never_exceed_max_batch_and_one_photo_batches_turn_it_off() -> None:

@@ -148,24 +148,26 @@ def _start_model_worker(model_file: Path, threads: int) -> None:
     _worker_backend = OnnxBackend.from_file(model_file, threads)
 
 
-def _score_batch(paths: list[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray | None, list[str | None]]:
-    """In a model worker: decode, resize, run the model -> (probabilities of the readable files or None, errors)."""
+def _score_batch(paths: list[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[tuple[np.ndarray, np.ndarray | None] | None, list[str | None]]:
+    """In a model worker: decode, resize, run the model -> ((probabilities, unknown scores) of the readable files or None, errors)."""
     assert _worker_backend is not None, "model worker not started"
     images, errors = decode_batch(paths, preprocess, max_pixels)
-    return (_worker_backend(preprocess.normalize(images)) if len(images) else None), errors
+    return (_worker_backend.scored(preprocess.normalize(images)) if len(images) else None), errors
 
 
 # ----------------------------------------------------------------------------- output
 class _Rows:
     """One output format: a header (CSV), row encoding, and reading back completed paths."""
 
-    def __init__(self, classes: list[str], top_k: int, with_uncertain: bool):
-        self.classes, self.top_k, self.with_uncertain = classes, top_k, with_uncertain
+    def __init__(self, classes: list[str], top_k: int, with_uncertain: bool, with_unknown: bool = False):
+        self.classes, self.top_k, self.with_uncertain, self.with_unknown = classes, top_k, with_uncertain, with_unknown
 
     def header(self) -> str:
         return ""
 
-    def encode(self, paths: list[str], order: np.ndarray, probs: np.ndarray, uncertain: np.ndarray | None, errors: list[str | None]) -> str:
+    def encode(self, paths: list[str], order: np.ndarray, probs: np.ndarray, uncertain: np.ndarray | None, errors: list[str | None],
+               unknown: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+        """Rows for ``paths``; ``unknown`` is (flags, scores) of the readable ones when the model detects unknown photos."""
         raise NotImplementedError
 
     def completed(self, fh: IO[str]) -> Iterator[str]:
@@ -175,7 +177,7 @@ class _Rows:
 class _CsvRows(_Rows):
     def columns(self) -> list[str]:
         ranks = [name for i in range(1, self.top_k + 1) for name in (f"label_{i}", f"prob_{i}")]
-        return ["path", *ranks, *(["uncertain"] if self.with_uncertain else []), "error"]
+        return ["path", *ranks, *(["uncertain"] if self.with_uncertain else []), *(["unknown", "unknown_score"] if self.with_unknown else []), "error"]
 
     def _line(self, cells: list[str]) -> str:
         import io
@@ -187,15 +189,17 @@ class _CsvRows(_Rows):
     def header(self) -> str:
         return self._line(self.columns())
 
-    def encode(self, paths, order, probs, uncertain, errors):  # type: ignore[no-untyped-def]
+    def encode(self, paths, order, probs, uncertain, errors, unknown=None):  # type: ignore[no-untyped-def]
         buffer = []
         row = 0
         for path, error in zip(paths, errors):
             if error is not None:
-                cells = [path, *[""] * (2 * self.top_k), *([""] if self.with_uncertain else []), error]
+                cells = [path, *[""] * (2 * self.top_k), *([""] if self.with_uncertain else []), *(["", ""] if self.with_unknown else []), error]
             else:
                 ranks = [cell for j in range(self.top_k) for cell in (self.classes[order[row, j]], f"{probs[row, j]:.6f}")]
                 flag = ["true" if uncertain[row] else "false"] if uncertain is not None else []
+                if self.with_unknown:
+                    flag += ["true" if unknown[0][row] else "false", f"{unknown[1][row]:.6f}"] if unknown is not None else ["", ""]
                 cells = [path, *ranks, *flag, ""]
                 row += 1
             buffer.append(self._line(cells))
@@ -215,7 +219,7 @@ class _CsvRows(_Rows):
 
 
 class _JsonlRows(_Rows):
-    def encode(self, paths, order, probs, uncertain, errors):  # type: ignore[no-untyped-def]
+    def encode(self, paths, order, probs, uncertain, errors, unknown=None):  # type: ignore[no-untyped-def]
         lines = []
         row = 0
         for path, error in zip(paths, errors):
@@ -224,6 +228,9 @@ class _JsonlRows(_Rows):
                 record["top"] = [{"label": self.classes[order[row, j]], "prob": round(float(probs[row, j]), 6)} for j in range(self.top_k)]
                 if uncertain is not None:
                     record["uncertain"] = bool(uncertain[row])
+                if unknown is not None:
+                    record["unknown"] = bool(unknown[0][row])
+                    record["unknown_score"] = round(float(unknown[1][row]), 6)
                 row += 1
             record["error"] = error
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
@@ -258,12 +265,12 @@ def _drop_partial_line(path: Path) -> None:
             fh.truncate(keep)
 
 
-def _row_format(out: Path | None, classes: list[str], top_k: int, with_uncertain: bool) -> _Rows:
+def _row_format(out: Path | None, classes: list[str], top_k: int, with_uncertain: bool, with_unknown: bool = False) -> _Rows:
     suffix = out.suffix.lower() if out is not None else ".csv"
     if suffix in (".jsonl", ".ndjson"):
-        return _JsonlRows(classes, top_k, with_uncertain)
+        return _JsonlRows(classes, top_k, with_uncertain, with_unknown)
     if suffix == ".csv":
-        return _CsvRows(classes, top_k, with_uncertain)
+        return _CsvRows(classes, top_k, with_uncertain, with_unknown)
     raise ConfigError(f"{out}: choose an output file ending in .csv or .jsonl")
 
 
@@ -304,7 +311,10 @@ def predict_catalogue(
     started = time.perf_counter()
     out_path = Path(out) if out is not None else None
     top_k = min(top_k, len(predictor.classes))
-    rows = _row_format(out_path, predictor.classes, top_k, predictor.thresholds is not None and "confidence" in predictor.thresholds)
+    rows = _row_format(
+        out_path, predictor.classes, top_k, predictor.thresholds is not None and "confidence" in predictor.thresholds,
+        predictor.detects_unknown,
+    )
     paths = expand_inputs(inputs)
 
     done: set[str] = set()
@@ -330,9 +340,11 @@ def predict_catalogue(
     n_predicted = n_errors = 0
     bar = tqdm(total=len(paths), initial=n_resumed, unit="img", desc="predicting", file=sys.stderr, disable=not progress, smoothing=0.05)
     try:
-        for chunk, probs, errors in _scored_batches(predictor, remaining, max_pixels, workers):
+        for chunk, probs, scores, errors in _scored_batches(predictor, remaining, max_pixels, workers):
             order, top_probs = predictor.top(probs, top_k)
-            sink.write(rows.encode(chunk, order, top_probs, predictor.uncertain(probs), errors))
+            flags = predictor.unknown(scores)
+            unknown = (flags, scores) if flags is not None else None
+            sink.write(rows.encode(chunk, order, top_probs, predictor.uncertain(probs), errors, unknown))
             sink.flush()
             n_predicted += len(probs)
             n_errors += len(chunk) - len(probs)
@@ -350,8 +362,8 @@ def predict_catalogue(
 
 def _scored_batches(
     predictor: Predictor, paths: list[str], max_pixels: int | None, workers: int
-) -> Iterator[tuple[list[str], np.ndarray, list[str | None]]]:
-    """(paths, probabilities of the readable ones, per-path error) batch by batch, in input order.
+) -> Iterator[tuple[list[str], np.ndarray, np.ndarray | None, list[str | None]]]:
+    """(paths, probabilities and unknown scores of the readable ones, per-path error) batch by batch, in input order.
 
     With an ONNX file, each worker process decodes and runs its own single-threaded session: on
     a few cores this beats a multi-threaded model beside separate decoders, whose threads wait
@@ -363,7 +375,7 @@ def _scored_batches(
     if workers == 0 or len(paths) <= batch_size:
         for chunk in chunks:
             images, errors = decode_batch(chunk, preprocess, max_pixels)
-            yield chunk, predictor.predict_arrays(images), errors
+            yield chunk, *predictor.predict_scored(images), errors
         return
     model_file = _model_file(predictor)
     # Spawned workers start clean: no inherited model threads, no torch.
@@ -390,7 +402,11 @@ def _scored_batches(
             result, errors = future.result()
             submit_next()
             if model_file is None:
-                result = predictor.predict_arrays(result)
+                probs, scores = predictor.predict_scored(result)
             elif result is None:  # nothing readable in this batch
-                result = np.zeros((0, len(predictor.classes)), dtype=np.float32)
-            yield chunk, result, errors
+                probs, scores = np.zeros((0, len(predictor.classes)), dtype=np.float32), (np.zeros(0) if predictor.detects_unknown else None)
+            else:
+                probs, scores = result
+                if scores is None and predictor.detects_unknown:  # an "msp" score: from the probabilities
+                    scores = 1.0 - probs.max(axis=1)
+            yield chunk, probs, scores, errors

@@ -47,6 +47,10 @@ class OnnxBackend:
         self.source = source
         self.file = file  # the model file when the session was opened from one (workers reopen it)
         self._input, self._output = INPUT_NAME, OUTPUT_NAME
+        from vitrina.quality.unknown import SCORE_OUTPUT
+
+        # An export that includes the unknown-photo score has it as a second output.
+        self.score_output = SCORE_OUTPUT if SCORE_OUTPUT in {o.name for o in session.get_outputs()} else None
 
     @staticmethod
     def session_options(threads: int | None = None) -> Any:
@@ -86,20 +90,39 @@ class OnnxBackend:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self._output], {self._input: batch})[0]
 
+    def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and the unknown-photo score (None when the graph has no such output)."""
+        if self.score_output is None:
+            return self(batch), None
+        probs, scores = self.session.run([self._output, self.score_output], {self._input: batch})
+        return probs, scores
+
 
 class TorchBackend:
     """The PyTorch network in fp32: normalised float32 NCHW batch -> probabilities."""
 
     name = "torch"
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, scorer: Any = None):
         self.model = model.float().eval()
+        self.scorer = scorer.float().eval() if scorer is not None else None  # a vitrina.quality.unknown.UnknownScore
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             return torch.softmax(self.model(torch.from_numpy(batch)), dim=1).numpy()
+
+    def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and the unknown-photo score from one pass (None without a scorer)."""
+        if self.scorer is None:
+            return self(batch), None
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.forward_features(torch.from_numpy(batch))
+            logits = self.model.forward_head(features)
+            return torch.softmax(logits, dim=1).numpy(), self.scorer(features, logits).numpy()
 
 
 Backend = Callable[[np.ndarray], np.ndarray]
@@ -121,6 +144,8 @@ class Predictor:
         self.preprocess = Preprocess.from_dict(description["preprocess"])
         self.classes: list[str] = list(description["classes"])
         self.thresholds: dict[str, float] | None = description.get("thresholds") or None
+        # Unknown-photo detection: {"score", "threshold", "accept_rate", ...} (vitrina.quality.unknown).
+        self.unknown_detector: dict[str, Any] | None = description.get("unknown") or None
         self.batch_size = batch_size
 
     @property
@@ -156,6 +181,36 @@ class Predictor:
             for start in range(0, len(images), self.batch_size)
         ]
         return np.concatenate(parts).astype(np.float32, copy=False)
+
+    @property
+    def detects_unknown(self) -> bool:
+        """Whether predictions come with an unknown-photo score (the model has a detector the backend can run)."""
+        if not self.unknown_detector or "threshold" not in self.unknown_detector:
+            return False
+        if self.unknown_detector.get("score") == "msp":
+            return True
+        return getattr(self.backend, "scorer", None) is not None or getattr(self.backend, "score_output", None) is not None
+
+    def predict_scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Like :meth:`predict_arrays`, plus each image's unknown-photo score (None: not available)."""
+        if len(images) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32), (np.zeros(0) if self.detects_unknown else None)
+        if not self.detects_unknown:
+            return self.predict_arrays(images), None
+        scored = getattr(self.backend, "scored", None)
+        probs, scores = [], []
+        for start in range(0, len(images), self.batch_size):
+            batch = self.preprocess.normalize(images[start : start + self.batch_size])
+            p, s = scored(batch) if scored is not None else (self.backend(batch), None)
+            probs.append(p)
+            scores.append(s if s is not None else 1.0 - p.max(axis=1))  # "msp" from the probabilities
+        return np.concatenate(probs).astype(np.float32, copy=False), np.concatenate(scores).astype(np.float64)
+
+    def unknown(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """Per row, whether the photo looks unlike the training photos (None: no detector or no scores)."""
+        if scores is None or not self.detects_unknown:
+            return None
+        return np.asarray(scores) > float(self.unknown_detector["threshold"])  # type: ignore[index]
 
     def predict_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Decoded images (PIL or uint8 arrays, any size) -> N x classes probabilities."""
@@ -202,8 +257,10 @@ def _onnx_predictor(path: Path, threads: int | None) -> Predictor:
 def _torch_predictor(run_dir: Path) -> Predictor:
     from vitrina.models.checkpoint import load_model
 
+    from vitrina.quality.unknown import load_unknown
+
     model, meta = load_model(run_dir)
-    return Predictor(TorchBackend(model), meta, run_dir)
+    return Predictor(TorchBackend(model, load_unknown(run_dir, meta.get("unknown"))), meta, run_dir)
 
 
 def _model_time(run_dir: Path) -> float:
@@ -294,4 +351,7 @@ def load_predictor(
             raise ModelError("the onnx backend needs onnxruntime and onnx: pip install onnxruntime onnx")
         predictor = _run_predictor(run_dir, use_onnx, backend == "onnx", threads, log)
     predictor.batch_size = batch_size
+    if predictor.unknown_detector and not predictor.detects_unknown and log is not None:
+        log(f"{path}: this ONNX graph has no unknown-photo score output, so no photo is marked unknown; "
+            "predict from the run folder with --backend torch to get it")
     return predictor

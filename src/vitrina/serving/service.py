@@ -279,6 +279,12 @@ class LoadedModel:
         thresholds = self.predictor.thresholds or {}
         return float(thresholds["confidence"]) if "confidence" in thresholds else None
 
+    @property
+    def unknown_threshold(self) -> float | None:
+        """The unknown-photo score above which a photo is unlike the training photos (None: no detector)."""
+        detector = self.predictor.unknown_detector
+        return float(detector["threshold"]) if detector and self.predictor.detects_unknown else None
+
 
 def load_model(settings: ServeSettings) -> LoadedModel:
     """Load the model the settings name, warmed up; ModelError when it is missing or unreadable.
@@ -293,7 +299,7 @@ def load_model(settings: ServeSettings) -> LoadedModel:
     fingerprint = files_fingerprint(files)
     predictor = load_predictor(path, settings.backend, threads=settings.threads)  # type: ignore[arg-type]
     pre = predictor.preprocess
-    predictor.predict_arrays(np.zeros((settings.max_batch, pre.input_size, pre.input_size, pre.channels), dtype=np.uint8))
+    predictor.predict_scored(np.zeros((settings.max_batch, pre.input_size, pre.input_size, pre.channels), dtype=np.uint8))
     version = files_version(files)
     metrics = predictor.description.get("metrics") or {}
     metrics_file = files[0].parent / "metrics.json"
@@ -452,8 +458,9 @@ class MicroBatcher:
                 self._signal_arrival()
             self.metrics.in_flight.set(self.in_flight)
 
-    async def submit(self, admission: Admission, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities for ``pixels`` (uint8 N x H x W x C) from ``model``, batched with other requests."""
+    async def submit(self, admission: Admission, model: LoadedModel, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and unknown-photo scores (or None) for ``pixels`` (uint8 N x H x W x C) from ``model``,
+        batched with other requests."""
         job = _Job(model, pixels, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         admission.queued = True
@@ -500,7 +507,7 @@ class MicroBatcher:
                 pixels = np.concatenate([job.pixels for job in jobs])
                 started = time.perf_counter()
                 try:
-                    probs = await loop.run_in_executor(self._inference, jobs[0].model.predictor.predict_arrays, pixels)
+                    probs, scores = await loop.run_in_executor(self._inference, jobs[0].model.predictor.predict_scored, pixels)
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
                     for job in jobs:
                         if not job.future.done():
@@ -511,7 +518,8 @@ class MicroBatcher:
                 start = 0
                 for job in jobs:
                     if not job.future.done():  # a cancelled request (client gone) needs no answer
-                        job.future.set_result(probs[start : start + len(job.pixels)])
+                        part = slice(start, start + len(job.pixels))
+                        job.future.set_result((probs[part], scores[part] if scores is not None else None))
                     start += len(job.pixels)
 
 
@@ -524,16 +532,19 @@ class Verdict:
     suggestion: str | None
 
 
-def listing_verdict(probs: np.ndarray, classes: Sequence[str], declared: str, threshold: float | None) -> Verdict:
+def listing_verdict(probs: np.ndarray, classes: Sequence[str], declared: str, threshold: float | None,
+                    unknown: bool = False) -> Verdict:
     """Judge a listing from its photos' probabilities (N x classes): their mean decides.
 
-    "uncertain" when the mean's top probability is below ``threshold`` (so an unfamiliar photo is
-    never confidently misfiled), else "match" or "mismatch" with the predicted category suggested.
+    "uncertain" when the mean's top probability is below ``threshold``, or when the photos look
+    unlike anything the model was trained on (``unknown``: their mean unknown-photo score is above
+    the model's threshold), so an unfamiliar photo is never confidently misfiled; else "match" or
+    "mismatch" with the predicted category suggested.
     """
     mean = probs.mean(axis=0)
     best = int(np.argmax(mean))
     predicted, confidence = classes[best], float(mean[best])
-    if threshold is not None and confidence < threshold:
+    if unknown or (threshold is not None and confidence < threshold):
         return Verdict(predicted, confidence, "uncertain", None)
     if predicted == declared:
         return Verdict(predicted, confidence, "match", None)
@@ -545,11 +556,12 @@ def _ranked(probs: np.ndarray, classes: Sequence[str], top_k: int) -> list[dict[
     return [{"label": classes[i], "probability": round(float(probs[i]), 6)} for i in order]
 
 
-def photo_result(filename: str, photo: Photo, probs: np.ndarray, classes: Sequence[str], top_k: int, threshold: float | None) -> dict[str, Any]:
-    """One photo's answer: its best label, confidence, uncertainty and top-k."""
+def photo_result(filename: str, photo: Photo, probs: np.ndarray, classes: Sequence[str], top_k: int, threshold: float | None,
+                 score: float | None = None, unknown_threshold: float | None = None) -> dict[str, Any]:
+    """One photo's answer: its best label, confidence, uncertainty, unknown-photo score and top-k."""
     best = int(np.argmax(probs))
     confidence = float(probs[best])
-    return {
+    result = {
         "filename": filename,
         "sha256": photo.sha256,
         "predicted": classes[best],
@@ -557,6 +569,11 @@ def photo_result(filename: str, photo: Photo, probs: np.ndarray, classes: Sequen
         "uncertain": threshold is not None and confidence < threshold,
         "top": _ranked(probs, classes, top_k),
     }
+    if score is not None and unknown_threshold is not None:
+        result["unknown"] = bool(score > unknown_threshold)
+        result["unknown_score"] = round(float(score), 6)
+        result["uncertain"] = result["uncertain"] or result["unknown"]
+    return result
 
 
 # ----------------------------------------------------------------------------- the service
@@ -619,7 +636,7 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self._database, function, *args)
 
     # --------------------------------------------------------------- predictions
-    async def _classify(self, uploads: Sequence[Upload]) -> tuple[LoadedModel, list[Photo], np.ndarray]:
+    async def _classify(self, uploads: Sequence[Upload]) -> tuple[LoadedModel, list[Photo], np.ndarray, np.ndarray | None]:
         """Decode the uploads and run them through the model the request started with."""
         if not self.ready or self.batcher is None:
             raise NotReady("the server is not ready (starting or shutting down)", {"Retry-After": "1"})
@@ -637,14 +654,18 @@ class Service:
             photos = await asyncio.gather(
                 *(loop.run_in_executor(self._decoders, read_photo, upload, model.predictor, self.settings.max_pixels) for upload in uploads)
             )
-            probs = await self.batcher.submit(admission, model, np.stack([photo.pixels for photo in photos]))
-        return model, list(photos), probs
+            probs, scores = await self.batcher.submit(admission, model, np.stack([photo.pixels for photo in photos]))
+        return model, list(photos), probs, scores
 
     async def predict(self, uploads: Sequence[Upload], top_k: int) -> dict[str, Any]:
         """Top-k labels of each photo."""
-        model, photos, probs = await self._classify(uploads)
+        model, photos, probs, scores = await self._classify(uploads)
         threshold = model.threshold(self.settings.confidence)
-        results = [photo_result(u.filename, p, row, model.classes, top_k, threshold) for u, p, row in zip(uploads, photos, probs)]
+        per_score = scores if scores is not None else [None] * len(photos)
+        results = [
+            photo_result(u.filename, p, row, model.classes, top_k, threshold, score, model.unknown_threshold)
+            for u, p, row, score in zip(uploads, photos, probs, per_score)
+        ]
         return {"model_version": model.version, "results": results}
 
     async def check(self, uploads: Sequence[Upload], declared: str) -> dict[str, Any]:
@@ -652,12 +673,18 @@ class Service:
         model = self.model
         if declared not in model.classes:
             raise UnknownCategory(f"unknown category {declared!r}; choose one of: {', '.join(model.classes)}")
-        model, photos, probs = await self._classify(uploads)
+        model, photos, probs, scores = await self._classify(uploads)
         if declared not in model.classes:  # the model was swapped for one without this category meanwhile
             raise UnknownCategory(f"unknown category {declared!r}; choose one of: {', '.join(model.classes)}")
         threshold = model.threshold(self.settings.confidence)
-        verdict = listing_verdict(probs, model.classes, declared, threshold)
-        per_photo = [photo_result(u.filename, p, row, model.classes, CHECK_TOP_K, threshold) for u, p, row in zip(uploads, photos, probs)]
+        unknown_threshold = model.unknown_threshold
+        unknown = scores is not None and unknown_threshold is not None and float(np.mean(scores)) > unknown_threshold
+        verdict = listing_verdict(probs, model.classes, declared, threshold, unknown)
+        per_score = scores if scores is not None else [None] * len(photos)
+        per_photo = [
+            photo_result(u.filename, p, row, model.classes, CHECK_TOP_K, threshold, score, unknown_threshold)
+            for u, p, row, score in zip(uploads, photos, probs, per_score)
+        ]
         record = CheckRecord(
             declared, verdict.predicted, round(verdict.confidence, 6), verdict.verdict, model.version,
             [PhotoRecord(r["sha256"], r["predicted"], r["confidence"], p.media_type, u.data) for u, p, r in zip(uploads, photos, per_photo)],
@@ -672,6 +699,7 @@ class Service:
             "predicted": verdict.predicted,
             "confidence": round(verdict.confidence, 6),
             "threshold": threshold,
+            **({"unknown": unknown, "unknown_threshold": unknown_threshold} if unknown_threshold is not None else {}),
             "verdict": verdict.verdict,
             "suggestion": verdict.suggestion,
             "photos": per_photo,
@@ -684,6 +712,8 @@ class Service:
         thresholds = dict(description.get("thresholds") or {})
         if self.settings.confidence is not None:
             thresholds["confidence"] = self.settings.confidence
+        if model.unknown_threshold is not None:
+            thresholds["unknown_score"] = model.unknown_threshold  # above it a photo is unlike the training photos
         return {
             "name": model.name,
             "version": model.version,

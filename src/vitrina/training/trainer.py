@@ -755,6 +755,14 @@ def train(
          "thresholds": thresholds},
     )
     if main:
+        from vitrina.quality.unknown import fit_for_model, save_unknown
+
+        scorer, meta["unknown"] = fit_for_model(
+            model, plan.preprocess, decoded["train"].images, labels["train"], decoded["val"].images, val_logits / temperature,
+            num_classes, device, precision, cache_dir, body=features if plan.mode == "bottleneck" else None, decoded=decoded,
+            seed=config.train.seed, log=log,
+        )
+        save_unknown(run_dir, scorer)
         save_model(run_dir, model, meta)
         if skipped:
             with open(run_dir / "skipped.csv", "w", newline="") as fh:

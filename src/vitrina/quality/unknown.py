@@ -1,0 +1,254 @@
+"""Knowing when not to answer: an "unknown" score, its threshold, and where they are stored.
+
+A photo of something the model never saw must not be filed under a known class with confidence.
+The score measures how unlike the training photos an input is (higher = more unknown):
+
+- ``knn`` (the default): 1 - cosine similarity of the input's penultimate features (the pooled
+  backbone features the head sees, centred on the training photos' mean) to its k-th nearest
+  training photo (k = 10);
+- ``mahalanobis``: the smallest Mahalanobis distance of the L2-normalised features to a class
+  mean (shared, shrunk covariance);
+- ``energy``: -logsumexp of the logits;
+- ``msp``: 1 - the top softmax probability.
+
+bench/bench_unknown.py measures them on the acceptance cases (an avito model shown clothing
+photos; a freiburg model trained on 20 classes shown the other 5). On frozen efficientnet_lite0
+features ``knn`` with k = 10 separated avito from clothing best among the scores that also do
+well on the hard freiburg case (AUROC 0.992; k = 1: 0.963; msp 0.856; energy 0.481), so it is
+the default; on freiburg every score stayed below 0.85 with frozen features (k = 1: 0.82). The threshold is the score below which ``accept_rate`` (95%
+by default) of the validation photos fall.
+
+The scorer is a torch module (:class:`UnknownScore`) over ``(features, logits)``, so PyTorch
+runs it beside the head and an ONNX export can include it as a second output
+(:data:`SCORE_OUTPUT`). Its statistics (the kNN bank, or class means and precision matrix) are
+stored beside the weights in ``unknown.safetensors``; its settings and threshold in
+``model.json`` under ``"unknown"``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitrina.errors import ModelError
+
+SCORES = ("knn", "mahalanobis", "energy", "msp")
+DEFAULT_SCORE = "knn"
+DEFAULT_K = 10
+MAX_BANK = 20_000  # training photos kept for the kNN score (a seeded random subset beyond that)
+UNKNOWN_FILE = "unknown.safetensors"
+SCORE_OUTPUT = "unknown_score"  # the name of the score's output in an ONNX graph
+ACCEPT_RATE = 0.95
+
+
+class UnknownScore(nn.Module):
+    """``(features, logits) -> score`` per row; higher means less like the training photos."""
+
+    def __init__(self, method: str, k: int = DEFAULT_K, bank: torch.Tensor | None = None,
+                 means: torch.Tensor | None = None, precision: torch.Tensor | None = None, centre: torch.Tensor | None = None):
+        super().__init__()
+        if method not in SCORES:
+            raise ModelError(f"unknown score {method!r} (choose from {', '.join(SCORES)})")
+        self.method, self.k = method, int(k)
+        if method == "knn":
+            if bank is None or len(bank) == 0:
+                raise ModelError("the knn unknown score needs a bank of training features")
+            self.k = max(1, min(self.k, len(bank)))
+            centre = bank.float().mean(0) if centre is None else centre.float()
+            self.register_buffer("centre", centre)
+            self.register_buffer("bank", F.normalize(bank.float() - centre, dim=1))
+        if method == "mahalanobis":
+            if means is None or precision is None:
+                raise ModelError("the mahalanobis unknown score needs class means and a precision matrix")
+            self.register_buffer("means", means.float())
+            self.register_buffer("precision", precision.float())
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.method == "msp":
+            return 1.0 - torch.softmax(logits.float(), dim=1).max(dim=1).values
+        if self.method == "energy":
+            return -torch.logsumexp(logits.float(), dim=1)
+        if self.method == "knn":
+            sims = F.normalize(features.float() - self.centre, dim=1) @ self.bank.T
+            return 1.0 - torch.topk(sims, self.k, dim=1).values[:, -1]
+        f = F.normalize(features.float(), dim=1)
+        diff = f[:, None, :] - self.means[None, :, :]  # N x C x D
+        dist = torch.einsum("ncd,de,nce->nc", diff, self.precision, diff)
+        return dist.min(dim=1).values
+
+    def with_centre(self, centre: torch.Tensor | None) -> "UnknownScore":
+        """Set the centre of a bank that was stored already centred (see :meth:`tensors`)."""
+        if centre is not None and self.method == "knn":
+            self.centre.copy_(centre.float())
+        return self
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The statistics to store (fp16 bank: half the file, the same decisions to about 1e-3)."""
+        if self.method == "knn":  # the bank is stored centred and normalised
+            return {"bank": self.bank.half().contiguous(), "centre": self.centre.contiguous()}
+        if self.method == "mahalanobis":
+            return {"means": self.means.contiguous(), "precision": self.precision.contiguous()}
+        return {}
+
+
+def build_score(method: str, train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
+                k: int = DEFAULT_K, seed: int = 0) -> UnknownScore:
+    """An :class:`UnknownScore` fitted on the training photos' penultimate features."""
+    feats = torch.from_numpy(np.asarray(train_features, dtype=np.float32))
+    if method == "knn":
+        if len(feats) > MAX_BANK:
+            keep = np.sort(np.random.default_rng(seed).choice(len(feats), MAX_BANK, replace=False))
+            feats = feats[torch.from_numpy(keep)]
+        return UnknownScore("knn", k, bank=feats)
+    if method == "mahalanobis":
+        f = F.normalize(feats, dim=1).double()
+        labels = torch.from_numpy(np.asarray(train_labels))
+        means = torch.stack([f[labels == c].mean(0) if (labels == c).any() else torch.zeros(f.shape[1], dtype=f.dtype) for c in range(num_classes)])
+        centred = f - means[labels]
+        cov = centred.T @ centred / max(1, len(f) - 1)
+        shrink = 0.1
+        cov = (1 - shrink) * cov + shrink * torch.eye(cov.shape[0], dtype=cov.dtype) * torch.trace(cov) / cov.shape[0]
+        return UnknownScore("mahalanobis", means=means.float(), precision=torch.linalg.inv(cov).float())
+    return UnknownScore(method, k)
+
+
+def score_features(scorer: UnknownScore, features: np.ndarray, logits: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Scores of feature and logit rows (numpy in, numpy out), in batches."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch):
+            f = torch.from_numpy(np.asarray(features[start : start + batch], dtype=np.float32))
+            z = torch.from_numpy(np.asarray(logits[start : start + batch], dtype=np.float32))
+            out.append(scorer(f, z).numpy())
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def threshold_for(scores: np.ndarray, accept_rate: float) -> float:
+    """The score at or below which ``accept_rate`` of in-distribution (validation) photos fall."""
+    if len(scores) == 0:
+        return float("inf")
+    return float(np.quantile(scores, accept_rate, method="higher"))
+
+
+def fit_unknown(
+    train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_logits: np.ndarray,
+    num_classes: int, *, method: str = DEFAULT_SCORE, k: int = DEFAULT_K, accept_rate: float = ACCEPT_RATE, seed: int = 0,
+) -> tuple[UnknownScore, dict[str, Any]]:
+    """The scorer and its description for ``model.json`` (threshold chosen on the validation photos)."""
+    if not 0.0 < accept_rate <= 1.0:
+        raise ModelError(f"accept_rate must be in (0, 1], got {accept_rate}")
+    scorer = build_score(method, train_features, train_labels, num_classes, k, seed)
+    val_scores = score_features(scorer, val_features, val_logits)
+    description = {
+        "score": method,
+        "threshold": round(threshold_for(val_scores, accept_rate), 6),
+        "accept_rate": accept_rate,
+        "file": UNKNOWN_FILE if scorer.tensors() else None,
+        "output": SCORE_OUTPUT,
+    }
+    if method == "knn":
+        description.update(k=scorer.k, bank_size=int(len(scorer.bank)))
+    return scorer, description
+
+
+def save_unknown(folder: str | Path, scorer: UnknownScore) -> Path | None:
+    """Write the scorer's statistics beside the model (``unknown.safetensors``), atomically."""
+    import os
+
+    from safetensors.torch import save_file
+
+    tensors = scorer.tensors()
+    if not tensors:
+        return None
+    path = Path(folder) / UNKNOWN_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def load_unknown(folder: str | Path, description: dict[str, Any] | None) -> UnknownScore | None:
+    """The stored scorer of a run folder's model (None when the model has none)."""
+    if not description or description.get("score") not in SCORES:
+        return None
+    method = description["score"]
+    tensors: dict[str, torch.Tensor] = {}
+    if description.get("file"):
+        from safetensors.torch import load_file
+
+        path = Path(folder) / description["file"]
+        if not path.is_file():
+            raise ModelError(f"{path}: the unknown-photo statistics of this model are missing")
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files
+            raise ModelError(f"{path}: cannot read the unknown-photo statistics: {exc}") from None
+    try:
+        return UnknownScore(method, int(description.get("k", DEFAULT_K)), bank=tensors.get("bank"),
+                            means=tensors.get("means"), precision=tensors.get("precision"),
+                            centre=torch.zeros_like(tensors["centre"]) if "centre" in tensors else None).with_centre(tensors.get("centre"))
+    except KeyError as exc:  # pragma: no cover - guarded by UnknownScore's own checks
+        raise ModelError(f"{folder}: incomplete unknown-photo statistics: {exc}") from None
+
+
+class ScoredNet(nn.Module):
+    """A classifier plus its unknown score: images -> (probabilities, score). What an export runs."""
+
+    def __init__(self, net: nn.Module, scorer: UnknownScore):
+        super().__init__()
+        self.net, self.scorer = net, scorer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.forward_features(x)
+        logits = self.net.forward_head(features)
+        return torch.softmax(logits, dim=1), self.scorer(features, logits)
+
+
+def penultimate_features(model: nn.Module, images: np.ndarray, preprocess: Any, device: torch.device, precision: str,
+                         cache_dir: str | Path | None) -> np.ndarray:
+    """The pooled backbone features of uint8 N x H x W x C images (ONNX Runtime on a CPU in fp32, as training does)."""
+    from vitrina.models.runtime import forward_uint8
+
+    if len(images) == 0:
+        return np.zeros((0, getattr(model, "num_features", 1)), dtype=np.float32)
+    if cache_dir is not None and device.type == "cpu" and precision == "fp32":
+        from vitrina.models.onnx_graph import OnnxFeatureExtractor
+
+        return OnnxFeatureExtractor(model, preprocess, cache_dir)(np.asarray(images))
+    return forward_uint8(model.forward_features, images, preprocess, device, precision)
+
+
+def fit_for_model(
+    model: nn.Module, preprocess: Any, train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
+    val_logits: np.ndarray, num_classes: int, device: torch.device, precision: str, cache_dir: str | Path | None,
+    *, body: Callable[[Any], np.ndarray] | None = None, decoded: Any = None, accept_rate: float = ACCEPT_RATE,
+    method: str = DEFAULT_SCORE, seed: int = 0, log: Callable[[str], None] = print,
+) -> tuple[UnknownScore, dict[str, Any]]:
+    """Fit a trained model's unknown-photo detector on its training photos, threshold on validation.
+
+    ``val_logits`` are the calibrated validation logits. ``body`` (with ``decoded`` = the decoded
+    train and val splits) gives cached frozen features when the backbone was not trained; else
+    the features are computed (at most :data:`MAX_BANK` training photos).
+    """
+    import time
+
+    started = time.perf_counter()
+    rows = np.arange(len(train_labels))
+    if len(rows) > MAX_BANK:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), MAX_BANK, replace=False))
+    if body is not None and decoded is not None:
+        train_features = body(decoded["train"])[rows]
+        val_features = body(decoded["val"])
+    else:
+        train_features = penultimate_features(model, np.asarray(train_images[rows]) if len(rows) < len(train_images) else train_images,
+                                              preprocess, device, precision, cache_dir)
+        val_features = penultimate_features(model, val_images, preprocess, device, precision, cache_dir)
+    scorer, description = fit_unknown(train_features, train_labels[rows], val_features, val_logits, num_classes,
+                                      method=method, accept_rate=accept_rate, seed=seed)
+    log(f"  unknown photos: {method} score, threshold {description['threshold']:.4f} accepts {accept_rate:.0%} of the "
+        f"validation photos ({time.perf_counter() - started:.1f} s)")
+    return scorer, description
