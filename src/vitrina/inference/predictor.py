@@ -24,6 +24,10 @@ BackendName = Literal["auto", "torch", "onnx"]
 # batch 1 is slower; at 32 a single-threaded session holds about 420 MB (at 64, 750 MB).
 DEFAULT_BATCH_SIZE = 32
 ImageInput = Image.Image | np.ndarray
+# The unknown-photo score's ONNX output (vitrina.quality.unknown.SCORE_OUTPUT), named here because
+# that module imports PyTorch: ONNX prediction and its worker processes stay without it (a worker
+# with torch starts about 2 s slower and holds about 450 MB more).
+SCORE_OUTPUT = "unknown_score"
 
 
 def default_threads() -> int:
@@ -47,8 +51,6 @@ class OnnxBackend:
         self.source = source
         self.file = file  # the model file when the session was opened from one (workers reopen it)
         self._input, self._output = INPUT_NAME, OUTPUT_NAME
-        from vitrina.quality.unknown import SCORE_OUTPUT
-
         # An export that includes the unknown-photo score has it as a second output.
         self.score_output = SCORE_OUTPUT if SCORE_OUTPUT in {o.name for o in session.get_outputs()} else None
 
