@@ -13,7 +13,7 @@ from tests.serving.conftest import Runs, serve_settings, upload
 from vitrina.serving.app import create_app
 from vitrina.serving.service import files_version, model_files
 
-MODEL_FILES = ("model.json", "model.safetensors")
+MODEL_FILES = ("unknown.safetensors", "model.json", "model.safetensors")  # statistics first, description last but one
 
 
 def replace_model(source: Path, target: Path) -> None:

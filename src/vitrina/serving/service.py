@@ -228,8 +228,13 @@ def model_files(path: Path) -> list[Path]:
     """The files whose content is the model: the ``.onnx`` file, or a run's weights and description."""
     if path.is_file() and path.suffix.lower() == ".onnx":
         return [path]
+    from vitrina.quality.unknown import UNKNOWN_FILE
+
     folder = path if path.is_dir() else path.parent
-    return [folder / "model.json", folder / "model.safetensors"]
+    files = [folder / "model.json", folder / "model.safetensors"]
+    if (folder / UNKNOWN_FILE).is_file():  # the unknown-photo statistics, where the model has them
+        files.append(folder / UNKNOWN_FILE)
+    return files
 
 
 def files_version(files: Sequence[Path]) -> str:
