@@ -267,6 +267,15 @@ def measure(paths: list[str], args: argparse.Namespace, work: Path) -> None:
     int8 = OnnxBackend.from_file(result.int8_path)
     eager = TorchBackend(model)
 
+    shipped = load_predictor(run).precision  # what `vitrina predict RUN` and `vitrina serve RUN` use
+    time.sleep(5)  # let the export's worker threads wind down: latency is a quiet-machine figure
+    print(f"\nsingle image, model only, already decoded (200 runs, the best of 3 series); a run folder is "
+          f"served in {shipped}; {load_average()}")
+    latency = {}
+    for name, backend in (("fp32", fp32), ("int8", int8)):
+        latency[name] = latency_ms(backend, batch32[0])
+        print(f"  ORT {name}{' (default)' if name == shipped else '':<10} p50 {latency[name][0]:.2f} ms   p99 {latency[name][1]:.2f} ms")
+
     print(f"\nmodel only (already decoded and normalised images), images/s, best of 4 windows; ORT with "
           f"{fp32.session.get_session_options().intra_op_num_threads} threads unless said; {load_average()}")
     figures: dict[str, float] = {"eager torch fp32 b32": model_only(eager, batch32)}
@@ -277,14 +286,6 @@ def measure(paths: list[str], args: argparse.Namespace, work: Path) -> None:
     for name, value in figures.items():
         share = "" if "int8" in name else f"   {value * gflop / peak:5.1%} of the fp32 matmul peak"
         print(f"  {name:<22} {value:7.1f}{share}")
-
-    shipped = load_predictor(run).precision  # what `vitrina predict RUN` and `vitrina serve RUN` use
-    print(f"\nsingle image, model only, already decoded (200 runs, the best of 3 series); a run folder is "
-          f"served in {shipped}; {load_average()}")
-    latency = {}
-    for name, backend in (("fp32", fp32), ("int8", int8)):
-        latency[name] = latency_ms(backend, batch32[0])
-        print(f"  ORT {name}{' (default)' if name == shipped else '':<10} p50 {latency[name][0]:.2f} ms   p99 {latency[name][1]:.2f} ms")
 
     naive_paths = paths[: args.naive_images]
     print(f"\nnaive loop over {len(naive_paths)} images (PIL + torchvision + eager PyTorch fp32, batch 32)...")

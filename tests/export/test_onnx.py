@@ -52,16 +52,43 @@ def test_export_writes_onnx_card_and_checks_parity(cnn_export) -> None:
     assert any("parity" in line and "max |p_onnx - p_torch|" in line for line in lines)
 
 
-def test_graph_has_a_dynamic_batch_and_probabilities(cnn_export) -> None:
+def test_graph_has_a_dynamic_batch_probabilities_and_the_unknown_score(cnn_export) -> None:
     _, result, _ = cnn_export
     session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, out.name) == ("input", "probabilities")
+    (inp,), outputs = session.get_inputs(), session.get_outputs()
+    assert inp.name == "input" and [o.name for o in outputs] == ["probabilities", "unknown_score"]
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]
     for batch in (1, 5):
-        probs = session.run(None, {"input": np.random.default_rng(0).normal(size=(batch, 3, 32, 32)).astype(np.float32)})[0]
-        assert probs.shape == (batch, 10)
+        probs, scores = session.run(None, {"input": np.random.default_rng(0).normal(size=(batch, 3, 32, 32)).astype(np.float32)})
+        assert probs.shape == (batch, 10) and scores.shape == (batch,)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert onnx_export.read_description(result.onnx_path)["export"]["outputs"] == ["probabilities", "unknown_score"]
+
+
+def test_onnx_files_mark_the_same_photos_unknown_as_pytorch(cnn_export) -> None:
+    """The score travels in the graph: fp32 matches PyTorch, int8 keeps it in float (no 8-bit steps)."""
+    from vitrina.inference.predictor import load_predictor
+
+    run, result, lines = cnn_export
+    assert result.parity["score_max_abs_diff"] <= onnx_export.SCORE_TOLERANCE
+    assert any("max |score_onnx - score_torch|" in line for line in lines)
+    photos = sorted((DEMO / "test").rglob("*.jpg"))[:24]
+    torch_predictor = load_predictor(run, "torch")
+    size = torch_predictor.preprocess.input_size
+    rng = np.random.default_rng(1)
+    noise = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(8)]  # unlike any product photo
+    images = [torch_predictor.load(p) for p in photos] + noise
+    expected_probs, expected = torch_predictor.predict_scored(np.stack(images))
+    for path, tolerance in ((result.onnx_path, 1e-3), (result.int8_path, 0.05)):
+        predictor = load_predictor(path)
+        assert predictor.detects_unknown, path
+        _, scores = predictor.predict_scored(np.stack(images))
+        np.testing.assert_allclose(scores, expected, atol=tolerance)
+        if path == result.onnx_path:
+            assert (predictor.unknown(scores) == torch_predictor.unknown(expected)).all()
+    quantized = onnx.load(str(result.int8_path)).graph
+    score_nodes = [node for node in quantized.node if node.name in set(onnx_export._score_only_nodes(quantized))]
+    assert score_nodes and not any(node.op_type.endswith("QuantizeLinear") for node in score_nodes)
 
 
 def test_metadata_round_trips_labels_preprocessing_and_metrics(cnn_export) -> None:
@@ -114,7 +141,7 @@ def test_thresholds_travel_in_the_metadata(cnn_export, tmp_path: Path, monkeypat
     meta = json.loads((copy / "model.json").read_text())
     (copy / "model.json").write_text(json.dumps({**meta, "thresholds": {"confidence": 0.6}}))
     graph = onnx.load(str(result.onnx_path))
-    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess: graph)  # the graph is unchanged; skip re-exporting
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess, scorer=None: graph)  # the graph is unchanged; skip re-exporting
     exported = api_predict.export(copy, out=tmp_path / "out" / "shop.onnx", log=quiet)
     assert exported.onnx_path == tmp_path / "out" / "shop.onnx"
     assert exported.card_path == tmp_path / "out" / "shop.md"
@@ -124,7 +151,7 @@ def test_thresholds_travel_in_the_metadata(cnn_export, tmp_path: Path, monkeypat
 def test_a_parity_failure_refuses_the_export(cnn_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run, result, _ = cnn_export
     graph = onnx.load(str(result.onnx_path))
-    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess: graph)
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess, scorer=None: graph)
     monkeypatch.setattr(onnx_export, "PARITY_TOLERANCE", -1.0)
     with pytest.raises(ModelError, match="disagrees with PyTorch"):
         api_predict.export(run, out=tmp_path / "bad.onnx", log=quiet)
@@ -162,7 +189,7 @@ def test_checks_use_the_listed_images_when_the_data_moved(cnn_export, tmp_path: 
     splits = json.loads((copy / "splits.json").read_text())
     (copy / "splits.json").write_text(json.dumps({**splits, "source": str(tmp_path / "moved")}))
     graph = onnx.load(str(result.onnx_path))
-    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess: graph)
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess, scorer=None: graph)
     exported = api_predict.export(copy, log=quiet)
     assert exported.parity["n_images"] == len(splits["splits"]["val"])
     assert "unlabelled" in onnx_export.read_description(exported.onnx_path)["export"]["check_images"]

@@ -65,7 +65,10 @@ def test_folder_with_bad_files_gives_error_rows_and_predicts_the_rest(model: Pat
     out = tmp_path / "predictions.csv"
     summary = api_predict.predict(model, [catalogue], out=out, top_k=3, progress=False, workers=0)
     rows = read_csv(out)
-    flag = ["uncertain"] if load_predictor(model).thresholds else []  # trained models carry a confidence threshold
+    predictor = load_predictor(model)
+    flag = ["uncertain"] if predictor.thresholds else []  # trained models carry a confidence threshold
+    flag += ["unknown", "unknown_score"] if predictor.detects_unknown else []  # and an unknown-photo score, in the ONNX graph too
+    assert predictor.backend.name == "onnx" and predictor.detects_unknown
     assert list(rows[0]) == ["path", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3", *flag, "error"]
     assert [r["path"] for r in rows] == expand_inputs([catalogue])
     assert len(rows) == 34 and summary.n_inputs == 34
@@ -147,7 +150,8 @@ def test_jsonl_rows(model: Path, catalogue: Path, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 34
     good = next(r for r in rows if r["error"] is None)
-    assert {"path", "top", "error"} <= set(good) <= {"path", "top", "uncertain", "error"} and len(good["top"]) == 2
+    assert {"path", "top", "unknown", "unknown_score", "error"} <= set(good) <= {"path", "top", "uncertain", "unknown", "unknown_score", "error"}
+    assert len(good["top"]) == 2 and isinstance(good["unknown"], bool) and good["unknown_score"] >= 0
     assert set(good["top"][0]) == {"label", "prob"}
     bad = next(r for r in rows if r["path"].endswith("notes.jpg"))
     assert bad["top"] == [] and "not an image" in bad["error"]
@@ -158,7 +162,7 @@ def test_uncertain_column_when_the_model_has_thresholds(model: Path, catalogue: 
     predictor = Predictor(plain.backend, {**plain.description, "thresholds": {"confidence": 0.5}}, model)
     predict_catalogue(predictor, [catalogue], tmp_path / "out.csv", top_k=1, progress=False, workers=0)
     rows = read_csv(tmp_path / "out.csv")
-    assert list(rows[0]) == ["path", "label_1", "prob_1", "uncertain", "error"]
+    assert list(rows[0]) == ["path", "label_1", "prob_1", "uncertain", "unknown", "unknown_score", "error"]
     for row in rows:
         if not row["error"]:
             assert row["uncertain"] == ("true" if float(row["prob_1"]) < 0.5 else "false")

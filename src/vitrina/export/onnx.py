@@ -28,9 +28,11 @@ from vitrina.preprocess import Preprocess
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
+SCORE_OUTPUT = "unknown_score"  # the unknown-photo score, when the model has a detector (vitrina.quality.unknown)
 METADATA_KEY = "vitrina"
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
+SCORE_TOLERANCE = 1e-3  # the unknown score is 1 - a cosine similarity; its threshold has 6 decimals
 INT8_TOLERANCE_POINTS = 1.0
 PARITY_IMAGES = 64
 CALIBRATION_IMAGES = 128
@@ -41,6 +43,9 @@ Log = Callable[[str], None]
 if TYPE_CHECKING:  # torch and onnx load only when exporting: predicting from a file needs neither
     import onnx
     from torch import nn
+
+    from vitrina.inference.predictor import OnnxBackend
+    from vitrina.quality.unknown import UnknownScore
 
 
 class NoReferenceImages(ModelError):
@@ -67,8 +72,12 @@ class ExportResult:
 
 
 # ----------------------------------------------------------------------------- graph
-def to_onnx(model: nn.Module, preprocess: Preprocess) -> onnx.ModelProto:
-    """The fp32 network plus softmax as an ONNX graph with a dynamic batch axis."""
+def to_onnx(model: nn.Module, preprocess: Preprocess, scorer: UnknownScore | None = None) -> onnx.ModelProto:
+    """The fp32 network plus softmax as an ONNX graph with a dynamic batch axis.
+
+    With ``scorer`` (the model's unknown-photo detector) the graph has a second output,
+    :data:`SCORE_OUTPUT`, computed from the same forward pass.
+    """
     import torch
 
     from vitrina.models.onnx_graph import module_to_onnx
@@ -83,10 +92,15 @@ def to_onnx(model: nn.Module, preprocess: Preprocess) -> onnx.ModelProto:
 
     size = preprocess.input_size
     example = torch.zeros(2, preprocess.channels, size, size)  # batch 2: batch 1 would be specialised
-    return module_to_onnx(WithSoftmax(model), example, INPUT_NAME, OUTPUT_NAME, OPSET)
+    if scorer is None:
+        return module_to_onnx(WithSoftmax(model), example, INPUT_NAME, OUTPUT_NAME, OPSET)
+    from vitrina.quality.unknown import ScoredNet
+
+    return module_to_onnx(ScoredNet(model, scorer), example, INPUT_NAME, [OUTPUT_NAME, SCORE_OUTPUT], OPSET)
 
 
-def describe(meta: dict[str, Any], metrics: dict[str, Any], precision: str, checks: dict[str, Any]) -> dict[str, Any]:
+def describe(meta: dict[str, Any], metrics: dict[str, Any], precision: str, checks: dict[str, Any],
+             outputs: list[str] | None = None) -> dict[str, Any]:
     """The metadata an exported file carries: the model description, metrics and export checks."""
     return {
         **meta,
@@ -97,6 +111,7 @@ def describe(meta: dict[str, Any], metrics: dict[str, Any], precision: str, chec
             "opset": OPSET,
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
+            "outputs": outputs or [OUTPUT_NAME],
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **checks,
         },
@@ -218,30 +233,33 @@ def reference_images(run_dir: Path, meta: dict[str, Any], calibration: str | Pat
 
 
 # ----------------------------------------------------------------------------- checks
-def _torch_probabilities(model: nn.Module, batch: np.ndarray) -> np.ndarray:
-    import torch
+def parity_check(model: nn.Module, run: OnnxBackend, images: np.ndarray, preprocess: Preprocess,
+                 scorer: UnknownScore | None = None) -> dict[str, Any]:
+    """Largest probability (and unknown-score) difference and top-1 agreement of ``run`` against PyTorch fp32."""
+    from vitrina.inference.predictor import TorchBackend
 
-    with torch.inference_mode():
-        return torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
-
-
-def parity_check(model: nn.Module, run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, preprocess: Preprocess) -> dict[str, Any]:
-    """Largest probability difference and top-1 agreement of ``run`` against PyTorch fp32."""
-    model = model.float().eval()
-    diffs, agree = [], []
+    reference = TorchBackend(model.float().eval(), scorer)
+    diffs, score_diffs, agree = [], [], []
     for start in range(0, len(images), 32):
         batch = preprocess.normalize(images[start : start + 32])
-        expected, got = _torch_probabilities(model, batch), run(batch)
+        (expected, expected_scores), (got, got_scores) = reference.scored(batch), run.scored(batch)
         diffs.append(float(np.abs(expected - got).max()))
         agree.append(expected.argmax(1) == got.argmax(1))
+        if scorer is not None:
+            if got_scores is None:
+                raise ModelError("the exported graph lacks the unknown-photo score output")
+            score_diffs.append(float(np.abs(expected_scores - got_scores).max()))
     top1 = np.concatenate(agree)
-    return {
+    report = {
         "n_images": int(len(top1)),
         "max_abs_diff": max(diffs),
         "top1_identical": bool(top1.all()),
         "top1_agreement": float(top1.mean()),
         "tolerance": PARITY_TOLERANCE,
     }
+    if score_diffs:
+        report.update(score_max_abs_diff=max(score_diffs), score_tolerance=SCORE_TOLERANCE)
+    return report
 
 
 def images_per_second(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, min_seconds: float = 1.0) -> float:
@@ -277,13 +295,31 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, pre
 
     with tempfile.TemporaryDirectory(prefix="vitrina-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        # A quantised softmax would round every probability to a multiple of 1/255.
-        softmax = [node.name for node in onnx.load_model(str(prepared)).graph.node if node.op_type == "Softmax"]
+        try:
+            quant_pre_process(str(fp32_path), str(prepared))
+        except Exception:  # noqa: BLE001 - its symbolic shape inference gives up on some graphs (the kNN score's TopK)
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load_model(str(prepared)).graph
+        # A quantised softmax would round every probability to a multiple of 1/255, and the
+        # unknown score (1 - a cosine similarity) needs finer steps than int8 gives.
+        excluded = [node.name for node in graph.node if node.op_type == "Softmax"] + _score_only_nodes(graph)
         quantize_static(
             str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=softmax,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
         )
+
+
+def _score_only_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Names of the nodes that the probabilities output does not depend on (the unknown-score subgraph)."""
+    producer = {output: node for node in graph.node for output in node.output}
+    needed, stack = set(), [OUTPUT_NAME]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in needed:
+            continue
+        needed.add(node.name)
+        stack.extend(node.input)
+    return [node.name for node in graph.node if node.name not in needed]
 
 
 # ----------------------------------------------------------------------------- the export
@@ -328,22 +364,31 @@ def export_run(
     elif path.suffix.lower() != ".onnx":
         path = path.with_suffix(".onnx")
 
+    from vitrina.quality.unknown import load_unknown
+
+    scorer = load_unknown(run_dir, meta.get("unknown"))
     started = time.perf_counter()
-    proto = to_onnx(model, preprocess)
-    log(f"exported {meta['model']} to ONNX (opset {OPSET}) in {time.perf_counter() - started:.1f} s")
+    proto = to_onnx(model, preprocess, scorer)
+    outputs = f"probabilities and the unknown-photo score ({meta['unknown']['score']})" if scorer is not None else "probabilities"
+    log(f"exported {meta['model']} to ONNX (opset {OPSET}; {outputs}) in {time.perf_counter() - started:.1f} s")
     reference = reference_images(run_dir, meta, calibration, int8=int8)
     fp32 = OnnxBackend.from_bytes(proto.SerializeToString(), str(path))
-    parity = parity_check(model, fp32, reference.validation[:PARITY_IMAGES], preprocess)
+    parity = parity_check(model, fp32, reference.validation[:PARITY_IMAGES], preprocess, scorer)
+    scores = (f", max |score_onnx - score_torch| = {parity['score_max_abs_diff']:.2e} "
+              f"(limit {SCORE_TOLERANCE:.0e})") if scorer is not None else ""
     log(
         f"parity on {parity['n_images']} validation images: max |p_onnx - p_torch| = {parity['max_abs_diff']:.2e} "
-        f"(limit {PARITY_TOLERANCE:.0e}), identical top-1: {parity['top1_agreement']:.1%}"
+        f"(limit {PARITY_TOLERANCE:.0e}), identical top-1: {parity['top1_agreement']:.1%}{scores}"
     )
-    if parity["max_abs_diff"] > PARITY_TOLERANCE or not parity["top1_identical"]:
+    if (parity["max_abs_diff"] > PARITY_TOLERANCE or not parity["top1_identical"]
+            or parity.get("score_max_abs_diff", 0.0) > SCORE_TOLERANCE):
         raise ModelError(
             f"{run_dir}: the ONNX graph disagrees with PyTorch (max probability difference "
-            f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.1%}); nothing was written"
+            f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.1%}"
+            f"{scores}); nothing was written"
         )
-    description = describe(meta, metrics, "fp32", {"parity": parity, "check_images": reference.source})
+    description = describe(meta, metrics, "fp32", {"parity": parity, "check_images": reference.source},
+                           outputs=[OUTPUT_NAME] + ([SCORE_OUTPUT] if scorer is not None else []))
     save_onnx(proto, path, description)
     log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     result = ExportResult(onnx_path=path, card_path=path.with_suffix(".md"), parity=parity)

@@ -25,8 +25,10 @@ from vitrina.preprocess import Preprocess
 INPUT_NAME = "image"
 
 
-def module_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str, opset: int = 18):  # type: ignore[no-untyped-def]
+def module_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str | list[str], opset: int = 18):  # type: ignore[no-untyped-def]
     """``module`` as an fp32 ONNX graph (onnx.ModelProto) with a dynamic batch axis.
+
+    ``output_name`` names the module's output, or each of its outputs when it returns a tuple.
 
     The torch.export-based exporter comes first: it folds TensorFlow-style "same" padding into
     static pads, which ONNX Runtime fuses into the convolutions (about 2x faster than the
@@ -36,12 +38,13 @@ def module_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, ou
 
     # A copy: .float() and .to() work in place, and the caller may go on training its module.
     module = copy.deepcopy(module).cpu().float().to(memory_format=torch.contiguous_format).eval()
+    output_names = [output_name] if isinstance(output_name, str) else list(output_name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
                 module, (example,), dynamo=True, verbose=False, opset_version=opset,
-                input_names=[input_name], output_names=[output_name],
+                input_names=[input_name], output_names=output_names,
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             )
             return program.model_proto
@@ -50,8 +53,8 @@ def module_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, ou
             try:
                 torch.onnx.export(
                     module, (example,), buffer, dynamo=False, opset_version=opset,
-                    input_names=[input_name], output_names=[output_name],
-                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                    input_names=[input_name], output_names=output_names,
+                    dynamic_axes={name: {0: "batch"} for name in [input_name, *output_names]},
                 )
             except Exception as exc:  # noqa: BLE001
                 raise ModelError(f"cannot export the network to ONNX: {dynamo_error}; {exc}") from None

@@ -73,7 +73,9 @@ class UnknownScore(nn.Module):
         if self.method == "energy":
             return -torch.logsumexp(logits.float(), dim=1)
         if self.method == "knn":
-            sims = F.normalize(features.float() - self.centre, dim=1) @ self.bank.T
+            centred = features.float() - self.centre
+            # F.normalize, written out: its Expand node defeats ONNX Runtime's shape inference for int8
+            sims = (centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ self.bank.T
             return 1.0 - torch.topk(sims, self.k, dim=1).values[:, -1]
         f = F.normalize(features.float(), dim=1)
         diff = f[:, None, :] - self.means[None, :, :]  # N x C x D
