@@ -168,11 +168,12 @@ def augment_preview(
     from vitrina.data.sources import load_dataset
     from vitrina.errors import ImageError
     from vitrina.plots import thumbnail_grid
-    from vitrina.training.plan import make_plan
+    from vitrina.training.plan import make_plan, with_recommended_settings
     from PIL import Image
 
     cfg = resolve_config(config)
     dataset = load_dataset(data, cfg.data, carve_val=False)
+    cfg = with_recommended_settings(dataset, cfg)
     preprocess = make_plan(dataset, cfg).preprocess
     transform = build_augment(cfg.augment, channels=preprocess.channels)
     rng = np.random.default_rng(cfg.train.seed)

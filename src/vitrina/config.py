@@ -54,11 +54,14 @@ class AugmentConfig:
 
     enabled: bool = True
     hflip: float = 0.5
-    rotation: float = 10.0  # degrees
-    shift: float = 0.08  # fraction of the size
-    shear: float = 5.0  # degrees
-    zoom: float = 0.15  # scale range 1 +/- zoom
-    color_jitter: float = 0.2
+    # None: the recommended value for the data (vitrina.training.plan.RECOMMENDED_AUGMENT): for
+    # photos 10 degrees, 0.08, 5 degrees, 0.15 and 0.2; none of them for small grayscale images
+    # (Fashion-MNIST-like), where they cost accuracy.
+    rotation: float | None = None  # degrees
+    shift: float | None = None  # fraction of the size
+    shear: float | None = None  # degrees
+    zoom: float | None = None  # scale range 1 +/- zoom
+    color_jitter: float | None = None
     blur: float = 0.0  # probability
     erasing: float = 0.0  # probability
     randaugment: int = 0  # number of RandAugment ops (0 = off)
@@ -78,7 +81,7 @@ class TrainConfig:
     weight_decay: float | None = None
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
+    label_smoothing: float | None = None  # None: 0.1 for photos, 0 for small grayscale images
     patience: int = 5  # early stopping on validation loss; 0 disables
     balance: Literal["none", "weights", "sampler"] = "none"
     # Fine-tuning trains the last N backbone blocks (-1 = all). The early high-resolution blocks

@@ -25,15 +25,16 @@ def doubling_widths(blocks: int, width: int) -> tuple[int, ...]:
 class ScratchCNN(nn.Module):
     """Conv blocks -> adaptive average pool -> flatten -> dropout -> optional dense + ReLU.
 
-    Each block is ``convs_per_block`` 3x3 convolutions (each with optional BatchNorm and a
-    ReLU) followed by a 2x2 max pool; ``widths`` gives each block's channels.
+    Each block is ``convs_per_block`` 3x3 convolutions (one count for all blocks or one per
+    block; each with optional BatchNorm and a ReLU) followed by a 2x2 max pool; ``widths``
+    gives each block's channels.
     """
 
     def __init__(
         self,
         channels: int = 3,
         widths: Sequence[int] = (32, 64),
-        convs_per_block: int = 1,
+        convs_per_block: int | Sequence[int] = 1,
         batchnorm: bool = True,
         grid: int = 1,
         dense: int | None = None,
@@ -42,9 +43,10 @@ class ScratchCNN(nn.Module):
         super().__init__()
         blocks = []
         in_channels = channels
-        for width in widths:
+        convs = [convs_per_block] * len(widths) if isinstance(convs_per_block, int) else list(convs_per_block)
+        for width, n_convs in zip(widths, convs):
             layers: list[nn.Module] = []
-            for _ in range(convs_per_block):
+            for _ in range(n_convs):
                 layers.append(nn.Conv2d(in_channels, width, 3, padding=1, bias=not batchnorm))
                 if batchnorm:
                     layers.append(nn.BatchNorm2d(width))
@@ -97,7 +99,7 @@ def _build(
     input_size: int,
     pretrained: bool,
     widths: Sequence[int],
-    convs_per_block: int,
+    convs_per_block: int | Sequence[int],
     grid: int,
     dense: int | None,
     dropout: float,
@@ -122,7 +124,7 @@ def _register_scratch(
     channels: int = 3,
     *,
     widths: Sequence[int],
-    convs_per_block: int = 1,
+    convs_per_block: int | Sequence[int] = 1,
     grid: int = 1,
     dense: int | None = None,
     dropout: float = 0.0,

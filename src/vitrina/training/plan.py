@@ -23,6 +23,17 @@ RECOMMENDED: dict[str, dict[str, float | int]] = {
 RECOMMENDED_HEAD = {"scratch": "linear", "bottleneck": "mlp", "finetune": "linear"}
 RECOMMENDED_FEATURE_COPIES = {"scratch": 0, "bottleneck": 1, "finetune": 0}
 DEFAULT_PRETRAINED = "efficientnet_lite0"
+# Augmentation and label smoothing by kind of data. On Fashion-MNIST (fmnist_cnn, 10 epochs) a
+# horizontal flip alone reached 93.7-93.8% test accuracy over three seeds where the photo setting
+# (rotation, shift, shear, zoom, colour, label smoothing 0.1) reached 92.1-92.9%.
+RECOMMENDED_AUGMENT: dict[str, dict[str, float]] = {
+    "photo": {"rotation": 10.0, "shift": 0.08, "shear": 5.0, "zoom": 0.15, "color_jitter": 0.2},
+    "small_grayscale": {"rotation": 0.0, "shift": 0.0, "shear": 0.0, "zoom": 0.0, "color_jitter": 0.0},
+}
+RECOMMENDED_LABEL_SMOOTHING = {"photo": 0.1, "small_grayscale": 0.0}
+# From scratch on small grayscale images: 10 epochs (Fashion-MNIST's 54,000 training images take
+# about 13 minutes on 2 CPU cores; 8 epochs gave 93.6%, 10 gave 93.7-93.8%).
+SMALL_GRAYSCALE_SCRATCH_EPOCHS = 10
 
 
 @dataclass
@@ -68,6 +79,20 @@ def check_trainable(dataset: Dataset) -> None:
         raise DataError(f"{dataset.source}: no validation images for model selection")
 
 
+def with_recommended_settings(dataset: Dataset, config: Config) -> Config:
+    """``config`` with its data-dependent ``None`` settings (augmentation, label smoothing) filled in."""
+    import copy
+
+    kind = "small_grayscale" if _looks_like_small_grayscale(dataset)[0] else "photo"
+    filled = copy.deepcopy(config)
+    for name, value in RECOMMENDED_AUGMENT[kind].items():
+        if getattr(filled.augment, name) is None:
+            setattr(filled.augment, name, value)
+    if filled.train.label_smoothing is None:
+        filled.train.label_smoothing = RECOMMENDED_LABEL_SMOOTHING[kind]
+    return filled
+
+
 def make_plan(dataset: Dataset, config: Config) -> Plan:
     from vitrina.models.registry import get_spec
 
@@ -93,7 +118,9 @@ def make_plan(dataset: Dataset, config: Config) -> Plan:
         preprocess = preprocess.with_overrides(channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
     if small_gray and spec.family == "scratch" and config.model.input_size is None:
         preprocess = preprocess.with_overrides(input_size=side)
-    rec = RECOMMENDED[mode]
+    rec = dict(RECOMMENDED[mode])
+    if small_gray and mode == "scratch":
+        rec["epochs"] = SMALL_GRAYSCALE_SCRATCH_EPOCHS
     t = config.train
     return Plan(
         mode=mode,

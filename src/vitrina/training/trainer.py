@@ -35,7 +35,7 @@ from vitrina.models.runtime import autocast, forward_uint8, predict_logits, reso
 from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.training.cache import FeatureStore
 from vitrina.training.distributed import barrier, local_device_name
-from vitrina.training.plan import Plan, check_trainable, make_plan
+from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
 
 Log = Callable[[str], None]
 EpochHook = Callable[[dict[str, float]], None]  # sees each epoch's history row; may raise to stop
@@ -641,6 +641,7 @@ def train(
     training (hyperparameter search prunes trials so).
     """
     check_trainable(dataset)
+    config = with_recommended_settings(dataset, config)
     plan = make_plan(dataset, config)
     device = resolve_device(local_device_name(config.train.device))
     precision = resolve_precision(config.train.precision, device)

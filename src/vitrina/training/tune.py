@@ -28,7 +28,7 @@ from vitrina.config import Config
 from vitrina.data.samples import Dataset
 from vitrina.errors import ConfigError
 from vitrina.plots import trials_chart
-from vitrina.training.plan import RECOMMENDED, RECOMMENDED_HEAD, make_plan
+from vitrina.training.plan import RECOMMENDED, RECOMMENDED_HEAD, make_plan, with_recommended_settings
 from vitrina.training.trainer import train as run_training
 
 Log = Callable[[str], None]
@@ -245,7 +245,8 @@ def tune(
     parameters (default: those of the mode, see ``SEARCHED``).
     """
     mode = make_plan(dataset, base).mode
-    base = config_lib.apply(copy.deepcopy(base), {"train.mode": mode})
+    # The augmentation strength scales the data's recommended values, so fill them in first.
+    base = config_lib.apply(with_recommended_settings(dataset, base), {"train.mode": mode})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(out_dir, base.train.seed)
     stored = tuple(study.user_attrs.get("search", ()))

@@ -1,0 +1,47 @@
+"""The recommended setting that `vitrina train DATA` fills in, by kind of data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitrina.config import resolve
+from vitrina.data.sources import load_dataset
+from vitrina.training.plan import RECOMMENDED_AUGMENT, make_plan, with_recommended_settings
+
+DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
+
+
+@pytest.fixture
+def pixel_csv(tmp_path: Path) -> Path:
+    """A Fashion-MNIST-like CSV: label, then 784 grayscale pixels per row."""
+    rng = np.random.default_rng(0)
+    rows = ["label," + ",".join(f"pixel{i + 1}" for i in range(784))]
+    for i in range(40):
+        rows.append(f"{i % 4}," + ",".join(str(v) for v in rng.integers(0, 256, 784)))
+    path = tmp_path / "pixels.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_small_grayscale_data_gets_the_fashion_cnn_with_a_flip_only(pixel_csv: Path) -> None:
+    dataset = load_dataset(pixel_csv, resolve().data, carve_val=True)
+    config = with_recommended_settings(dataset, resolve())
+    assert (config.augment.rotation, config.augment.shift, config.augment.shear, config.augment.zoom, config.augment.color_jitter) == (0, 0, 0, 0, 0)
+    assert config.augment.hflip == 0.5 and config.train.label_smoothing == 0
+    plan = make_plan(dataset, config)
+    assert (plan.mode, plan.model, plan.preprocess.channels, plan.preprocess.input_size) == ("scratch", "fmnist_cnn", 1, 28)
+    assert plan.epochs == 10
+
+
+def test_photos_get_the_photo_augmentation_and_explicit_settings_win() -> None:
+    dataset = load_dataset(DEMO, resolve().data, carve_val=True)
+    config = with_recommended_settings(dataset, resolve())
+    for name, value in RECOMMENDED_AUGMENT["photo"].items():
+        assert getattr(config.augment, name) == value
+    assert config.train.label_smoothing == 0.1
+    mine = with_recommended_settings(dataset, resolve(overrides={"augment.rotation": 0, "train.label_smoothing": 0.05}))
+    assert mine.augment.rotation == 0 and mine.augment.shift == RECOMMENDED_AUGMENT["photo"]["shift"]
+    assert mine.train.label_smoothing == 0.05
+    assert resolve().augment.rotation is None, "the defaults themselves stay unresolved"
