@@ -4,8 +4,8 @@ A photo of something the model never saw must not be filed under a known class w
 The score measures how unlike the training photos an input is (higher = more unknown):
 
 - ``knn`` (the default): 1 - cosine similarity of the input's penultimate features (the pooled
-  backbone features the head sees, centred on the training photos' mean) to its k-th nearest
-  training photo (k = 10);
+  backbone features the head sees, centred on the training photos' mean and projected on their
+  256 leading principal axes) to its k-th nearest training photo (k = 10);
 - ``mahalanobis``: the smallest Mahalanobis distance of the L2-normalised features to a class
   mean (shared, shrunk covariance);
 - ``energy``: -logsumexp of the logits;
@@ -21,7 +21,7 @@ by default) of the validation photos fall.
 The scorer is a torch module (:class:`UnknownScore`) over ``(features, logits)``, so PyTorch
 runs it beside the head and an ONNX export can include it as a second output
 (:data:`SCORE_OUTPUT`). Its statistics (the kNN bank, or class means and precision matrix) are
-stored beside the weights in ``unknown.safetensors``; its settings and threshold in
+stored beside the weights in ``unknown.safetensors`` (the kNN bank, centre and projection); its settings and threshold in
 ``model.json`` under ``"unknown"``.
 """
 from __future__ import annotations
@@ -39,6 +39,9 @@ from vitrina.errors import ModelError
 SCORES = ("knn", "mahalanobis", "energy", "msp")
 DEFAULT_SCORE = "knn"
 DEFAULT_K = 10
+# The kNN score compares features in their leading principal subspace: at batch 1 the bank's
+# matrix product is memory-bound, and 256 of efficientnet_lite0's 1280 dimensions make it 5x smaller.
+KNN_DIMS = 256
 MAX_BANK = 20_000  # training photos kept for the kNN score (a seeded random subset beyond that)
 UNKNOWN_FILE = "unknown.safetensors"
 SCORE_OUTPUT = "unknown_score"  # the name of the score's output in an ONNX graph
@@ -49,7 +52,10 @@ class UnknownScore(nn.Module):
     """``(features, logits) -> score`` per row; higher means less like the training photos."""
 
     def __init__(self, method: str, k: int = DEFAULT_K, bank: torch.Tensor | None = None,
-                 means: torch.Tensor | None = None, precision: torch.Tensor | None = None, centre: torch.Tensor | None = None):
+                 means: torch.Tensor | None = None, precision: torch.Tensor | None = None,
+                 centre: torch.Tensor | None = None, projection: torch.Tensor | None = None, prepared: bool = False):
+        """``bank``: training features; with ``prepared`` the stored form instead (centred on
+        ``centre``, projected by ``projection`` and L2-normalised, see :meth:`tensors`)."""
         super().__init__()
         if method not in SCORES:
             raise ModelError(f"unknown score {method!r} (choose from {', '.join(SCORES)})")
@@ -58,9 +64,18 @@ class UnknownScore(nn.Module):
             if bank is None or len(bank) == 0:
                 raise ModelError("the knn unknown score needs a bank of training features")
             self.k = max(1, min(self.k, len(bank)))
-            centre = bank.float().mean(0) if centre is None else centre.float()
-            self.register_buffer("centre", centre)
-            self.register_buffer("bank", F.normalize(bank.float() - centre, dim=1))
+            bank = bank.float()
+            if prepared:
+                if centre is None:
+                    raise ModelError("a stored knn bank needs its centre")
+                projection = torch.eye(len(centre)) if projection is None else projection.float()
+            else:
+                centre = bank.mean(0)
+                projection = principal_axes(bank - centre, KNN_DIMS)
+                bank = F.normalize((bank - centre) @ projection, dim=1)
+            self.register_buffer("centre", centre.float())
+            self.register_buffer("projection", projection)
+            self.register_buffer("bank", bank)
         if method == "mahalanobis":
             if means is None or precision is None:
                 raise ModelError("the mahalanobis unknown score needs class means and a precision matrix")
@@ -73,28 +88,33 @@ class UnknownScore(nn.Module):
         if self.method == "energy":
             return -torch.logsumexp(logits.float(), dim=1)
         if self.method == "knn":
-            centred = features.float() - self.centre
+            projected = (features.float() - self.centre) @ self.projection
             # F.normalize, written out: its Expand node defeats ONNX Runtime's shape inference for int8
-            sims = (centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ self.bank.T
+            sims = (projected / projected.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ self.bank.T
             return 1.0 - torch.topk(sims, self.k, dim=1).values[:, -1]
         f = F.normalize(features.float(), dim=1)
         diff = f[:, None, :] - self.means[None, :, :]  # N x C x D
         dist = torch.einsum("ncd,de,nce->nc", diff, self.precision, diff)
         return dist.min(dim=1).values
 
-    def with_centre(self, centre: torch.Tensor | None) -> "UnknownScore":
-        """Set the centre of a bank that was stored already centred (see :meth:`tensors`)."""
-        if centre is not None and self.method == "knn":
-            self.centre.copy_(centre.float())
-        return self
-
     def tensors(self) -> dict[str, torch.Tensor]:
         """The statistics to store (fp16 bank: half the file, the same decisions to about 1e-3)."""
-        if self.method == "knn":  # the bank is stored centred and normalised
-            return {"bank": self.bank.half().contiguous(), "centre": self.centre.contiguous()}
+        if self.method == "knn":  # the bank is stored centred, projected and normalised
+            return {"bank": self.bank.half().contiguous(), "centre": self.centre.contiguous(),
+                    "projection": self.projection.contiguous()}
         if self.method == "mahalanobis":
             return {"means": self.means.contiguous(), "precision": self.precision.contiguous()}
         return {}
+
+
+def principal_axes(centred: torch.Tensor, dims: int) -> torch.Tensor:
+    """The ``dims`` leading principal axes of centred rows (D x dims), or the identity when D <= dims."""
+    d = centred.shape[1]
+    if d <= dims:
+        return torch.eye(d)
+    cov = centred.double().T @ centred.double()
+    _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
+    return vectors[:, -dims:].flip(1).float().contiguous()
 
 
 def build_score(method: str, train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
@@ -192,7 +212,7 @@ def load_unknown(folder: str | Path, description: dict[str, Any] | None) -> Unkn
     try:
         return UnknownScore(method, int(description.get("k", DEFAULT_K)), bank=tensors.get("bank"),
                             means=tensors.get("means"), precision=tensors.get("precision"),
-                            centre=torch.zeros_like(tensors["centre"]) if "centre" in tensors else None).with_centre(tensors.get("centre"))
+                            centre=tensors.get("centre"), projection=tensors.get("projection"), prepared=True)
     except KeyError as exc:  # pragma: no cover - guarded by UnknownScore's own checks
         raise ModelError(f"{folder}: incomplete unknown-photo statistics: {exc}") from None
 
