@@ -252,6 +252,7 @@ def learning_curves(history: Sequence[Mapping[str, float]], path: str | os.PathL
             values = [row.get(f"{split}_{metric}") for row in history]
             if any(v is not None for v in values):
                 ax.plot(epochs, values, marker="o", markersize=3, color=colour, label="validation" if split == "val" else split)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -335,7 +336,7 @@ def leaderboard_chart(rows: Sequence[Mapping[str, float | str]], path: str | os.
         ("accuracy", f"{split} accuracy", "{:.1%}"),
         ("train_seconds", "training time (s)", "{:,.0f}"),
         ("size_mb", "model file (MB)", "{:.1f}"),
-        ("images_per_second", "inference (images/s, batch 32)", "{:,.0f}"),
+        ("images_per_second", "PyTorch inference (images/s, batch 32)", "{:,.0f}"),
     )
     names = [_short(str(row["name"]), 28) for row in rows]
     fig = _figure(12, 2.4 + 0.55 * len(rows))
@@ -368,6 +369,7 @@ def overlaid_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path
             ax.plot(epochs, [row.get(f"val_{metric}") for row in history], color=colour, marker="o", markersize=2, label=name)
             ax.plot(epochs, [row.get(f"train_{metric}") for row in history], color=colour, linestyle="--", linewidth=0.8, alpha=0.6)
     for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{metric} (validation solid, training dashed)")
         ax.grid(alpha=0.3)

@@ -153,7 +153,7 @@ def measure_run(run_dir: Path, data: str | os.PathLike, split: str) -> dict[str,
 
 # ----------------------------------------------------------------------------- writing
 def _markdown(rows: Sequence[Mapping[str, Any]], split: str) -> str:
-    header = f"| rank | configuration | model (mode) | {split} accuracy | top-3 | macro F1 | ECE | val accuracy | train s | params | size MB | images/s |"
+    header = f"| rank | configuration | model (mode) | {split} accuracy | top-3 | macro F1 | ECE | val accuracy | train s | params | size MB | PyTorch images/s |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         top3 = f"{r['top3_accuracy']:.2%}" if r.get("top3_accuracy") is not None else "–"
