@@ -24,11 +24,11 @@ import numpy as np
 
 from vitrina import __version__
 from vitrina.errors import DataError, ModelError
+from vitrina.inference.predictor import SCORE_OUTPUT  # the unknown-photo score, when the model has a detector
 from vitrina.preprocess import Preprocess
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
-SCORE_OUTPUT = "unknown_score"  # the unknown-photo score, when the model has a detector (vitrina.quality.unknown)
 METADATA_KEY = "vitrina"
 OPSET = 18
 PARITY_TOLERANCE = 1e-4

@@ -24,8 +24,8 @@ BackendName = Literal["auto", "torch", "onnx"]
 # batch 1 is slower; at 32 a single-threaded session holds about 420 MB (at 64, 750 MB).
 DEFAULT_BATCH_SIZE = 32
 ImageInput = Image.Image | np.ndarray
-# The unknown-photo score's ONNX output (vitrina.quality.unknown.SCORE_OUTPUT), named here because
-# that module imports PyTorch: ONNX prediction and its worker processes stay without it (a worker
+# The unknown-photo score's ONNX output, named here (not in vitrina.quality.unknown) because that
+# module imports PyTorch: ONNX prediction and its worker processes stay without it (a worker
 # with torch starts about 2 s slower and holds about 450 MB more).
 SCORE_OUTPUT = "unknown_score"
 

@@ -21,7 +21,7 @@ by default) of the validation photos fall.
 The scorer is a torch module (:class:`UnknownScore`) over ``(features, logits)``, so PyTorch
 runs it beside the head and an ONNX export can include it as a second output
 (:data:`SCORE_OUTPUT`). Its statistics (the kNN bank, or class means and precision matrix) are
-stored beside the weights in ``unknown.safetensors`` (the kNN bank and its centre); its settings and threshold in
+stored beside the weights in ``unknown.safetensors``; its settings and threshold in
 ``model.json`` under ``"unknown"``.
 """
 from __future__ import annotations
@@ -35,17 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitrina.errors import ModelError
+from vitrina.inference.predictor import SCORE_OUTPUT
 
 SCORES = ("knn", "mahalanobis", "energy", "msp")
 DEFAULT_SCORE = "knn"
 DEFAULT_K = 10
-# The kNN score can compare features in their leading principal subspace (a smaller bank), but
-# 256 of efficientnet_lite0's 1280 dimensions lowered the avito-vs-clothing AUROC from 0.992 to
-# 0.952 (bench/bench_unknown.py), so the full features are the default (None).
-KNN_DIMS: int | None = None
 MAX_BANK = 20_000  # training photos kept for the kNN score (a seeded random subset beyond that)
 UNKNOWN_FILE = "unknown.safetensors"
-SCORE_OUTPUT = "unknown_score"  # the name of the score's output in an ONNX graph
 ACCEPT_RATE = 0.95
 
 
@@ -54,9 +50,9 @@ class UnknownScore(nn.Module):
 
     def __init__(self, method: str, k: int = DEFAULT_K, bank: torch.Tensor | None = None,
                  means: torch.Tensor | None = None, precision: torch.Tensor | None = None,
-                 centre: torch.Tensor | None = None, projection: torch.Tensor | None = None, prepared: bool = False):
+                 centre: torch.Tensor | None = None, prepared: bool = False):
         """``bank``: training features; with ``prepared`` the stored form instead (centred on
-        ``centre``, projected by ``projection`` and L2-normalised, see :meth:`tensors`)."""
+        ``centre`` and L2-normalised, see :meth:`tensors`)."""
         super().__init__()
         if method not in SCORES:
             raise ModelError(f"unknown score {method!r} (choose from {', '.join(SCORES)})")
@@ -69,13 +65,10 @@ class UnknownScore(nn.Module):
             if prepared:
                 if centre is None:
                     raise ModelError("a stored knn bank needs its centre")
-                projection = None if projection is None else projection.float()
             else:
                 centre = bank.mean(0)
-                projection = None if KNN_DIMS is None else principal_axes(bank - centre, KNN_DIMS)
-                bank = F.normalize(bank - centre if projection is None else (bank - centre) @ projection, dim=1)
+                bank = F.normalize(bank - centre, dim=1)
             self.register_buffer("centre", centre.float())
-            self.register_buffer("projection", projection)  # None: the features' own axes
             self.register_buffer("bank", bank)
         if method == "mahalanobis":
             if means is None or precision is None:
@@ -89,11 +82,9 @@ class UnknownScore(nn.Module):
         if self.method == "energy":
             return -torch.logsumexp(logits.float(), dim=1)
         if self.method == "knn":
-            projected = features.float() - self.centre
-            if self.projection is not None:
-                projected = projected @ self.projection
+            centred = features.float() - self.centre
             # F.normalize, written out: its Expand node defeats ONNX Runtime's shape inference for int8
-            sims = (projected / projected.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ self.bank.T
+            sims = (centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ self.bank.T
             return 1.0 - torch.topk(sims, self.k, dim=1).values[:, -1]
         f = F.normalize(features.float(), dim=1)
         diff = f[:, None, :] - self.means[None, :, :]  # N x C x D
@@ -103,23 +94,10 @@ class UnknownScore(nn.Module):
     def tensors(self) -> dict[str, torch.Tensor]:
         """The statistics to store (fp16 bank: half the file, the same decisions to about 1e-3)."""
         if self.method == "knn":  # the bank is stored centred, projected and normalised
-            stored = {"bank": self.bank.half().contiguous(), "centre": self.centre.contiguous()}
-            if self.projection is not None:
-                stored["projection"] = self.projection.contiguous()
-            return stored
+            return {"bank": self.bank.half().contiguous(), "centre": self.centre.contiguous()}
         if self.method == "mahalanobis":
             return {"means": self.means.contiguous(), "precision": self.precision.contiguous()}
         return {}
-
-
-def principal_axes(centred: torch.Tensor, dims: int) -> torch.Tensor:
-    """The ``dims`` leading principal axes of centred rows (D x dims), or the identity when D <= dims."""
-    d = centred.shape[1]
-    if d <= dims:
-        return torch.eye(d)
-    cov = centred.double().T @ centred.double()
-    _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
-    return vectors[:, -dims:].flip(1).float().contiguous()
 
 
 def build_score(method: str, train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
@@ -217,7 +195,7 @@ def load_unknown(folder: str | Path, description: dict[str, Any] | None) -> Unkn
     try:
         return UnknownScore(method, int(description.get("k", DEFAULT_K)), bank=tensors.get("bank"),
                             means=tensors.get("means"), precision=tensors.get("precision"),
-                            centre=tensors.get("centre"), projection=tensors.get("projection"), prepared=True)
+                            centre=tensors.get("centre"), prepared=True)
     except KeyError as exc:  # pragma: no cover - guarded by UnknownScore's own checks
         raise ModelError(f"{folder}: incomplete unknown-photo statistics: {exc}") from None
 
