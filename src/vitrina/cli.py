@@ -332,9 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, metavar="N", help="cross-validation folds (default 5)")
     p.add_argument("--neighbours", type=int, metavar="K", help="nearest neighbours for the off-topic score and label votes (default 10)")
     p.add_argument("--outlier-z", dest="outlier_z", type=float, metavar="Z", help="robust z-score above which a photo is off-topic (default 3)")
-    p.add_argument("--hash-bits", dest="hash_bits", type=int, metavar="N", help="perceptual-hash distance that alone makes a near duplicate (default 8)")
+    p.add_argument("--hash-bits", dest="hash_bits", type=int, metavar="N", help="perceptual-hash distance that alone makes a near-duplicate candidate (default 14)")
     p.add_argument("--min-similarity", dest="min_similarity", type=float, metavar="S",
-                   help="feature similarity that, with a close hash (22 bits), makes a near duplicate (default 0.85)")
+                   help="feature similarity that, with a close hash (24 bits), makes a near-duplicate candidate (default 0.8)")
+    p.add_argument("--min-alignment", dest="min_alignment", type=float, metavar="A",
+                   help="pixel alignment (grey correlation allowing a small crop) a candidate needs to be a near duplicate (default 0.915)")
     p.add_argument("--exclude-kinds", dest="exclude_kinds", metavar="KINDS",
                    help="what goes into exclude.csv: comma-separated duplicates, labels, off-topic (default all)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding processes (default 2)")

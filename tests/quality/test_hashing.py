@@ -55,3 +55,27 @@ def test_grayscale_and_empty_inputs() -> None:
     gray = np.random.default_rng(0).integers(0, 255, size=(3, 40, 40, 1), dtype=np.uint8)
     assert phash(gray).shape == (3,)
     assert phash(np.zeros((0, 40, 40, 3), np.uint8)).shape == (0,)
+
+
+def test_aligned_similarity_separates_copies_from_look_alikes() -> None:
+    # Copies: cropped up to about 8% a side, resized, recompressed. Look-alikes: other photos of the
+    # same class, shot the same way (the demo's shoes share a white background and a pose).
+    paths = sorted((DEMO / "train" / "shoes").iterdir())[:8]
+    originals = [Image.open(p).convert("RGB") for p in paths]
+    rng = np.random.default_rng(0)
+    copies = []
+    for img in originals:
+        w, h = img.size
+        left, top, right, bottom = (rng.uniform(0, 0.08, size=4) * [w, h, w, h]).astype(int)
+        cropped = img.crop((left, top, w - right, h - bottom)).resize((int(w * 0.6), int(h * 0.6)))
+        copies.append(recompressed(cropped, 55))
+    images = np.stack([as_array(i) for i in originals + copies])
+    n = len(originals)
+    own = hashing.aligned_similarity(images, np.arange(n), np.arange(n) + n)
+    i, j = np.triu_indices(n, k=1)
+    others = hashing.aligned_similarity(images, i, j)
+    assert own.min() >= 0.9, own
+    assert others.max() < own.min(), (others.max(), own.min())
+    # Symmetric, and an image lines up with itself perfectly.
+    assert np.allclose(hashing.aligned_similarity(images, np.array([0]), np.array([n])), own[:1])
+    assert hashing.aligned_similarity(images, np.array([3]), np.array([3]))[0] > 0.999

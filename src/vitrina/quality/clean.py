@@ -50,11 +50,14 @@ class CleanSettings:
     neighbours: int = 10  # nearest neighbours whose mean distance makes the off-topic score
     outlier_z: float = 3.0  # robust z-score of that distance above which a photo is off-topic
     # Near duplicates (measured with resized, recompressed and cropped copies, bench/bench_clean.py):
-    # (freiburg: 0.85 finds 89% of the planted copies; 0.8 finds 97.5% but also pairs two products
-    # photographed on one background, and a looser hash alone does too.)
-    hash_bits: int = 8  # perceptual hashes this close: a near duplicate whatever the features say
-    similar_hash_bits: int = 22  # hashes this close and features at least min_similarity: a near duplicate
-    min_similarity: float = 0.85
+    # close hashes, or fairly close hashes and similar features, make a candidate pair; it is a near
+    # duplicate when the two images also line up pixel for pixel. (Freiburg: the planted copies
+    # line up at 0.87-0.99, 0.97 typical; photos of one product on one shelf at 0.6-0.85, except
+    # the same shelf shot twice in a row, which lines up as well as a copy.)
+    hash_bits: int = 14  # perceptual hashes this close: a candidate whatever the features say
+    similar_hash_bits: int = 24  # hashes this close and features at least min_similarity: a candidate
+    min_similarity: float = 0.8
+    min_alignment: float = 0.915  # grey correlation, allowing a small crop, a candidate needs
     exclude_kinds: str = "duplicates,labels,off-topic"  # what goes into exclude.csv
     review: int = 100  # suspects listed for review (ranked) beyond the flagged ones
 
@@ -71,6 +74,8 @@ class CleanSettings:
             raise ConfigError("hash distances must satisfy 0 <= hash_bits <= similar_hash_bits <= 64")
         if not -1.0 <= self.min_similarity <= 1.0:
             raise ConfigError(f"min_similarity must be in [-1, 1], got {self.min_similarity}")
+        if not -1.0 <= self.min_alignment <= 1.0:
+            raise ConfigError(f"min_alignment must be in [-1, 1], got {self.min_alignment}")
         _models(self)
         _exclude_kinds(self)
         return self
@@ -188,7 +193,7 @@ def clean_dataset(
     Returns the summary (also written as ``summary.json``); see the module doc for the files.
     """
     from vitrina.data.cache import default_cache_dir
-    from vitrina.quality.hashing import phash
+    from vitrina.quality.hashing import aligned_similarity, phash
     from vitrina.quality.mislabels import label_issues, usable_folds
     from vitrina.quality.neighbours import group_pairs, scan_pairs
     from vitrina.quality.report import write_outputs
@@ -232,6 +237,7 @@ def clean_dataset(
     scan = scan_pairs(
         features if n else None, hashes64, content, k=settings.neighbours, strong_bits=settings.hash_bits,
         loose_bits=settings.similar_hash_bits, min_similarity=settings.min_similarity,
+        verify=lambda i, j: aligned_similarity(images, i, j), min_alignment=settings.min_alignment,
     )
     exact_i, exact_j = [], []
     first_of: dict[int, int] = {}
@@ -356,7 +362,10 @@ def clean_dataset(
 
 
 def _describe_groups(groups: list[list[int]], items: list[Item], content: np.ndarray, scan: Any) -> list[dict]:
-    pair_info = {(int(a), int(b)): (int(bits), float(sim)) for a, b, bits, sim in zip(scan.pairs_i, scan.pairs_j, scan.pair_bits, scan.pair_similarity)}
+    pair_info = {
+        (int(a), int(b)): (int(bits), float(sim), float(lined))
+        for a, b, bits, sim, lined in zip(scan.pairs_i, scan.pairs_j, scan.pair_bits, scan.pair_similarity, scan.pair_alignment)
+    }
     out = []
     for members in groups:
         exact = len({int(content[m]) for m in members}) == 1
@@ -374,6 +383,7 @@ def _describe_groups(groups: list[list[int]], items: list[Item], content: np.nda
                 "label_conflict": len(labels) > 1,
                 "max_hash_bits": max((c[0] for c in closest), default=0),
                 "min_similarity": round(min((c[1] for c in closest if np.isfinite(c[1])), default=1.0), 4),
+                "min_alignment": round(min((c[2] for c in closest if np.isfinite(c[2])), default=1.0), 4),
                 "members": [{"index": m, "path": items[m].path, "split": items[m].split, "label": items[m].label} for m in members],
             }
         )
