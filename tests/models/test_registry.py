@@ -222,3 +222,24 @@ def test_unreadable_weights_files(tmp_path: Path) -> None:
     unknown.write_bytes(b"x")
     with pytest.raises(ModelError, match="unknown weights format"):
         create_model("cnn1", 2, weights=unknown)
+
+
+def test_mlp_ensemble_head_averages_half_width_members_and_rebuilds_from_meta() -> None:
+    from vitrina.models.checkpoint import build_from_meta
+    from vitrina.models.registry import ENSEMBLE_SIZE, HeadEnsemble
+
+    model = create_model("cnn1", 4, head="mlp_ensemble", hidden=32, dropout=0.1).eval()
+    head = model.head
+    assert isinstance(head, HeadEnsemble) and len(head.members) == ENSEMBLE_SIZE == 3
+    assert all(member.fc1.out_features == 16 for member in head.members)
+    features = torch.randn(5, model.num_features)
+    with torch.no_grad():
+        members = torch.stack(head.member_logits(features))
+        assert torch.allclose(head(features), members.mean(dim=0))
+        assert not torch.allclose(members[0], members[1]), "members start from different weights"
+    meta = {"model": "cnn1", "classes": list("abcd"), "preprocess": get_spec("cnn1").preprocess.to_dict(), "head": "mlp_ensemble", "hidden": 32, "dropout": 0.1}
+    rebuilt = build_from_meta(meta)
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        x = torch.randn(2, 3, 40, 40)
+        assert torch.allclose(rebuilt.eval()(x), model(x))
