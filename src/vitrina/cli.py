@@ -327,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/clean-NNN)")
     p.add_argument("--runs", default="runs", metavar="DIR", help="parent of new output folders (default runs)")
     p.add_argument("--exclude-out", metavar="FILE", help="also write the exclusion list to FILE (must not exist)")
-    p.add_argument("--model", dest="models", metavar="NAMES", help="pretrained backbone(s) whose features are used, comma-separated "
-                   "(default efficientnet_lite0,efficientnet_lite2)")
+    p.add_argument("--model", dest="models", metavar="NAMES", help="pretrained backbone(s) whose features are used, comma-separated, "
+                   "each optionally NAME@SIZE for its input size (default efficientnet_lite0@288,efficientnet_lite2)")
     p.add_argument("--folds", type=int, metavar="N", help="cross-validation folds (default 5)")
     p.add_argument("--neighbours", type=int, metavar="K", help="nearest neighbours for the off-topic score and label votes (default 10)")
     p.add_argument("--outlier-z", dest="outlier_z", type=float, metavar="Z", help="robust z-score above which a photo is off-topic (default 3)")

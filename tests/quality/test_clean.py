@@ -125,3 +125,14 @@ def test_cli_prints_errors_without_a_traceback(tmp_path: Path) -> None:
     assert "vitrina clean: error: dataset not found" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "vitrina", "clean", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--exclude-out" in proc.stdout
+
+
+def test_backbones_take_an_optional_input_size() -> None:
+    from vitrina.errors import ConfigError
+    from vitrina.quality.clean import CleanSettings, _model_and_size
+
+    assert _model_and_size("efficientnet_lite0@288") == ("efficientnet_lite0", 288)
+    assert _model_and_size("efficientnet_lite2") == ("efficientnet_lite2", None)
+    for bad in ("efficientnet_lite0@big", "efficientnet_lite0@4"):
+        with pytest.raises(ConfigError, match="size after @"):
+            CleanSettings(models=bad).check()

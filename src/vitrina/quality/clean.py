@@ -44,7 +44,9 @@ class CleanSettings:
     """What `vitrina clean` looks for and how hard (the CLI flags of the same names set them)."""
 
     # Backbones whose L2-normalised features are concatenated (comma-separated registry names).
-    models: str = "efficientnet_lite0,efficientnet_lite2"
+    # Backbones, each optionally with its input size as NAME@SIZE (default: the backbone's own).
+    # lite0 at 288 px: flipped-label recall 0.745 -> 0.776 on freiburg, for about 40 s more.
+    models: str = "efficientnet_lite0@288,efficientnet_lite2"
     folds: int = 5  # cross-validation folds for the out-of-sample probabilities
     c: float = 10.0  # inverse L2 strength of the fold classifiers
     neighbours: int = 10  # nearest neighbours whose mean distance makes the off-topic score
@@ -95,7 +97,19 @@ def _models(settings: CleanSettings) -> list[str]:
     names = [name.strip() for name in settings.models.split(",") if name.strip()]
     if not names:
         raise ConfigError("--model: name at least one pretrained backbone (see `vitrina models`)")
+    for name in names:
+        _model_and_size(name)
     return list(dict.fromkeys(names))
+
+
+def _model_and_size(entry: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@SIZE`` -> (registry name, input size or None for the backbone's own)."""
+    name, _, size = entry.partition("@")
+    if not size:
+        return name, None
+    if not size.isdigit() or not 16 <= int(size) <= 1024:
+        raise ConfigError(f"--model {entry}: the size after @ must be a whole number of pixels (16-1024)")
+    return name, int(size)
 
 
 def _exclude_kinds(settings: CleanSettings) -> list[str]:
@@ -125,11 +139,14 @@ def _backbone_features(
     from vitrina.training.trainer import BackboneFeatures
 
     cfg = copy.deepcopy(config)
+    model_name, size = _model_and_size(model_name)
     cfg.model.name = model_name
     cfg.train.mode = "bottleneck"
-    if cfg.model.input_size is None:
-        # The backbone's own input size (bottleneck training upscales; here speed matters more),
-        # which is also what fine-tuning's warm start caches.
+    if size is not None:
+        cfg.model.input_size = size
+    elif cfg.model.input_size is None:
+        # The backbone's own input size (bottleneck training upscales, by 9/7), which is also what
+        # fine-tuning's warm start caches.
         cfg.model.input_size = get_spec(model_name).preprocess.input_size
     plan = make_plan(dataset, cfg)
     if not plan.pretrained:
