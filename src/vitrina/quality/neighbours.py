@@ -69,9 +69,9 @@ def scan_pairs(
         i, j = np.nonzero(near)
         alignment = np.full(len(i), np.nan, np.float32)
         if verify is not None and len(i):
-            # Each pair shows up in the blocks of both its images: verify it once.
+            # Each pair shows up twice (from either image, in one block or two): verify it once.
             a, b = np.minimum(i + start, j), np.maximum(i + start, j)
-            fresh = [(x, y) for x, y in zip(a.tolist(), b.tolist()) if (x, y) not in verified]
+            fresh = [pair for pair in dict.fromkeys(zip(a.tolist(), b.tolist())) if pair not in verified]
             if fresh:
                 fa, fb = np.asarray(fresh, np.int64).T
                 verified.update(zip(fresh, verify(fa, fb).tolist()))
