@@ -5,12 +5,13 @@ and prints the figures from the run's metrics.json. Rows:
 
   avito       --holdout validation (selection on a split carved from train); also the accuracy
               without the validation photos that duplicate a training photo
-  freiburg    official split 0 (train0 / test0), default mode; and --mode bottleneck
-              (optionally over all five splits with --all-splits)
+  freiburg    official split 0 (train0 / test0), default mode; and --mode bottleneck, run twice:
+              the second run finds its frozen features cached (--cold: the first starts from an
+              empty cache), optionally over all five splits with --all-splits
   fashion     Fashion-MNIST test, from scratch (the default for small grayscale images)
   clothing    clothing-small test
 
-    python bench/bench_accuracy.py [--only avito,freiburg,...] [--runs DIR] [--all-splits] [-- extra train flags]
+    python bench/bench_accuracy.py [--only avito,freiburg,...] [--runs DIR] [--all-splits] [--cold] [-- extra train flags]
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,11 +48,12 @@ def freiburg_yaml(split: int, folder: Path) -> Path:
     return path
 
 
-def run_train(name: str, data: str, out: Path, flags: list[str]) -> dict:
+def run_train(name: str, data: str, out: Path, flags: list[str], cache: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", "vitrina", "train", data, "--out", str(out), "--quiet", *flags]
     print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+    env = {**os.environ, "VITRINA_CACHE": str(cache)} if cache is not None else None
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:])
@@ -80,6 +83,7 @@ def main() -> None:
     parser.add_argument("--only", default="avito,freiburg,freiburg-bottleneck,fashion,clothing")
     parser.add_argument("--runs", default=None, help="keep run folders here (default: a temporary folder)")
     parser.add_argument("--all-splits", action="store_true", help="also the bottleneck mean over freiburg's five splits")
+    parser.add_argument("--cold", action="store_true", help="the bottleneck row starts from an empty feature cache")
     parser.add_argument("extra", nargs="*", help="extra flags for every `vitrina train` (after --)")
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -98,11 +102,17 @@ def main() -> None:
     if "freiburg" in wanted:
         rows.append(("freiburg", run_train("freiburg", str(freiburg_yaml(0, runs)), runs / "freiburg", args.extra)))
     if "freiburg-bottleneck" in wanted:
-        rows.append(("freiburg-bottleneck", run_train("freiburg-bottleneck", str(freiburg_yaml(0, runs)), runs / "freiburg-bn0", ["--mode", "bottleneck", *args.extra])))
+        cache = Path(tempfile.mkdtemp(prefix="vitrina-cold-cache-")) if args.cold else None
+        bottleneck = ["--mode", "bottleneck", *args.extra]
+        rows.append(("freiburg-bottleneck", run_train("freiburg-bottleneck", str(freiburg_yaml(0, runs)), runs / "freiburg-bn0", bottleneck, cache)))
+        again = run_train("freiburg-bottleneck (cached)", str(freiburg_yaml(0, runs)), runs / "freiburg-bn0-cached", bottleneck, cache)
+        notes.append(f"freiburg bottleneck, second run with its features cached: train {again['train_seconds']:.1f} s, "
+                     f"wall {again['wall_seconds']:.1f} s, accuracy {again['accuracy']:.4f}"
+                     + (" (the first run started from an empty cache)" if args.cold else ""))
         if args.all_splits:
             accs = [rows[-1][1]["accuracy"]]
             for split in range(1, 5):
-                m = run_train(f"freiburg-bottleneck-{split}", str(freiburg_yaml(split, runs)), runs / f"freiburg-bn{split}", ["--mode", "bottleneck", *args.extra])
+                m = run_train(f"freiburg-bottleneck-{split}", str(freiburg_yaml(split, runs)), runs / f"freiburg-bn{split}", bottleneck, cache)
                 accs.append(m["accuracy"])
             notes.append(f"freiburg bottleneck, mean over the five official splits: {sum(accs) / 5:.4f} ({', '.join(f'{a:.4f}' for a in accs)})")
     if "fashion" in wanted:

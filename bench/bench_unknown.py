@@ -10,11 +10,15 @@ Rows (``--only`` picks some):
 
 For each, the model is trained with `vitrina train` (``--mode``, default bottleneck: minutes on a
 CPU; finetune is the project default) and the scores are computed from its penultimate features
-and calibrated logits: knn (k = 1 and 10), mahalanobis, energy and msp; the row marked * is the
+and calibrated logits: knn (k = 1 and 10), knn_energy (k = 1 and 10), mahalanobis, energy and msp
+(each fitted as training fits the stored one, standardised on the validation photos where it
+needs it); the row marked * is the
 detector stored with the model (the default). Also printed: the share of unknown photos the stored
 threshold lets through, and the share of known photos it accepts (95% on validation by design).
 
-    python bench/bench_unknown.py [--only avito,freiburg] [--mode bottleneck|finetune] [--out DIR]
+    python bench/bench_unknown.py [--only avito,freiburg] [--mode bottleneck|finetune] [--out DIR] [--reuse]
+
+--reuse scores the runs already in --out instead of training them again.
 
 Skips with a message when ../shared/datasets is absent.
 """
@@ -35,7 +39,10 @@ SHARED = REPO.parent / "shared" / "datasets"
 FREIBURG = SHARED / "freiburg-groceries"
 
 
-def train(data: Path, out: Path, mode: str) -> Path:
+def train(data: Path, out: Path, mode: str, reuse: bool = False) -> Path:
+    if reuse and (out / "metrics.json").is_file():
+        print(f"  reusing {out}", flush=True)
+        return out
     cmd = [sys.executable, "-m", "vitrina", "train", str(data), "--out", str(out), "--quiet", "--mode", mode]
     print(f"  {' '.join(cmd[1:])}", flush=True)
     started = time.perf_counter()
@@ -81,13 +88,14 @@ def evaluate(name: str, run: Path, known: list[str], unknown: list[str], train_p
     from sklearn.metrics import roc_auc_score
 
     from vitrina.models.checkpoint import read_meta
-    from vitrina.quality.unknown import build_score, load_unknown, score_features
+    from vitrina.quality.unknown import fit_unknown, load_unknown, score_features
 
     meta = read_meta(run)
     stored = meta["unknown"]
     kf, kl = features_and_logits(run, known)
     uf, ul = features_and_logits(run, unknown)
     tf, _ = features_and_logits(run, train_paths)
+    vf, vl = features_and_logits(run, json.loads((run / "splits.json").read_text())["splits"]["val"])
     truth = np.r_[np.zeros(len(kf)), np.ones(len(uf))]
     print(f"[{name}] {len(kf)} known photos, {len(uf)} unknown photos; stored detector: {stored['score']} "
           f"(k={stored.get('k', '-')}), threshold {stored['threshold']:.4f} at {stored['accept_rate']:.0%} of validation")
@@ -96,8 +104,8 @@ def evaluate(name: str, run: Path, known: list[str], unknown: list[str], train_p
     print(f"[{name}] * stored {stored['score']:<12} AUROC {roc_auc_score(truth, np.r_[a, b]):.4f}; with its threshold: "
           f"known accepted {np.mean(a <= stored['threshold']):.3f}, unknown let through {np.mean(b <= stored['threshold']):.3f}")
     labels = np.asarray(train_labels)
-    for method, k in (("knn", 1), ("knn", 10), ("mahalanobis", 0), ("energy", 0), ("msp", 0)):
-        s = build_score(method, tf, labels, len(meta["classes"]), k=max(1, k))
+    for method, k in (("knn", 1), ("knn", 10), ("knn_energy", 1), ("knn_energy", 10), ("mahalanobis", 0), ("energy", 0), ("msp", 0)):
+        s, _ = fit_unknown(tf, labels, vf, vl, len(meta["classes"]), method=method, k=max(1, k))
         a, b = score_features(s, kf, kl), score_features(s, uf, ul)
         label = f"{method}{k if k else ''}"
         print(f"[{name}]   {label:<14} AUROC {roc_auc_score(truth, np.r_[a, b]):.4f}")
@@ -107,9 +115,9 @@ def image_paths(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*.jpg"))
 
 
-def bench_avito(out: Path, mode: str) -> None:
+def bench_avito(out: Path, mode: str, reuse: bool = False) -> None:
     print("[avito] model: avito train (validation held for the threshold), unknown: clothing-small")
-    run = train(SHARED / "avito", out / "avito-run", mode)
+    run = train(SHARED / "avito", out / "avito-run", mode, reuse)
     splits = json.loads((run / "splits.json").read_text())
     classes = splits["classes"]
     train_paths = splits["splits"]["train"]
@@ -118,7 +126,7 @@ def bench_avito(out: Path, mode: str) -> None:
     evaluate("avito", run, known, image_paths(SHARED / "clothing-small"), train_paths, train_labels)
 
 
-def bench_freiburg(out: Path, mode: str) -> None:
+def bench_freiburg(out: Path, mode: str, reuse: bool = False) -> None:
     rng = np.random.default_rng(0)
     names = [line.split()[0] for line in (FREIBURG / "splits" / "classid.txt").read_text().splitlines() if line.strip()]
     held = sorted(rng.choice(names, 5, replace=False).tolist())
@@ -133,7 +141,7 @@ def bench_freiburg(out: Path, mode: str) -> None:
         (folder / f"{split}.txt").write_text("".join(f"{p} {p.split('/')[0]}\n" for p in kept))
     data = folder / "dataset.yaml"
     data.write_text(f"root: {FREIBURG / 'images'}\ntrain: {folder / 'train0.txt'}\ntest: {folder / 'test0.txt'}\n")
-    run = train(data, out / "freiburg-run", mode)
+    run = train(data, out / "freiburg-run", mode, reuse)
     splits = json.loads((run / "splits.json").read_text())
     classes = splits["classes"]
     train_paths = splits["splits"]["train"]
@@ -148,6 +156,7 @@ def main() -> None:
     parser.add_argument("--only", default="avito,freiburg")
     parser.add_argument("--mode", default="bottleneck", choices=["bottleneck", "finetune"])
     parser.add_argument("--out", help="folder for the runs (default: a temporary folder, kept)")
+    parser.add_argument("--reuse", action="store_true", help="score the runs already in --out")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} not found (the real datasets live beside the repository)")
@@ -157,9 +166,9 @@ def main() -> None:
     print(f"outputs: {out}")
     only = {name.strip() for name in args.only.split(",")}
     if "avito" in only:
-        bench_avito(out, args.mode)
+        bench_avito(out, args.mode, args.reuse)
     if "freiburg" in only:
-        bench_freiburg(out, args.mode)
+        bench_freiburg(out, args.mode, args.reuse)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,9 @@ class TrainConfig:
     workers: int = -1  # decoding processes; -1 = automatic
     seed: int = 0
     cache_dir: str | None = None  # decoded-image and feature caches; None = ~/.cache/vitrina
+    # The "unknown photo" score stored with the model (see vitrina.quality.unknown); k: its neighbours.
+    unknown_score: Literal["knn", "knn_energy", "mahalanobis", "energy", "msp"] = "knn"
+    unknown_k: int | None = None  # None: the score's own default
 
 
 @dataclass

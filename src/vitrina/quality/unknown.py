@@ -9,7 +9,9 @@ The score measures how unlike the training photos an input is (higher = more unk
 - ``mahalanobis``: the smallest Mahalanobis distance of the L2-normalised features to a class
   mean (shared, shrunk covariance);
 - ``energy``: -logsumexp of the logits;
-- ``msp``: 1 - the top softmax probability.
+- ``msp``: 1 - the top softmax probability;
+- ``knn_energy``: the nearest training photo's distance (k = 1) and the energy, each standardised
+  on the validation photos, summed: near-duplicate evidence and the classifier's own doubt.
 
 bench/bench_unknown.py measures them on the acceptance cases (an avito model shown clothing
 photos; a freiburg model trained on 20 classes shown the other 5). On frozen efficientnet_lite0
@@ -37,9 +39,10 @@ from torch import nn
 from vitrina.errors import ModelError
 from vitrina.inference.predictor import SCORE_OUTPUT
 
-SCORES = ("knn", "mahalanobis", "energy", "msp")
+SCORES = ("knn", "knn_energy", "mahalanobis", "energy", "msp")
 DEFAULT_SCORE = "knn"
 DEFAULT_K = 10
+DEFAULT_K_OF = {"knn": 10, "knn_energy": 1}  # neighbours per score (see the module docstring)
 MAX_BANK = 20_000  # training photos kept for the kNN score (a seeded random subset beyond that)
 UNKNOWN_FILE = "unknown.safetensors"
 ACCEPT_RATE = 0.95
@@ -50,14 +53,14 @@ class UnknownScore(nn.Module):
 
     def __init__(self, method: str, k: int = DEFAULT_K, bank: torch.Tensor | None = None,
                  means: torch.Tensor | None = None, precision: torch.Tensor | None = None,
-                 centre: torch.Tensor | None = None, prepared: bool = False):
+                 centre: torch.Tensor | None = None, prepared: bool = False, stats: torch.Tensor | None = None):
         """``bank``: training features; with ``prepared`` the stored form instead (centred on
         ``centre`` and L2-normalised, see :meth:`tensors`)."""
         super().__init__()
         if method not in SCORES:
             raise ModelError(f"unknown score {method!r} (choose from {', '.join(SCORES)})")
         self.method, self.k = method, int(k)
-        if method == "knn":
+        if method in ("knn", "knn_energy"):
             if bank is None or len(bank) == 0:
                 raise ModelError("the knn unknown score needs a bank of training features")
             self.k = max(1, min(self.k, len(bank)))
@@ -70,6 +73,10 @@ class UnknownScore(nn.Module):
                 bank = F.normalize(bank - centre, dim=1)
             self.register_buffer("centre", centre.float())
             self.register_buffer("bank", bank)
+        if method == "knn_energy":  # (mean, std) of each part on the validation photos; see standardise()
+            if prepared and stats is None:
+                raise ModelError("a stored knn_energy score needs its standardisation statistics")
+            self.register_buffer("stats", (stats if stats is not None else torch.tensor([0.0, 1.0, 0.0, 1.0])).float())
         if method == "mahalanobis":
             if means is None or precision is None:
                 raise ModelError("the mahalanobis unknown score needs class means and a precision matrix")
@@ -82,33 +89,56 @@ class UnknownScore(nn.Module):
         if self.method == "energy":
             return -torch.logsumexp(logits.float(), dim=1)
         if self.method == "knn":
-            centred = features.float() - self.centre
-            # F.normalize, written out: its Expand node defeats ONNX Runtime's shape inference for int8
-            sims = (centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ self.bank.T
-            return 1.0 - torch.topk(sims, self.k, dim=1).values[:, -1]
+            return self._knn(features)
+        if self.method == "knn_energy":
+            knn, energy = self.parts(features, logits)
+            return (knn - self.stats[0]) / self.stats[1] + (energy - self.stats[2]) / self.stats[3]
         f = F.normalize(features.float(), dim=1)
         diff = f[:, None, :] - self.means[None, :, :]  # N x C x D
         dist = torch.einsum("ncd,de,nce->nc", diff, self.precision, diff)
         return dist.min(dim=1).values
 
+    def _knn(self, features: torch.Tensor) -> torch.Tensor:
+        centred = features.float() - self.centre
+        # F.normalize, written out: its Expand node defeats ONNX Runtime's shape inference for int8
+        sims = (centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ self.bank.T
+        return 1.0 - torch.topk(sims, self.k, dim=1).values[:, -1]
+
+    def parts(self, features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``knn_energy``'s two parts, before standardising: kNN distance and energy."""
+        return self._knn(features), -torch.logsumexp(logits.float(), dim=1)
+
+    def standardise(self, features: torch.Tensor, logits: torch.Tensor) -> None:
+        """``knn_energy``: fit each part's mean and spread on these (validation) photos."""
+        with torch.inference_mode():
+            knn, energy = self.parts(features, logits)
+        spread = lambda v: v.std().clamp_min(1e-6) if len(v) > 1 else torch.tensor(1.0)  # noqa: E731
+        self.stats = torch.stack([knn.mean(), spread(knn), energy.mean(), spread(energy)]).float()
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """The statistics to store (fp16 bank: half the file, the same decisions to about 1e-3)."""
-        if self.method == "knn":  # the bank is stored centred, projected and normalised
-            return {"bank": self.bank.half().contiguous(), "centre": self.centre.contiguous()}
+        if self.method in ("knn", "knn_energy"):  # the bank is stored centred and normalised
+            stored = {"bank": self.bank.half().contiguous(), "centre": self.centre.contiguous()}
+            return {**stored, "stats": self.stats.contiguous()} if self.method == "knn_energy" else stored
         if self.method == "mahalanobis":
             return {"means": self.means.contiguous(), "precision": self.precision.contiguous()}
         return {}
 
 
 def build_score(method: str, train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
-                k: int = DEFAULT_K, seed: int = 0) -> UnknownScore:
-    """An :class:`UnknownScore` fitted on the training photos' penultimate features."""
+                k: int | None = None, seed: int = 0) -> UnknownScore:
+    """An :class:`UnknownScore` fitted on the training photos' penultimate features.
+
+    ``knn_energy`` still needs :meth:`UnknownScore.standardise` on validation photos
+    (:func:`fit_unknown` does it).
+    """
     feats = torch.from_numpy(np.asarray(train_features, dtype=np.float32))
-    if method == "knn":
+    k = DEFAULT_K_OF.get(method, DEFAULT_K) if k is None else k
+    if method in ("knn", "knn_energy"):
         if len(feats) > MAX_BANK:
             keep = np.sort(np.random.default_rng(seed).choice(len(feats), MAX_BANK, replace=False))
             feats = feats[torch.from_numpy(keep)]
-        return UnknownScore("knn", k, bank=feats)
+        return UnknownScore(method, k, bank=feats)
     if method == "mahalanobis":
         f = F.normalize(feats, dim=1).double()
         labels = torch.from_numpy(np.asarray(train_labels))
@@ -139,23 +169,38 @@ def threshold_for(scores: np.ndarray, accept_rate: float) -> float:
     return float(np.quantile(scores, accept_rate, method="higher"))
 
 
+def _round_up(value: float, digits: int = 6) -> float:
+    """``value`` to ``digits`` decimals, never below it: the validation photo at the threshold stays accepted."""
+    import math
+
+    if not math.isfinite(value):
+        return value
+    scale = 10**digits
+    return math.ceil(value * scale) / scale
+
+
 def fit_unknown(
     train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_logits: np.ndarray,
-    num_classes: int, *, method: str = DEFAULT_SCORE, k: int = DEFAULT_K, accept_rate: float = ACCEPT_RATE, seed: int = 0,
+    num_classes: int, *, method: str = DEFAULT_SCORE, k: int | None = None, accept_rate: float = ACCEPT_RATE, seed: int = 0,
 ) -> tuple[UnknownScore, dict[str, Any]]:
     """The scorer and its description for ``model.json`` (threshold chosen on the validation photos)."""
     if not 0.0 < accept_rate <= 1.0:
         raise ModelError(f"accept_rate must be in (0, 1], got {accept_rate}")
+    if method not in SCORES:
+        raise ModelError(f"unknown score {method!r} (choose from {', '.join(SCORES)})")
     scorer = build_score(method, train_features, train_labels, num_classes, k, seed)
+    if method == "knn_energy":
+        scorer.standardise(torch.from_numpy(np.asarray(val_features, dtype=np.float32)),
+                           torch.from_numpy(np.asarray(val_logits, dtype=np.float32)))
     val_scores = score_features(scorer, val_features, val_logits)
     description = {
         "score": method,
-        "threshold": round(threshold_for(val_scores, accept_rate), 6),
+        "threshold": _round_up(threshold_for(val_scores, accept_rate)),
         "accept_rate": accept_rate,
         "file": UNKNOWN_FILE if scorer.tensors() else None,
         "output": SCORE_OUTPUT,
     }
-    if method == "knn":
+    if method in ("knn", "knn_energy"):
         description.update(k=scorer.k, bank_size=int(len(scorer.bank)))
     return scorer, description
 
@@ -195,7 +240,7 @@ def load_unknown(folder: str | Path, description: dict[str, Any] | None) -> Unkn
     try:
         return UnknownScore(method, int(description.get("k", DEFAULT_K)), bank=tensors.get("bank"),
                             means=tensors.get("means"), precision=tensors.get("precision"),
-                            centre=tensors.get("centre"), prepared=True)
+                            centre=tensors.get("centre"), prepared=True, stats=tensors.get("stats"))
     except KeyError as exc:  # pragma: no cover - guarded by UnknownScore's own checks
         raise ModelError(f"{folder}: incomplete unknown-photo statistics: {exc}") from None
 
@@ -231,7 +276,7 @@ def fit_for_model(
     model: nn.Module, preprocess: Any, train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
     val_logits: np.ndarray, num_classes: int, device: torch.device, precision: str, cache_dir: str | Path | None,
     *, body: Callable[[Any], np.ndarray] | None = None, decoded: Any = None, accept_rate: float = ACCEPT_RATE,
-    method: str = DEFAULT_SCORE, seed: int = 0, log: Callable[[str], None] = print,
+    method: str = DEFAULT_SCORE, k: int | None = None, seed: int = 0, log: Callable[[str], None] = print,
 ) -> tuple[UnknownScore, dict[str, Any]]:
     """Fit a trained model's unknown-photo detector on its training photos, threshold on validation.
 
@@ -253,7 +298,7 @@ def fit_for_model(
                                               preprocess, device, precision, cache_dir)
         val_features = penultimate_features(model, val_images, preprocess, device, precision, cache_dir)
     scorer, description = fit_unknown(train_features, train_labels[rows], val_features, val_logits, num_classes,
-                                      method=method, accept_rate=accept_rate, seed=seed)
+                                      method=method, k=k, accept_rate=accept_rate, seed=seed)
     log(f"  unknown photos: {method} score, threshold {description['threshold']:.4f} accepts {accept_rate:.0%} of the "
         f"validation photos ({time.perf_counter() - started:.1f} s)")
     return scorer, description

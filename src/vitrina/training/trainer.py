@@ -771,7 +771,7 @@ def train(
         scorer, meta["unknown"] = fit_for_model(
             model, plan.preprocess, decoded["train"].images, labels["train"], decoded["val"].images, val_logits / temperature,
             num_classes, device, precision, cache_dir, body=features if plan.mode == "bottleneck" else None, decoded=decoded,
-            seed=config.train.seed, log=log,
+            method=config.train.unknown_score, k=config.train.unknown_k, seed=config.train.seed, log=log,
         )
         save_unknown(run_dir, scorer)
         save_model(run_dir, model, meta)
