@@ -99,7 +99,7 @@ class TrainConfig:
     cache_dir: str | None = None  # decoded-image and feature caches; None = ~/.cache/vitrina
     # The "unknown photo" score stored with the model (see vitrina.quality.unknown); k: its neighbours.
     unknown_score: Literal["knn", "knn_energy", "mahalanobis", "energy", "msp"] = "knn"
-    unknown_k: int | None = None  # None: the score's own default
+    unknown_k: int | None = None  # None: 1 for a trained backbone's knn score, else the score's own default
 
 
 @dataclass

@@ -16,7 +16,7 @@ from vitrina.errors import ModelError
 from vitrina.inference.batch import predict_catalogue
 from vitrina.inference.predictor import load_predictor
 from vitrina.quality.unknown import (
-    SCORE_OUTPUT, ScoredNet, UnknownScore, build_score, fit_unknown, load_unknown, save_unknown, score_features, threshold_for,
+    SCORE_OUTPUT, ScoredNet, UnknownScore, build_score, default_k, fit_unknown, load_unknown, save_unknown, score_features, threshold_for,
 )
 from vitrina.serving.service import listing_verdict, photo_result
 
@@ -149,6 +149,11 @@ def test_training_stores_the_detector_and_predict_reports_it(run_and_photos: tup
     assert sum(r["unknown"] == "true" for r in own) <= len(own) // 4
     assert all(0.0 <= float(r["unknown_score"]) <= 2.0 for r in own + other)
     assert {r["unknown"] for r in own + other} <= {"true", "false"}
+
+
+def test_the_nearest_photo_decides_on_a_trained_backbone_the_tenth_on_a_frozen_one() -> None:
+    assert default_k("knn", trained_backbone=True) == 1 and default_k("knn", trained_backbone=False) == 10
+    assert default_k("knn_energy", trained_backbone=False) == 1 and default_k("msp", trained_backbone=True) == 10
 
 
 def test_the_score_is_a_setting(dirty: Planted, quality_cache: Path, tmp_path: Path) -> None:

@@ -766,12 +766,13 @@ def train(
          "thresholds": thresholds},
     )
     if main:
-        from vitrina.quality.unknown import fit_for_model, save_unknown
+        from vitrina.quality.unknown import default_k, fit_for_model, save_unknown
 
         scorer, meta["unknown"] = fit_for_model(
             model, plan.preprocess, decoded["train"].images, labels["train"], decoded["val"].images, val_logits / temperature,
             num_classes, device, precision, cache_dir, body=features if plan.mode == "bottleneck" else None, decoded=decoded,
-            method=config.train.unknown_score, k=config.train.unknown_k, seed=config.train.seed, log=log,
+            method=config.train.unknown_score, seed=config.train.seed, log=log,
+            k=config.train.unknown_k or default_k(config.train.unknown_score, trained_backbone=plan.mode != "bottleneck"),
         )
         save_unknown(run_dir, scorer)
         save_model(run_dir, model, meta)
