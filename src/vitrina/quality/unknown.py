@@ -57,8 +57,8 @@ from vitrina.inference.predictor import SCORE_OUTPUT
 
 SCORES = ("knn", "knn_energy", "mahalanobis", "energy", "msp")
 DEFAULT_SCORE = "knn"
-DEFAULT_K = 10
-DEFAULT_K_OF = {"knn": 10, "knn_energy": 1}  # neighbours per score on frozen features (see default_k)
+DEFAULT_K = 10  # the kNN score's neighbours on frozen features (see default_k)
+KNN_SCORES = ("knn", "knn_energy")  # the scores that keep a bank of training features
 MAX_BANK = 20_000  # training photos kept for the kNN score (a seeded random subset beyond that)
 UNKNOWN_FILE = "unknown.safetensors"
 ACCEPT_RATE = 0.95
@@ -66,7 +66,7 @@ ACCEPT_RATE = 0.95
 
 def default_k(method: str, trained_backbone: bool) -> int:
     """The recommended neighbours for ``method``: 1 on a trained backbone's features (see above)."""
-    return 1 if trained_backbone and method == "knn" else DEFAULT_K_OF.get(method, DEFAULT_K)
+    return 1 if method == "knn_energy" or (trained_backbone and method == "knn") else DEFAULT_K
 
 
 class UnknownScore(nn.Module):
@@ -81,7 +81,7 @@ class UnknownScore(nn.Module):
         if method not in SCORES:
             raise ModelError(f"unknown score {method!r} (choose from {', '.join(SCORES)})")
         self.method, self.k = method, int(k)
-        if method in ("knn", "knn_energy"):
+        if method in KNN_SCORES:
             if bank is None or len(bank) == 0:
                 raise ModelError("the knn unknown score needs a bank of training features")
             self.k = max(1, min(self.k, len(bank)))
@@ -138,7 +138,7 @@ class UnknownScore(nn.Module):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The statistics to store (fp16 bank: half the file, the same decisions to about 1e-3)."""
-        if self.method in ("knn", "knn_energy"):  # the bank is stored centred and normalised
+        if self.method in KNN_SCORES:  # the bank is stored centred and normalised
             stored = {"bank": self.bank.half().contiguous(), "centre": self.centre.contiguous()}
             return {**stored, "stats": self.stats.contiguous()} if self.method == "knn_energy" else stored
         if self.method == "mahalanobis":
@@ -154,8 +154,8 @@ def build_score(method: str, train_features: np.ndarray, train_labels: np.ndarra
     (:func:`fit_unknown` does it).
     """
     feats = torch.from_numpy(np.asarray(train_features, dtype=np.float32))
-    k = DEFAULT_K_OF.get(method, DEFAULT_K) if k is None else k
-    if method in ("knn", "knn_energy"):
+    k = default_k(method, trained_backbone=False) if k is None else k
+    if method in KNN_SCORES:
         if len(feats) > MAX_BANK:
             keep = np.sort(np.random.default_rng(seed).choice(len(feats), MAX_BANK, replace=False))
             feats = feats[torch.from_numpy(keep)]
@@ -207,8 +207,6 @@ def fit_unknown(
     """The scorer and its description for ``model.json`` (threshold chosen on the validation photos)."""
     if not 0.0 < accept_rate <= 1.0:
         raise ModelError(f"accept_rate must be in (0, 1], got {accept_rate}")
-    if method not in SCORES:
-        raise ModelError(f"unknown score {method!r} (choose from {', '.join(SCORES)})")
     scorer = build_score(method, train_features, train_labels, num_classes, k, seed)
     if method == "knn_energy":
         scorer.standardise(torch.from_numpy(np.asarray(val_features, dtype=np.float32)),
@@ -218,10 +216,10 @@ def fit_unknown(
         "score": method,
         "threshold": _round_up(threshold_for(val_scores, accept_rate)),
         "accept_rate": accept_rate,
-        "file": UNKNOWN_FILE if scorer.tensors() else None,
+        "file": UNKNOWN_FILE if method in (*KNN_SCORES, "mahalanobis") else None,
         "output": SCORE_OUTPUT,
     }
-    if method in ("knn", "knn_energy"):
+    if method in KNN_SCORES:
         description.update(k=scorer.k, bank_size=int(len(scorer.bank)))
     return scorer, description
 
