@@ -125,6 +125,32 @@ def test_bottleneck_uses_the_feature_cache(tmp_path: Path) -> None:
     assert second.metrics["accuracy"] > 0.5
 
 
+def test_finetune_runs_the_frozen_stages_in_onnx_runtime_to_the_same_result(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=12, size=64)
+    cfg = {
+        "train.mode": "finetune",
+        "model.input_size": 64,
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "train.workers": 1,
+        "train.patience": 0,
+        "train.warm_start_head": False,
+        "augment.enabled": False,
+        "train.cache_dir": str(tmp_path / "cache"),
+    }
+    logs: list[str] = []
+    onnx_run = api.train(data, resolve(overrides=cfg), out=tmp_path / "onnx", progress=False, log=logs.append)
+    assert any("run in ONNX Runtime" in line for line in logs)
+    logs.clear()
+    eager = api.train(data, resolve(overrides={**cfg, "train.feature_runtime": "torch"}), out=tmp_path / "eager", progress=False, log=logs.append)
+    assert not any("run in ONNX Runtime" in line for line in logs)
+    a, b = onnx_run.history, eager.history
+    assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-3)
+    assert [r["val_loss"] for r in a] == pytest.approx([r["val_loss"] for r in b], rel=1e-3)
+    assert a[-1]["train_loss"] < a[0]["train_loss"]
+    assert onnx_run.metrics["accuracy"] > 0.6  # three shapes; chance is 1/3
+
+
 def test_single_class_and_thin_class_are_refused(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
     for name in ("bar", "square"):

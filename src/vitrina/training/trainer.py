@@ -391,6 +391,31 @@ def _trainable_body(model: nn.Module, unfreeze_blocks: int) -> list[nn.Parameter
     return params
 
 
+def _frozen_prefix(
+    model: nn.Module, plan: Plan, config: Config, device: torch.device, precision: str, freeze_bn: bool, world: int, log: Log
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
+    """Fine-tuning's frozen stages as an ONNX Runtime session, and the trainable rest of the network.
+
+    Only where it computes exactly what the network would: on a CPU in fp32, with BatchNorm
+    statistics frozen (the frozen stages are then a fixed function), in one process (DDP wraps
+    the whole network), and for backbones that :func:`split_at_trainable` can cut.
+    """
+    from vitrina.models.stages import OnnxPrefix, split_at_trainable
+
+    t = config.train
+    if plan.mode != "finetune" or t.feature_runtime == "torch" or not freeze_bn or world > 1:
+        return None
+    if device.type != "cpu" or precision != "fp32":
+        return None
+    parts = split_at_trainable(model, t.unfreeze_blocks)
+    if parts is None:
+        return None
+    prefix, tail = parts
+    onnx_prefix = OnnxPrefix(prefix, plan.preprocess.channels, plan.preprocess.input_size, default_cache_dir(t.cache_dir))
+    log(f"  frozen stem and {prefix.num_stages} stages run in ONNX Runtime; the last {t.unfreeze_blocks} blocks train")
+    return onnx_prefix, tail
+
+
 def train_network(
     model: nn.Module,
     decoded: DecodedImages,
@@ -453,6 +478,11 @@ def train_network(
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward: Callable[[torch.Tensor], torch.Tensor] = net
+    frozen = _frozen_prefix(model, plan, config, device, precision, freeze_bn, world, log)
+    if frozen is not None:
+        prefix, tail = frozen
+        forward = lambda x: tail(prefix(x).to(memory_format=torch.channels_last))  # noqa: E731
 
     # Batches are augmented in a worker process while the model computes; the worker's RNG is
     # seeded from the epoch seed, so runs (and resumed runs) are reproducible.
@@ -478,7 +508,7 @@ def train_network(
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
-                logits = net(x)
+                logits = forward(x)
             loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -496,7 +526,9 @@ def train_network(
             dist.all_reduce(stats)
             loss_sum, correct, total = stats.tolist()
         model.eval()
-        val_logits = forward_uint8(model, val.images, plan.preprocess, device, precision, batch_size=max(64, plan.batch_size))
+        val_logits = forward_uint8(
+            model if frozen is None else forward, val.images, plan.preprocess, device, precision, batch_size=max(64, plan.batch_size)
+        )
         val_loss, val_acc = _loss_and_accuracy(val_logits, val_labels)
         row = {
             "epoch": epoch + 1,
