@@ -1,22 +1,27 @@
-"""Training throughput of efficientnet_lite0 on this CPU: fp32 vs bf16, all blocks vs the last N.
+"""Training throughput of efficientnet_lite0 on this CPU: fp32 vs bf16, all blocks vs the last N,
+and the frozen stages in eager PyTorch vs ONNX Runtime (what fine-tuning does on a CPU in fp32).
 
 Prints images/s for one optimisation step (forward, backward, AdamW) on batches of 32, every
 setting measured in this one run so the ratios are comparable on a shared machine.
 
-    python bench/bench_train_speed.py [--size 224] [--steps 3]
+    python bench/bench_train_speed.py [--size 288] [--steps 3]
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
 from vitrina.models.registry import create_model
+from vitrina.models.stages import OnnxPrefix, split_at_trainable
 
 
-def train_speed(model: torch.nn.Module, unfreeze: int, precision: str, size: int, steps: int, batch: int = 32) -> float:
+def train_speed(
+    model: torch.nn.Module, unfreeze: int, precision: str, size: int, steps: int, batch: int = 32, onnx_dir: str | None = None
+) -> float:
     blocks = model.blocks()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -32,10 +37,15 @@ def train_speed(model: torch.nn.Module, unfreeze: int, precision: str, size: int
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, model.num_classes, (batch,))
+    forward = model
+    if onnx_dir is not None:
+        prefix, tail = split_at_trainable(model, unfreeze)
+        onnx_prefix = OnnxPrefix(prefix, 3, size, onnx_dir)
+        forward = lambda images: tail(onnx_prefix(images).to(memory_format=torch.channels_last))  # noqa: E731
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -50,23 +60,28 @@ def train_speed(model: torch.nn.Module, unfreeze: int, precision: str, size: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", type=int, default=288)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", 25, pretrained=True).to(memory_format=torch.channels_last)
     print(f"efficientnet_lite0 training step, batch 32, {args.size} px, {torch.get_num_threads()} threads")
-    print(f"{'trainable blocks':<18} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10}")
+    print(f"{'trainable blocks':<18} {'fp32 img/s':>11} {'bf16 img/s':>11} {'bf16/fp32':>10} {'fp32, frozen in ORT':>20} {'ORT/eager':>10}")
     rows = []
-    for unfreeze in (-1, 4, 2):
-        fp32 = train_speed(model, unfreeze, "fp32", args.size, args.steps)
-        bf16 = train_speed(model, unfreeze, "bf16", args.size, args.steps)
-        rows.append((unfreeze, fp32))
-        label = "all" if unfreeze < 0 else f"last {unfreeze}"
-        print(f"{label:<18} {fp32:>11.1f} {bf16:>11.1f} {bf16 / fp32:>10.2f}")
+    with tempfile.TemporaryDirectory() as onnx_dir:
+        for unfreeze in (-1, 4, 2):
+            fp32 = train_speed(model, unfreeze, "fp32", args.size, args.steps)
+            bf16 = train_speed(model, unfreeze, "bf16", args.size, args.steps)
+            rows.append((unfreeze, fp32))
+            label = "all" if unfreeze < 0 else f"last {unfreeze}"
+            line = f"{label:<18} {fp32:>11.1f} {bf16:>11.1f} {bf16 / fp32:>10.2f}"
+            if unfreeze >= 0:
+                ort = train_speed(model, unfreeze, "fp32", args.size, args.steps, onnx_dir=onnx_dir)
+                line += f" {ort:>20.1f} {ort / fp32:>10.2f}"
+            print(line, flush=True)
     base = rows[0][1]
     for unfreeze, fp32 in rows[1:]:
-        print(f"fp32 speed-up of training the last {unfreeze} blocks over all: {fp32 / base:.2f}x")
+        print(f"fp32 speed-up of training the last {unfreeze} blocks over all (eager): {fp32 / base:.2f}x")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,9 @@ class TrainConfig:
     balance: Literal["none", "weights", "sampler"] = "none"
     # Fine-tuning trains the last N backbone blocks (-1 = all). The early high-resolution blocks
     # cost most of the backward pass on a CPU and change least from their ImageNet weights.
-    unfreeze_blocks: int = 4
+    # Freiburg split 0, efficientnet_lite0 at 288 px, 8 epochs: the last 3 blocks 87.7% in 23 min
+    # of training, the last 4 blocks 88.8% in 31 min (2 CPU cores).
+    unfreeze_blocks: int = 3
     freeze_bn: Literal["auto", "yes", "no"] = "auto"  # auto: BatchNorm statistics frozen when fine-tuning
     warm_start_head: bool = True  # fine-tuning: fit the head on cached features first
     feature_copies: int | None = None  # bottleneck: augmented feature copies per training image

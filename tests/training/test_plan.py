@@ -47,12 +47,13 @@ def test_photos_get_the_photo_augmentation_and_explicit_settings_win() -> None:
     assert resolve().augment.rotation is None, "the defaults themselves stay unresolved"
 
 
-def test_bottleneck_features_come_from_a_larger_input_unless_set() -> None:
-    from vitrina.training.plan import bottleneck_input_size
+def test_transfer_learning_uses_a_larger_input_unless_set() -> None:
+    from vitrina.training.plan import transfer_input_size
 
-    assert bottleneck_input_size(224) == 288 and bottleneck_input_size(260) == 320 and bottleneck_input_size(28) == 32
+    assert transfer_input_size(224) == 288 and transfer_input_size(260) == 320 and transfer_input_size(28) == 32
     dataset = load_dataset(DEMO, resolve().data, carve_val=True)
     plan = make_plan(dataset, resolve(overrides={"train.mode": "bottleneck"}))
     assert (plan.model, plan.preprocess.input_size, plan.head, plan.feature_copies) == ("efficientnet_lite0", 288, "mlp_ensemble", 0)
-    assert make_plan(dataset, resolve(overrides={"train.mode": "finetune"})).preprocess.input_size == 224
+    assert make_plan(dataset, resolve(overrides={"train.mode": "finetune"})).preprocess.input_size == 288
+    assert make_plan(dataset, resolve(overrides={"train.mode": "scratch", "model.name": "cnn3"})).preprocess.input_size == 128
     assert make_plan(dataset, resolve(overrides={"train.mode": "bottleneck", "model.input_size": 224})).preprocess.input_size == 224
