@@ -208,6 +208,31 @@ def demo_config() -> Config:
     return config_lib.resolve(overrides={"train.mode": "finetune", "train.epochs": 4})
 
 
+def cache_summary(cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """What vitrina's caches hold: the folder, and entries, bytes and last use per kind."""
+    from vitrina.data.cache import CACHE_KINDS, cache_entries, default_cache_dir
+
+    entries = cache_entries(cache_dir)
+    kinds = {}
+    for kind in CACHE_KINDS:
+        mine = [e for e in entries if e.kind == kind]
+        kinds[kind] = {"entries": len(mine), "bytes": sum(e.size for e in mine), "last_used": max((e.last_used for e in mine), default=None)}
+    root = default_cache_dir(str(cache_dir) if cache_dir is not None else None)
+    return {"folder": str(root), "kinds": kinds, "bytes": sum(e.size for e in entries)}
+
+
+def prune_cache(
+    cache_dir: str | Path | None = None, *, older_than_days: float | None = None, max_gb: float | None = None, dry_run: bool = False
+) -> list[dict[str, Any]]:
+    """Remove cache entries unused for ``older_than_days`` and then, least recently used first,
+    until at most ``max_gb`` remain; returns the removed entries (with ``dry_run``, nothing is removed)."""
+    from vitrina.data.cache import prune_cache as prune
+
+    max_bytes = None if max_gb is None else int(max_gb * 1e9)
+    removed = prune(cache_dir, older_than_days=older_than_days, max_bytes=max_bytes, dry_run=dry_run)
+    return [{"kind": e.kind, "path": str(e.path), "bytes": e.size, "last_used": e.last_used} for e in removed]
+
+
 def list_models() -> list[dict[str, Any]]:
     """The registry as rows: name, family, params, channels, input size, resize, description."""
     from vitrina.models import registry

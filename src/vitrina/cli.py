@@ -180,6 +180,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from vitrina import api
+
+    if args.action == "prune":
+        removed = api.prune_cache(args.cache_dir, older_than_days=args.older_than, max_gb=args.max_size, dry_run=args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        for entry in removed:
+            age = (time.time() - entry["last_used"]) / 86400
+            print(f"  {verb} {entry['kind']:<8} {_gb(entry['bytes']):>10}  unused for {age:.1f} days  {entry['path']}")
+        print(f"{verb} {len(removed)} entries, {_gb(sum(e['bytes'] for e in removed))}")
+    summary = api.cache_summary(args.cache_dir)
+    print(f"cache: {summary['folder']} ({_gb(summary['bytes'])})")
+    for kind, info in summary["kinds"].items():
+        last = "never" if info["last_used"] is None else f"{(time.time() - info['last_used']) / 86400:.1f} days ago"
+        print(f"  {kind:<9} {info['entries']:>5} entries {_gb(info['bytes']):>10}  last used {last}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vitrina import api
 
@@ -493,6 +517,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser(
+        "cache",
+        help="show or prune the caches of decoded images, frozen features and exported graphs",
+        description="vitrina caches decoded images, frozen-backbone features and ONNX graphs (in ~/.cache/vitrina, "
+        "$VITRINA_CACHE or train.cache_dir) so that later runs skip that work. `vitrina cache` shows what they hold; "
+        "`vitrina cache prune` removes the entries no run has used lately. Your photos and run folders are never touched.",
+    )
+    p.add_argument("action", nargs="?", choices=["show", "prune"], default="show", help="show (default) or prune")
+    p.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: $VITRINA_CACHE or ~/.cache/vitrina)")
+    p.add_argument("--older-than", dest="older_than", type=float, metavar="DAYS", help="prune: remove entries unused for this many days")
+    p.add_argument("--max-size", dest="max_size", type=float, metavar="GB",
+                   help="prune: then remove the least recently used entries until at most this many GB remain")
+    p.add_argument("--dry-run", action="store_true", help="prune: list what would be removed, remove nothing")
+    p.set_defaults(handler=cmd_cache)
 
     p = sub.add_parser("models", help="list the model registry", description="List registered models with parameter counts and input sizes.")
     p.set_defaults(handler=cmd_models)

@@ -3,6 +3,9 @@
 :func:`decode_samples` decodes and resizes every image once (in worker processes) into one
 uint8 array, stored on disk as a memory-mapped ``.npy`` keyed by the files' identity and the
 preprocessing, so later epochs, later runs and evaluations never decode a JPEG again.
+
+:func:`cache_entries` and :func:`prune_cache` look after all of vitrina's caches (decoded images,
+frozen features, exported graphs): what they hold and removing what no run has used lately.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ from tqdm import tqdm
 
 from vitrina.data.images import open_sample
 from vitrina.data.samples import Sample
-from vitrina.errors import ImageError
+from vitrina.errors import ImageError, VitrinaError
 from vitrina.preprocess import Preprocess
 
 
@@ -98,6 +102,7 @@ def decode_samples(
     folder = Path(cache_dir) / "decoded" / key if cache_dir is not None else None
     if folder is not None and (folder / "meta.json").is_file():
         meta = json.loads((folder / "meta.json").read_text())
+        touch_entry(folder / "meta.json")
         images = np.load(folder / "images.npy", mmap_mode="r")
         return DecodedImages(images, np.asarray(meta["index"], dtype=np.int64), meta["hashes"], meta["skipped"])
 
@@ -160,3 +165,86 @@ def _collect(results, samples, buffer, kept, hashes, skipped, bar) -> None:  # t
             kept.append(i)
             hashes.append(content_hash)
         bar.update(1)
+
+
+# ----------------------------------------------------------------------------- maintenance
+# Every cache lives in one of these folders of the cache directory, one entry (a file or a
+# folder) per decoded dataset, feature set or exported graph. An entry is "used" when a run
+# reads it (see touch_entry), so pruning removes what no run has needed for longest.
+CACHE_KINDS = ("decoded", "features", "onnx")
+UNFINISHED_GRACE_SECONDS = 24 * 3600  # entries still being written (".tmp") are left alone this long
+
+
+@dataclass
+class CacheEntry:
+    kind: str  # decoded, features or onnx
+    path: Path
+    size: int  # bytes
+    last_used: float  # seconds since the epoch
+
+
+def touch_entry(path: str | Path) -> None:
+    """Record that a cache entry was just used (its file's modification time), best effort."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _entry(kind: str, path: Path) -> CacheEntry:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    stats = [p.stat() for p in files]
+    size = sum(s.st_size for s in stats)
+    last_used = max((s.st_mtime for s in stats), default=path.stat().st_mtime)
+    return CacheEntry(kind, path, size, last_used)
+
+
+def cache_entries(cache_dir: str | Path | None = None) -> list[CacheEntry]:
+    """Every entry of the caches under ``cache_dir`` (default: :func:`default_cache_dir`), oldest use first."""
+    root = default_cache_dir(str(cache_dir) if cache_dir is not None else None)
+    entries = []
+    for kind in CACHE_KINDS:
+        folder = root / kind
+        if folder.is_dir():
+            entries.extend(_entry(kind, path) for path in folder.iterdir())
+    return sorted(entries, key=lambda e: e.last_used)
+
+
+def prune_cache(
+    cache_dir: str | Path | None = None,
+    *,
+    older_than_days: float | None = None,
+    max_bytes: int | None = None,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> list[CacheEntry]:
+    """Remove cache entries unused for ``older_than_days``, then the least recently used ones until
+    the caches hold at most ``max_bytes``. Returns what was (or, with ``dry_run``, would be) removed.
+
+    Only entries inside the cache folders are ever touched; an entry still being written by a
+    running job (a ".tmp" name younger than a day) is kept.
+    """
+    if older_than_days is None and max_bytes is None:
+        raise VitrinaError("say what to prune: an age (--older-than DAYS) and/or a size limit (--max-size GB)")
+    if (older_than_days is not None and older_than_days < 0) or (max_bytes is not None and max_bytes < 0):
+        raise VitrinaError("the age and size limits of a cache prune cannot be negative")
+    now = time.time() if now is None else now
+    entries = cache_entries(cache_dir)
+    unfinished = [e for e in entries if ".tmp" in e.path.name and now - e.last_used < UNFINISHED_GRACE_SECONDS]
+    candidates = [e for e in entries if e not in unfinished]
+    doomed = [e for e in candidates if older_than_days is not None and now - e.last_used > older_than_days * 86400]
+    if max_bytes is not None:
+        total = sum(e.size for e in entries) - sum(e.size for e in doomed)
+        for e in candidates:  # least recently used first
+            if total <= max_bytes:
+                break
+            if e not in doomed:
+                doomed.append(e)
+                total -= e.size
+    if not dry_run:
+        for e in doomed:
+            if e.path.is_dir():
+                shutil.rmtree(e.path, ignore_errors=True)
+            else:
+                e.path.unlink(missing_ok=True)
+    return doomed

@@ -13,12 +13,13 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from vitrina.data.cache import touch_entry
 from vitrina.errors import ModelError
 from vitrina.preprocess import Preprocess
 
@@ -73,6 +74,18 @@ def cpu_session(model: bytes | str | Path, threads: int | None = None):  # type:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+def cached_graph(path: Path, export: Callable[[], Any]) -> Path:
+    """``path``, first written with the ONNX graph ``export()`` returns when it does not exist yet."""
+    if not path.is_file():
+        proto = export()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp.write_bytes(proto.SerializeToString())
+        os.replace(tmp, path)
+    touch_entry(path)  # pruning the cache removes the graphs no run has used for longest
+    return path
+
+
 def weights_digest(module: nn.Module, skip_prefix: str | None = None) -> str:
     """A digest of the parameters and buffers (those under ``skip_prefix`` left out)."""
     h = hashlib.blake2b(digest_size=16)
@@ -103,13 +116,10 @@ class OnnxFeatureExtractor:
     def __init__(self, model: nn.Module, preprocess: Preprocess, cache_dir: str | Path, threads: int | None = None):
         self.preprocess = preprocess
         size, channels = preprocess.input_size, preprocess.channels
-        path = self.graph_path(model, preprocess, cache_dir)
-        if not path.is_file():
-            proto = module_to_onnx(_Features(model), torch.zeros(2, channels, size, size), INPUT_NAME, "features")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-            tmp.write_bytes(proto.SerializeToString())
-            os.replace(tmp, path)
+        path = cached_graph(
+            self.graph_path(model, preprocess, cache_dir),
+            lambda: module_to_onnx(_Features(model), torch.zeros(2, channels, size, size), INPUT_NAME, "features"),
+        )
         self.session = cpu_session(path, threads)
 
     @staticmethod

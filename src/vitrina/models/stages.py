@@ -8,14 +8,13 @@ on 2 cores); only the trainable tail then needs autograd.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from vitrina.models.onnx_graph import cpu_session, module_to_onnx, weights_digest
+from vitrina.models.onnx_graph import cached_graph, cpu_session, module_to_onnx, weights_digest
 
 
 def _efficientnet_parts(backbone: nn.Module) -> tuple[list[nn.Module], list[nn.Module]] | None:
@@ -82,13 +81,10 @@ class OnnxPrefix:
 
     def __init__(self, prefix: FrozenPrefix, channels: int, input_size: int, cache_dir: str | Path, threads: int | None = None):
         key = hashlib.blake2b(f"{weights_digest(prefix)}|{channels}x{input_size}".encode(), digest_size=12).hexdigest()
-        path = Path(cache_dir) / "onnx" / f"prefix-{key}.onnx"
-        if not path.is_file():
-            proto = module_to_onnx(prefix, torch.zeros(2, channels, input_size, input_size), "image", "stages")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-            tmp.write_bytes(proto.SerializeToString())
-            os.replace(tmp, path)
+        path = cached_graph(
+            Path(cache_dir) / "onnx" / f"prefix-{key}.onnx",
+            lambda: module_to_onnx(prefix, torch.zeros(2, channels, input_size, input_size), "image", "stages"),
+        )
         self.session = cpu_session(path, threads)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vitrina.data.cache import digest
+from vitrina.data.cache import digest, touch_entry
 from vitrina.preprocess import Preprocess
 
 
@@ -27,6 +27,7 @@ class FeatureStore:
         self._features: np.ndarray | None = None
         if (self.folder / "keys.json").is_file():
             keys = json.loads((self.folder / "keys.json").read_text())
+            touch_entry(self.folder / "keys.json")
             self._features = np.load(self.folder / "features.npy")
             self._rows = {k: i for i, k in enumerate(keys)}
 
