@@ -230,17 +230,16 @@ def prune_cache(
         raise VitrinaError("the age and size limits of a cache prune cannot be negative")
     now = time.time() if now is None else now
     entries = cache_entries(cache_dir)
-    unfinished = [e for e in entries if ".tmp" in e.path.name and now - e.last_used < UNFINISHED_GRACE_SECONDS]
-    candidates = [e for e in entries if e not in unfinished]
-    doomed = [e for e in candidates if older_than_days is not None and now - e.last_used > older_than_days * 86400]
+    candidates = [e for e in entries if not (".tmp" in e.path.name and now - e.last_used < UNFINISHED_GRACE_SECONDS)]
+    too_old = older_than_days * 86400 if older_than_days is not None else float("inf")
+    doomed = [e for e in candidates if now - e.last_used > too_old]
     if max_bytes is not None:
         total = sum(e.size for e in entries) - sum(e.size for e in doomed)
-        for e in candidates:  # least recently used first
+        for e in candidates[len(doomed):]:  # least recently used first; the too-old ones lead the list
             if total <= max_bytes:
                 break
-            if e not in doomed:
-                doomed.append(e)
-                total -= e.size
+            doomed.append(e)
+            total -= e.size
     if not dry_run:
         for e in doomed:
             if e.path.is_dir():
