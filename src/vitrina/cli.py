@@ -356,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, metavar="N", help="cross-validation folds (default 5)")
     p.add_argument("--neighbours", type=int, metavar="K", help="nearest neighbours for the off-topic score and label votes (default 10)")
     p.add_argument("--outlier-z", dest="outlier_z", type=float, metavar="Z", help="robust z-score above which a photo is off-topic (default 3)")
+    p.add_argument("--no-concepts", dest="concepts", action="store_false", default=None,
+                   help="off-topic score from feature distance only, without the ImageNet concepts atypical of the class")
     p.add_argument("--hash-bits", dest="hash_bits", type=int, metavar="N", help="perceptual-hash distance that alone makes a near-duplicate candidate (default 14)")
     p.add_argument("--min-similarity", dest="min_similarity", type=float, metavar="S",
                    help="feature similarity that, with a close hash (24 bits), makes a near-duplicate candidate (default 0.8)")

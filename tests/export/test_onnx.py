@@ -116,9 +116,11 @@ def test_int8_export_reports_accuracy_change_and_speed(cnn_export) -> None:
     assert any("int8 on" in line and "points" in line for line in lines)
     quantized = onnx.load(str(result.int8_path))
     assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
-    (softmax,) = [node for node in quantized.graph.node if node.op_type == "Softmax"]
-    consumers = [node.op_type for node in quantized.graph.node if set(node.input) & set(softmax.output)]
-    assert "QuantizeLinear" not in consumers, "the probabilities must not be rounded to 8 bits"
+    softmaxes = [node for node in quantized.graph.node if node.op_type == "Softmax"]
+    assert softmaxes
+    for softmax in softmaxes:  # the head's, and the neighbour vote's where the run has one
+        consumers = [node.op_type for node in quantized.graph.node if set(node.input) & set(softmax.output)]
+        assert "QuantizeLinear" not in consumers, "the probabilities must not be rounded to 8 bits"
     description = onnx_export.read_description(result.int8_path)
     assert description["export"]["precision"] == "int8"
     assert description["export"]["int8"]["n_images"] == report["n_images"]
@@ -216,3 +218,45 @@ def test_a_run_folder_predicts_with_its_int8_export_only_when_it_kept_the_accura
     weights_time = (copy / "model.safetensors").stat().st_mtime
     os.utime(int8_file, (weights_time - 60, weights_time - 60))  # made from older weights
     assert load_predictor(copy).precision == "fp32"
+
+
+def test_a_model_with_a_neighbour_vote_exports_and_predicts_the_same_everywhere(cnn_export, tmp_path: Path) -> None:
+    """The vote is part of the network: saved with the weights, in the ONNX graph, float in the int8 file."""
+    import torch
+
+    from vitrina.inference.predictor import load_predictor
+    from vitrina.models.checkpoint import load_model, save_model
+    from vitrina.models.neighbours import NeighbourVote
+
+    run, _, _ = cnn_export
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard", "*.onnx"))
+    model, meta = load_model(copy)
+    photos = sorted((DEMO / "train").rglob("*.jpg"))[:40]
+    plain = load_predictor(copy, "torch")
+    images = np.stack([plain.load(p) for p in photos])
+    with torch.inference_mode():
+        bank = model.forward_features(torch.from_numpy(plain.preprocess.normalize(images)))
+    labels = torch.tensor([meta["classes"].index(p.parent.name) for p in photos])
+    model.vote = NeighbourVote(bank, labels, len(meta["classes"]), k=5, temperature=0.1, weight=0.5)
+    save_model(copy, model, {**meta, "neighbours": model.vote.describe()})
+
+    voted = load_predictor(copy, "torch")
+    probs, _ = voted.predict_scored(images)
+    assert not np.allclose(probs, plain.predict_scored(images)[0], atol=1e-3), "the vote changes the probabilities"
+    # the photos are in the bank: their nearest photo is themselves, so the vote pulls toward their labels
+    rows, true = np.arange(len(labels)), labels.numpy()
+    assert probs[rows, true].mean() > plain.predict_scored(images)[0][rows, true].mean()
+    result = api_predict.export(copy, int8=True, calibration=DEMO, log=quiet)
+    assert result.parity["max_abs_diff"] <= 1e-4 and result.parity["top1_identical"]
+    assert "a vote of the 5 most similar of 40 training photos" in result.card_path.read_text()
+    onnx_probs, _ = load_predictor(result.onnx_path).predict_scored(images)
+    np.testing.assert_allclose(onnx_probs, probs, atol=1e-4)
+    vote_nodes = onnx_export._vote_nodes(onnx.load(str(result.onnx_path)).graph)
+    assert vote_nodes, "the fp32 graph names the vote's nodes"
+    int8_graph = onnx.load(str(result.int8_path)).graph
+    quantized = {name for node in int8_graph.node if node.op_type == "QuantizeLinear" for name in node.input}
+    in_int8 = [node for node in int8_graph.node if node.name in vote_nodes]
+    assert len(in_int8) >= 0.75 * len(vote_nodes), "the int8 file still has the vote (a node or two may be folded)"
+    assert not any(set(node.output) & quantized for node in in_int8), "nothing the vote computes is quantised"
+    np.testing.assert_allclose(load_predictor(result.int8_path).predict_scored(images)[0].sum(1), 1.0, atol=1e-5)

@@ -86,3 +86,19 @@ def test_grayscale_model_sums_the_rgb_stem() -> None:
     model = create_model("efficientnet_lite0", 2, channels=1)
     stem = package_state("efficientnet_lite0")["_conv_stem.weight"]
     assert torch.allclose(model.backbone.conv_stem.weight, stem.sum(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("name", LITE_MODELS)
+def test_imagenet_classifier_reads_the_registry_backbone_features(name: str) -> None:
+    """`vitrina clean` names a photo's ImageNet concepts from the features it already computed."""
+    import numpy as np
+
+    from vitrina.models.efficientnet_lite import imagenet_classifier
+
+    weight, bias = imagenet_classifier(name)
+    assert weight.shape[0] == bias.shape[0] == 1000
+    model = create_model(name, 3).eval()
+    with torch.inference_mode():
+        features = model.forward_features(tshirt_batch(name)).numpy()
+    assert int(np.argmax(features @ weight.T + bias)) == IMAGENET_TSHIRT
+    assert imagenet_classifier("cnn2") is None

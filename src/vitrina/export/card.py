@@ -49,6 +49,7 @@ def model_card(description: dict[str, Any], int8: dict[str, Any] | None = None, 
     split = metrics.get("split", "test")
     n_images = metrics.get("n_images")
     thresholds = description.get("thresholds")
+    neighbours = description.get("neighbours")
     lines = [
         f"# Model card: {description['model']} product classifier ({len(classes)} classes)",
         "",
@@ -76,7 +77,10 @@ def model_card(description: dict[str, Any], int8: dict[str, Any] | None = None, 
         "",
         f"ONNX input `{export.get('input', 'input')}`: float32 N x {preprocess.channels} x {preprocess.input_size} x "
         f"{preprocess.input_size}, batch size free. Output `{export.get('output', 'probabilities')}`: "
-        "class probabilities (softmax) in the class order above.",
+        "class probabilities (softmax) in the class order above."
+        + (f" They mix the classifier's softmax (weight {1 - neighbours['weight']:g}) with a vote of the "
+           f"{neighbours['k']} most similar of {neighbours['bank_size']} training photos (weight {neighbours['weight']:g}), "
+           "whose features the file holds." if neighbours else ""),
         "",
         f"Preprocessing: {_preprocessing_text(preprocess)}.",
         "",

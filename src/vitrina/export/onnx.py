@@ -302,14 +302,29 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, pre
         graph = onnx.load_model(str(prepared)).graph
         # A quantised softmax would round every probability to a multiple of 1/255. Of the unknown
         # score only the product with the kNN bank is quantised: at batch 1 that product reads the
-        # whole bank, so int8 makes it 4x cheaper; the rest of the score stays in float.
+        # whole bank, so int8 makes it 4x cheaper; the rest of the score stays in float. The
+        # neighbour vote mixes probabilities, so it stays in float whole.
         by_name = {node.name: node for node in graph.node}
-        excluded = [node.name for node in graph.node if node.op_type == "Softmax"] + [
+        vote = _vote_nodes(onnx.load_model(str(fp32_path)).graph)
+        excluded = [node.name for node in graph.node if node.op_type == "Softmax" or node.name in vote] + [
             name for name in _score_only_nodes(graph) if by_name[name].op_type != "MatMul"]
         quantize_static(
             str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
         )
+
+
+def _vote_nodes(graph: onnx.GraphProto) -> set[str]:
+    """Names of the neighbour vote's nodes (``VitrinaNet.vote``), by the exporter's module scopes.
+
+    The torch.export-based exporter records them in each node's metadata, the TorchScript one in
+    the node name; quant_pre_process keeps the names but drops the metadata.
+    """
+    def in_vote(node: onnx.NodeProto) -> bool:
+        scopes = [p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
+        return "/vote/" in node.name or any(".vote'" in value or "'vote'" in value for value in scopes)
+
+    return {node.name for node in graph.node if in_vote(node)}
 
 
 def _score_only_nodes(graph: onnx.GraphProto) -> list[str]:

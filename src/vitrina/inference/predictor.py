@@ -123,8 +123,8 @@ class TorchBackend:
 
         with torch.inference_mode():
             features = self.model.forward_features(torch.from_numpy(batch))
-            logits = self.model.forward_head(features)
-            return torch.softmax(logits, dim=1).numpy(), self.scorer(features, logits).numpy()
+            probs, logits = self.model.classify(features)
+            return probs.numpy(), self.scorer(features, logits).numpy()
 
 
 Backend = Callable[[np.ndarray], np.ndarray]

@@ -62,7 +62,7 @@ def build_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
     from vitrina.models.registry import create_model
 
     pre = Preprocess.from_dict(meta["preprocess"])
-    return create_model(
+    model = create_model(
         meta["model"],
         num_classes=len(meta["classes"]),
         pretrained=False,
@@ -72,6 +72,11 @@ def build_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
         hidden=meta.get("hidden", 512),
         dropout=meta.get("dropout", 0.0),
     )
+    if meta.get("neighbours"):
+        from vitrina.models.neighbours import NeighbourVote
+
+        model.vote = NeighbourVote.empty(meta["neighbours"], model.num_features, len(meta["classes"]))
+    return model
 
 
 def load_model(path: str | Path, stem: str = "model") -> tuple[torch.nn.Module, dict[str, Any]]:

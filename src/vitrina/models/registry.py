@@ -81,6 +81,11 @@ def make_head(
 class VitrinaNet(nn.Module):
     """``backbone`` (image -> pooled features) followed by ``head`` (features -> logits).
 
+    A trained network may also carry a ``vote`` (:class:`~vitrina.models.neighbours.NeighbourVote`):
+    then :meth:`forward_head` returns the log of the head's softmax mixed with its nearest
+    training photos' vote (still "logits": their softmax is the mixed probabilities), and
+    :meth:`head_logits` the head's own logits.
+
     ``block_names`` lists the backbone's stages from input to output, each as the names of the
     backbone submodules that form it; :meth:`blocks` resolves them (fine-tuning unfreezes the
     last N).
@@ -102,17 +107,31 @@ class VitrinaNet(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.block_names = [list(names) for names in block_names]
+        self.vote: nn.Module | None = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> pooled features (N, num_features)."""
         return self.backbone(x)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled features (N, num_features) -> logits (N, num_classes)."""
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features (N, num_features) -> the head's logits (N, num_classes), without the vote."""
         return self.head(features)
 
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features (N, num_features) -> logits (N, num_classes), the neighbour vote included."""
+        logits = self.head(features)
+        if self.vote is None:
+            return logits
+        return torch.log(self.vote(features, logits).clamp_min(1e-12))
+
+    def classify(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features -> (class probabilities, the head's own logits) in one pass."""
+        logits = self.head(features)
+        probs = torch.softmax(logits.float(), dim=1) if self.vote is None else self.vote(features, logits)
+        return probs, logits
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.forward_head(self.backbone(x))
 
     def blocks(self) -> list[nn.Module]:
         """The backbone's stages, input to output (a multi-module stage is a ModuleList)."""

@@ -60,7 +60,7 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 SUSPECT_COLUMNS = [
     "rank", "path", "split", "label", "issue", "flagged", "suggested", "label_probability", "suggested_probability",
-    "outlier_distance", "outlier_z", "copies", "duplicate_group",
+    "outlier_distance", "outlier_z", "concept_z", "copies", "duplicate_group",
 ]
 
 
@@ -117,6 +117,8 @@ def _suspects_section(suspects: list[dict], thumb: Any) -> str:
             detail.append(f"p(suggested) {s['suggested_probability']:.3f}")
         if s["outlier_z"] is not None:
             detail.append(f"outlier z {s['outlier_z']:.1f}")
+        if s.get("concept_z") is not None and s["issue"] == "off-topic":
+            detail.append(f"atypical concepts z {s['concept_z']:.1f}")
         badge = (
             f'<span class="badge{" minor" if s["issue"] == "off-topic" else ""}">{html.escape(s["issue"])}</span> '
             + ("" if s["flagged"] else '<span class="note">to review</span>')

@@ -273,8 +273,8 @@ class ScoredNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.net.forward_features(x)
-        logits = self.net.forward_head(features)
-        return torch.softmax(logits, dim=1), self.scorer(features, logits)
+        probs, logits = self.net.classify(features)  # the score sees the head's own logits, not the vote
+        return probs, self.scorer(features, logits)
 
 
 def penultimate_features(model: nn.Module, images: np.ndarray, preprocess: Any, device: torch.device, precision: str,
@@ -289,35 +289,3 @@ def penultimate_features(model: nn.Module, images: np.ndarray, preprocess: Any, 
 
         return OnnxFeatureExtractor(model, preprocess, cache_dir)(np.asarray(images))
     return forward_uint8(model.forward_features, images, preprocess, device, precision)
-
-
-def fit_for_model(
-    model: nn.Module, preprocess: Any, train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
-    val_logits: np.ndarray, num_classes: int, device: torch.device, precision: str, cache_dir: str | Path | None,
-    *, body: Callable[[Any], np.ndarray] | None = None, decoded: Any = None, accept_rate: float = ACCEPT_RATE,
-    method: str = DEFAULT_SCORE, k: int | None = None, seed: int = 0, log: Callable[[str], None] = print,
-) -> tuple[UnknownScore, dict[str, Any]]:
-    """Fit a trained model's unknown-photo detector on its training photos, threshold on validation.
-
-    ``val_logits`` are the calibrated validation logits. ``body`` (with ``decoded`` = the decoded
-    train and val splits) gives cached frozen features when the backbone was not trained; else
-    the features are computed (at most :data:`MAX_BANK` training photos).
-    """
-    import time
-
-    started = time.perf_counter()
-    rows = np.arange(len(train_labels))
-    if len(rows) > MAX_BANK:
-        rows = np.sort(np.random.default_rng(seed).choice(len(rows), MAX_BANK, replace=False))
-    if body is not None and decoded is not None:
-        train_features = body(decoded["train"])[rows]
-        val_features = body(decoded["val"])
-    else:
-        train_features = penultimate_features(model, np.asarray(train_images[rows]) if len(rows) < len(train_images) else train_images,
-                                              preprocess, device, precision, cache_dir)
-        val_features = penultimate_features(model, val_images, preprocess, device, precision, cache_dir)
-    scorer, description = fit_unknown(train_features, train_labels[rows], val_features, val_logits, num_classes,
-                                      method=method, k=k, accept_rate=accept_rate, seed=seed)
-    log(f"  unknown photos: {method} score, threshold {description['threshold']:.4f} accepts {accept_rate:.0%} of the "
-        f"validation photos ({time.perf_counter() - started:.1f} s)")
-    return scorer, description

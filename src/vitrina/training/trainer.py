@@ -30,6 +30,7 @@ from vitrina.config import Config
 from vitrina.data.samples import Dataset
 from vitrina.errors import ConfigError, VitrinaError
 from vitrina.models.checkpoint import save_model
+from vitrina.models.neighbours import fit_vote
 from vitrina.models.registry import HeadEnsemble, create_model
 from vitrina.models.runtime import autocast, forward_uint8, predict_logits, resolve_device, resolve_precision
 from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
@@ -666,6 +667,26 @@ def model_meta(plan: Plan, dataset: Dataset, config: Config, extra: dict[str, An
     }
 
 
+def _bank_features(
+    model: nn.Module, plan: Plan, decoded: dict[str, DecodedImages], body: BackboneFeatures | None,
+    device: torch.device, precision: str, cache_dir: Path, seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, features) of the training photos kept for the unknown score and the neighbour vote
+    (at most MAX_BANK, a seeded subset beyond), and the validation photos' features.
+
+    Frozen backbone: the cached features; trained: the network's penultimate features.
+    """
+    from vitrina.quality.unknown import MAX_BANK, penultimate_features
+
+    n = len(decoded["train"].images)
+    rows = np.arange(n) if n <= MAX_BANK else np.sort(np.random.default_rng(seed).choice(n, MAX_BANK, replace=False))
+    if body is not None:
+        return rows, body(decoded["train"])[rows], body(decoded["val"])
+    train_images = decoded["train"].images if len(rows) == n else np.asarray(decoded["train"].images[rows])
+    return (rows, penultimate_features(model, train_images, plan.preprocess, device, precision, cache_dir),
+            penultimate_features(model, decoded["val"].images, plan.preprocess, device, precision, cache_dir))
+
+
 def train(
     dataset: Dataset,
     config: Config,
@@ -778,34 +799,55 @@ def train(
     train_seconds = time.perf_counter() - started
 
     model.eval()
-    split_logits: dict[str, np.ndarray] = {}
+    features = None
     if plan.mode == "bottleneck":
         features = BackboneFeatures(model, model_id, plan, cache_dir, device, precision, config.train.feature_runtime, log)
         with torch.inference_mode():
-            for split in decoded:
-                if split != "train":
-                    split_logits[split] = model.forward_head(torch.from_numpy(features(decoded[split])).to(device)).float().cpu().numpy()
-        val_logits = split_logits["val"]
+            val_logits = model.head_logits(torch.from_numpy(features(decoded["val"])).to(device)).float().cpu().numpy()
     else:
         val_logits = predict_logits(model, decoded["val"].images, plan.preprocess, device, precision, cache_dir)
     temperature = fit_temperature(val_logits, labels["val"])
     apply_temperature(model, temperature)
+    val_logits = val_logits / temperature
     log(f"  calibration: softmax temperature {temperature:.3f} fitted on the validation split")
-    thresholds = confidence_threshold(val_logits / temperature, ACCEPT_RATE)
-    meta = model_meta(
-        plan, dataset, config,
-        {"train_seconds": round(train_seconds, 2), "precision": precision, "temperature": round(temperature, 4),
-         "thresholds": thresholds},
-    )
+    extra: dict[str, Any] = {"train_seconds": round(train_seconds, 2), "precision": precision, "temperature": round(temperature, 4)}
+    scorer, val_features = None, None
     if main:
-        from vitrina.quality.unknown import default_k, fit_for_model, save_unknown
+        from vitrina.quality.unknown import default_k, fit_unknown
 
-        scorer, meta["unknown"] = fit_for_model(
-            model, plan.preprocess, decoded["train"].images, labels["train"], decoded["val"].images, val_logits / temperature,
-            num_classes, device, precision, cache_dir, body=features if plan.mode == "bottleneck" else None, decoded=decoded,
-            method=config.train.unknown_score, seed=config.train.seed, log=log,
-            k=config.train.unknown_k or default_k(config.train.unknown_score, trained_backbone=plan.mode != "bottleneck"),
-        )
+        started_bank = time.perf_counter()
+        bank_rows, train_features, val_features = _bank_features(model, plan, decoded, features, device, precision, cache_dir, config.train.seed)
+        bank_labels = labels["train"][bank_rows]
+        method = config.train.unknown_score
+        k = config.train.unknown_k or default_k(method, trained_backbone=plan.mode != "bottleneck")
+        scorer, extra["unknown"] = fit_unknown(train_features, bank_labels, val_features, val_logits, num_classes,
+                                               method=method, k=k, seed=config.train.seed)
+        log(f"  unknown photos: {method} score, threshold {extra['unknown']['threshold']:.4f} accepts "
+            f"{ACCEPT_RATE:.0%} of the validation photos ({time.perf_counter() - started_bank:.1f} s)")
+        if config.train.neighbour_vote:
+            choice = fit_vote(train_features, bank_labels, val_features, val_logits, labels["val"], num_classes, config.train.seed)
+            if choice.vote is not None:
+                model.vote = choice.vote.to(device)
+                extra["neighbours"] = model.vote.describe()
+                log(f"  neighbour vote: k {choice.vote.k}, temperature {choice.vote.temperature:g}, weight {choice.vote.weight:g}: "
+                    f"validation accuracy {choice.val_accuracy_head:.4f} -> {choice.val_accuracy:.4f}")
+            else:
+                log(f"  neighbour vote: not used (no setting beat the head alone on the validation split, {choice.val_accuracy_head:.4f})")
+    split_logits: dict[str, np.ndarray] = {}
+    if features is not None:  # bottleneck: every split's logits from the cached features
+        with torch.inference_mode():
+            for split in decoded:
+                if split != "train":
+                    split_logits[split] = model.forward_head(torch.from_numpy(features(decoded[split])).to(device)).float().cpu().numpy()
+    if model.vote is not None:  # the confidence threshold of what the model now answers: head and vote
+        with torch.inference_mode():
+            val_logits = model.forward_head(torch.from_numpy(val_features).to(device)).float().cpu().numpy()
+    extra["thresholds"] = confidence_threshold(val_logits, ACCEPT_RATE)
+    meta = model_meta(plan, dataset, config, extra)
+    if main:
+        from vitrina.quality.unknown import save_unknown
+
+        assert scorer is not None
         save_unknown(run_dir, scorer)
         save_model(run_dir, model, meta)
         if skipped:
@@ -813,5 +855,4 @@ def train(
                 w = csv.DictWriter(fh, fieldnames=["split", "path", "reason"])
                 w.writeheader()
                 w.writerows(skipped)
-    calibrated = {split: logits / temperature for split, logits in split_logits.items()}
-    return TrainResult(run_dir, model, meta, history, decoded, labels, train_seconds, skipped, calibrated)
+    return TrainResult(run_dir, model, meta, history, decoded, labels, train_seconds, skipped, split_logits)
