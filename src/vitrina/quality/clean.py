@@ -13,7 +13,7 @@ cache), and then:
 - **off-topic**: photos far from every other photo in feature space (mean cosine distance to
   their nearest neighbours, robust z-score), and, where the backbone has its ImageNet classifier,
   whose ImageNet concepts are atypical of their class (a moped among phones): the two robust
-  z-scores are summed and standardised again.
+  z-scores are summed and standardised again to rank them; a photo is flagged on the distance.
 
 It writes ``report.html`` (self-contained, with thumbnails), ``suspects.csv``,
 ``duplicates.csv``, ``unreadable.csv``, ``suspects.png`` (a sheet of the top suspects),
