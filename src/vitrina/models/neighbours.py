@@ -33,7 +33,6 @@ from vitrina.errors import ModelError
 VOTE_KS = (5, 10, 20)
 VOTE_TEMPERATURES = (0.05, 0.1)
 VOTE_WEIGHTS = (0.25, 0.5, 0.75)
-MAX_VOTE_BANK = 20_000  # training photos kept (a seeded random subset beyond that)
 
 
 class NeighbourVote(nn.Module):
@@ -102,17 +101,15 @@ def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit_vote(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_logits: np.ndarray,
-             val_labels: np.ndarray, num_classes: int, seed: int = 0) -> VoteChoice:
+             val_labels: np.ndarray, num_classes: int) -> VoteChoice:
     """Choose the neighbour vote's k, temperature and weight on the validation photos.
 
-    The highest validation accuracy wins (then the lower log loss); the vote is used only when
-    it gets more validation photos right than the head alone.
+    ``train_features`` become the bank as given (training keeps at most MAX_BANK photos, as for
+    the unknown score). The highest validation accuracy wins (then the lower log loss); the vote
+    is used only when it gets more validation photos right than the head alone.
     """
     feats = np.asarray(train_features, dtype=np.float32)
     labels = np.asarray(train_labels, dtype=np.int64)
-    if len(feats) > MAX_VOTE_BANK:
-        keep = np.sort(np.random.default_rng(seed).choice(len(feats), MAX_VOTE_BANK, replace=False))
-        feats, labels = feats[keep], labels[keep]
     head_probs = torch.softmax(torch.from_numpy(np.asarray(val_logits, dtype=np.float32)), dim=1).numpy()
     val_labels = np.asarray(val_labels, dtype=np.int64)
     head_correct = int((head_probs.argmax(1) == val_labels).sum())

@@ -825,7 +825,7 @@ def train(
         log(f"  unknown photos: {method} score, threshold {extra['unknown']['threshold']:.4f} accepts "
             f"{ACCEPT_RATE:.0%} of the validation photos ({time.perf_counter() - started_bank:.1f} s)")
         if config.train.neighbour_vote:
-            choice = fit_vote(train_features, bank_labels, val_features, val_logits, labels["val"], num_classes, config.train.seed)
+            choice = fit_vote(train_features, bank_labels, val_features, val_logits, labels["val"], num_classes)
             if choice.vote is not None:
                 model.vote = choice.vote.to(device)
                 extra["neighbours"] = model.vote.describe()
