@@ -42,6 +42,7 @@ class ModelConfig:
     weights: str | None = None  # a local weights file (timm:NAME or any registry model)
     pretrained: bool = True
     input_size: int | None = None  # overrides the registry's default input size
+    # None: letterbox when most training photos are not square, else the model's own (centre crop)
     resize: Literal["center_crop", "letterbox", "squash"] | None = None
     head: Literal["auto", "linear", "mlp", "mlp_ensemble"] = "auto"  # auto: 3 MLPs for bottleneck training, linear otherwise
     hidden: int = 512  # MLP head width

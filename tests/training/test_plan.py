@@ -57,3 +57,20 @@ def test_transfer_learning_uses_a_larger_input_unless_set() -> None:
     assert make_plan(dataset, resolve(overrides={"train.mode": "finetune"})).preprocess.input_size == 288
     assert make_plan(dataset, resolve(overrides={"train.mode": "scratch", "model.name": "cnn3"})).preprocess.input_size == 128
     assert make_plan(dataset, resolve(overrides={"train.mode": "bottleneck", "model.input_size": 224})).preprocess.input_size == 224
+
+
+def test_mostly_non_square_photos_are_letterboxed_unless_set(tmp_path: Path, make_image) -> None:
+    from vitrina.training.plan import median_aspect
+
+    demo = load_dataset(DEMO, resolve().data, carve_val=True)  # mostly 3:4 product photos
+    assert median_aspect(demo) > 1.15
+    assert make_plan(demo, resolve()).preprocess.resize == "letterbox"
+    assert make_plan(demo, resolve(overrides={"model.resize": "center_crop"})).preprocess.resize == "center_crop"
+
+    for label, color in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
+        for i in range(6):
+            make_image(tmp_path / "square" / label / f"{i}.png", color, size=(40, 40) if i else (60, 40))
+    (tmp_path / "square" / "red" / "broken.jpg").write_bytes(b"not an image")  # skipped, not fatal
+    square = load_dataset(tmp_path / "square", resolve().data, carve_val=True)
+    assert median_aspect(square) == 1.0
+    assert make_plan(square, resolve()).preprocess.resize == "center_crop"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from vitrina.config import Config
 from vitrina.data.samples import Dataset
 from vitrina.errors import ConfigError, DataError
@@ -33,6 +35,13 @@ RECOMMENDED_FEATURE_COPIES = {"scratch": 0, "bottleneck": 0, "finetune": 0}
 #   test accuracy; testing the 224 px model at 288 px gave 87.5%.
 TRANSFER_INPUT_SCALE = 9 / 7  # 224 -> 288
 DEFAULT_PRETRAINED = "efficientnet_lite0"
+# Resizing when the config leaves it open: letterbox (the whole photo, padded to a square) when
+# most training photos are not square, since a centre crop cuts off the ends of a 3:4 photo, often
+# part of the product; otherwise the backbone's own (centre crop). Frozen efficientnet_lite0
+# features at 288 px, 5-fold logistic regression over every photo of the dataset: avito
+# 94.8 -> 96.1%, clothing-small 87.5 -> 89.4%; freiburg (square photos) 79.0 / 78.6%.
+NON_SQUARE_ASPECT = 1.15  # median longer/shorter side above which the photos count as non-square
+ASPECT_SAMPLE = 256  # training photos whose file headers are read to decide
 # Augmentation and label smoothing by kind of data. On Fashion-MNIST (fmnist_cnn, 10 epochs) a
 # horizontal flip alone reached 93.7-93.8% test accuracy over three seeds where the photo setting
 # (rotation, shift, shear, zoom, colour, label smoothing 0.1) reached 92.1-92.9%.
@@ -66,6 +75,34 @@ def _looks_like_small_grayscale(dataset: Dataset) -> tuple[bool, int]:
     if first is None:
         return False, 0
     return True, int(max(first.pixels.shape))
+
+
+def median_aspect(dataset: Dataset, limit: int = ASPECT_SAMPLE) -> float | None:
+    """Median longer/shorter side of up to ``limit`` evenly spaced training photos (headers only).
+
+    ``None`` when no file could be read (in-memory pixel rows count as square).
+    """
+    from vitrina.data.images import ImageError, probe
+
+    train = dataset.splits.get("train") or next(iter(dataset.splits.values()), [])
+    step = max(1, len(train) // limit)
+    ratios = []
+    for sample in train[::step][:limit]:
+        if sample.pixels is not None:
+            ratios.append(max(sample.pixels.shape[:2]) / max(1, min(sample.pixels.shape[:2])))
+            continue
+        try:
+            header = probe(sample.path)
+        except ImageError:
+            continue  # decoding reports it later
+        ratios.append(max(header["width"], header["height"]) / max(1, min(header["width"], header["height"])))
+    return float(np.median(ratios)) if ratios else None
+
+
+def auto_resize(dataset: Dataset, default: str) -> str:
+    """Letterbox for mostly non-square photos, else ``default`` (see NON_SQUARE_ASPECT)."""
+    aspect = median_aspect(dataset)
+    return "letterbox" if aspect is not None and aspect > NON_SQUARE_ASPECT else default
 
 
 def check_trainable(dataset: Dataset) -> None:
@@ -131,7 +168,8 @@ def make_plan(dataset: Dataset, config: Config) -> Plan:
     input_size = config.model.input_size
     if input_size is None and mode in ("bottleneck", "finetune"):
         input_size = transfer_input_size(spec.preprocess.input_size)
-    preprocess = spec.preprocess.with_overrides(input_size=input_size, resize=config.model.resize)
+    resize = config.model.resize or auto_resize(dataset, spec.preprocess.resize)
+    preprocess = spec.preprocess.with_overrides(input_size=input_size, resize=resize)
     if channels != preprocess.channels:
         preprocess = preprocess.with_overrides(channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
     if small_gray and spec.family == "scratch" and config.model.input_size is None:
