@@ -106,6 +106,9 @@ class TrainConfig:
     # Mix the head's probabilities with a vote of the nearest training photos when that is more
     # accurate on the validation split (vitrina.models.neighbours; freiburg split 0: +3.4 points).
     neighbour_vote: bool = True
+    # Offer averaging each photo's probabilities with its mirror image's; kept only when it gets
+    # more validation photos right (prediction then costs two passes).
+    flip_average: bool = True
 
 
 @dataclass

@@ -260,3 +260,46 @@ def test_a_model_with_a_neighbour_vote_exports_and_predicts_the_same_everywhere(
     assert len(in_int8) >= 0.75 * len(vote_nodes), "the int8 file still has the vote (a node or two may be folded)"
     assert not any(set(node.output) & quantized for node in in_int8), "nothing the vote computes is quantised"
     np.testing.assert_allclose(load_predictor(result.int8_path).predict_scored(images)[0].sum(1), 1.0, atol=1e-5)
+
+
+def test_a_model_with_a_mirror_average_exports_and_predicts_the_same_everywhere(
+    cnn_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Averaging with the mirror image is part of the network: saved, evaluated, exported and served alike."""
+    import torch
+
+    from vitrina.inference.predictor import load_predictor
+    from vitrina.models import runtime
+    from vitrina.models.checkpoint import load_model, save_model
+
+    run, _, _ = cnn_export
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard", "*.onnx"))
+    model, meta = load_model(copy)
+    model.flip_average = True
+    save_model(copy, model, {**meta, "flip_average": True})
+    assert load_model(copy)[0].flip_average
+
+    plain = load_predictor(run, "torch")
+    photos = sorted((DEMO / "test").rglob("*.jpg"))[:24]
+    images = np.stack([plain.load(p) for p in photos])
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    expected = (plain.predict_scored(images)[0] + plain.predict_scored(mirrored)[0]) / 2
+    averaged = load_predictor(copy, "torch")
+    probs, scores = averaged.predict_scored(images)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert not np.allclose(probs, plain.predict_scored(images)[0], atol=1e-3), "the mirror images change the probabilities"
+    np.testing.assert_allclose(scores, plain.predict_scored(images)[1], atol=1e-5)  # the photo as given decides "unknown"
+
+    # evaluation's path: the body through ONNX Runtime, mirror images included
+    monkeypatch.setattr(runtime, "EXPORT_MIN_IMAGES", 1)
+    preprocess = averaged.preprocess
+    logits = runtime.predict_logits(model, images, preprocess, torch.device("cpu"), "fp32", tmp_path / "cache")
+    np.testing.assert_allclose(np.exp(logits), expected, atol=1e-4)
+
+    result = api_predict.export(copy, int8=False, calibration=DEMO, log=quiet)
+    assert result.parity["max_abs_diff"] <= 1e-4 and result.parity["top1_identical"]
+    assert "averaged with its mirror image" in result.card_path.read_text()
+    onnx_probs, onnx_scores = load_predictor(result.onnx_path).predict_scored(images)
+    np.testing.assert_allclose(onnx_probs, expected, atol=1e-4)
+    np.testing.assert_allclose(onnx_scores, scores, atol=1e-4)

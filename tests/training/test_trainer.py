@@ -227,3 +227,46 @@ def test_resume_with_a_different_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="different config"):
         api.train(data, scratch_config(tmp_path, **{"train.epochs": 1, "train.lr": 0.3}), out=tmp_path / "run", resume=True, progress=False, log=quiet)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_the_mirror_average_is_kept_only_when_it_gets_more_validation_photos_right() -> None:
+    import torch
+
+    from vitrina.models import create_model
+    from vitrina.preprocess import Preprocess
+    from vitrina.quality.unknown import penultimate_features
+    from vitrina.training.trainer import _choose_flip_average
+
+    torch.manual_seed(0)
+    model = create_model("cnn1", 3, pretrained=False, input_size=32).eval()
+    preprocess = Preprocess(input_size=32)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (60, 32, 32, 3), dtype=np.uint8)
+    images[:30, :, :12] += 180  # bright on the left
+    images[30:, :, 20:] += 180  # bright on the right
+    cpu = torch.device("cpu")
+    features = penultimate_features(model, images, preprocess, cpu, "fp32", None)
+    mirror_features = penultimate_features(model, images[:, :, ::-1].copy(), preprocess, cpu, "fp32", None)
+    linear = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # a head that tells left from right (class 0, 1) and hesitates with class 2
+        centre = features.mean(0)
+        left, right = features[:30].mean(0) - centre, features[30:].mean(0) - centre
+        linear.weight.copy_(torch.from_numpy(np.stack([left, right, (left + right) / 2]) * 50))
+        linear.bias.copy_(-linear.weight @ torch.from_numpy(centre))
+        plain = model.classify(torch.from_numpy(features))[0].numpy()
+        mirrored = model.classify(torch.from_numpy(mirror_features))[0].numpy()
+    averaged = (plain + mirrored) / 2
+    assert (averaged.argmax(1) != plain.argmax(1)).any(), "the test needs photos whose mirror image changes the answer"
+
+    probs = _choose_flip_average(model, plain_plan(preprocess), images, features, averaged.argmax(1), cpu, "fp32", None, print)
+    assert model.flip_average
+    np.testing.assert_allclose(probs, averaged, atol=1e-5)
+    probs = _choose_flip_average(model, plain_plan(preprocess), images, features, plain.argmax(1), cpu, "fp32", None, print)
+    assert not model.flip_average  # the photos as given are all right already: no second pass
+    np.testing.assert_allclose(probs, plain, atol=1e-5)
+
+
+def plain_plan(preprocess):
+    from vitrina.training.plan import Plan
+
+    return Plan(mode="scratch", model="cnn1", preprocess=preprocess, pretrained=False, epochs=1, batch_size=8, lr=1e-3, weight_decay=0.0)

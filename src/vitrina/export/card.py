@@ -80,7 +80,9 @@ def model_card(description: dict[str, Any], int8: dict[str, Any] | None = None, 
         "class probabilities (softmax) in the class order above."
         + (f" They mix the classifier's softmax (weight {1 - neighbours['weight']:g}) with a vote of the "
            f"{neighbours['k']} most similar of {neighbours['bank_size']} training photos (weight {neighbours['weight']:g}), "
-           "whose features the file holds." if neighbours else ""),
+           "whose features the file holds." if neighbours else "")
+        + (" Each photo's probabilities are averaged with its mirror image's (the graph runs the network twice)."
+           if description.get("flip_average") else ""),
         "",
         f"Preprocessing: {_preprocessing_text(preprocess)}.",
         "",

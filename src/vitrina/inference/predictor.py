@@ -122,8 +122,7 @@ class TorchBackend:
         import torch
 
         with torch.inference_mode():
-            features = self.model.forward_features(torch.from_numpy(batch))
-            probs, logits = self.model.classify(features)
+            probs, features, logits = self.model.classify_images(torch.from_numpy(batch))
             return probs.numpy(), self.scorer(features, logits).numpy()
 
 

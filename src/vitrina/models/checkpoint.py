@@ -76,6 +76,8 @@ def build_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
         from vitrina.models.neighbours import NeighbourVote
 
         model.vote = NeighbourVote.empty(meta["neighbours"], model.num_features, len(meta["classes"]))
+    if meta.get("flip_average"):
+        model.flip_average = True
     return model
 
 

@@ -84,7 +84,9 @@ class VitrinaNet(nn.Module):
     A trained network may also carry a ``vote`` (:class:`~vitrina.models.neighbours.NeighbourVote`):
     then :meth:`forward_head` returns the log of the head's softmax mixed with its nearest
     training photos' vote (still "logits": their softmax is the mixed probabilities), and
-    :meth:`head_logits` the head's own logits.
+    :meth:`head_logits` the head's own logits. With ``flip_average`` (chosen in training when it
+    helps on the validation split) :meth:`forward` averages the probabilities of each image and
+    its mirror image.
 
     ``block_names`` lists the backbone's stages from input to output, each as the names of the
     backbone submodules that form it; :meth:`blocks` resolves them (fine-tuning unfreezes the
@@ -108,6 +110,7 @@ class VitrinaNet(nn.Module):
         self.in_channels = in_channels
         self.block_names = [list(names) for names in block_names]
         self.vote: nn.Module | None = None
+        self.flip_average = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> pooled features (N, num_features)."""
@@ -130,8 +133,18 @@ class VitrinaNet(nn.Module):
         probs = torch.softmax(logits.float(), dim=1) if self.vote is None else self.vote(features, logits)
         return probs, logits
 
+    def classify_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images -> (class probabilities, pooled features and head logits of the images as given)."""
+        features = self.backbone(x)
+        probs, logits = self.classify(features)
+        if self.flip_average:
+            probs = (probs + self.classify(self.backbone(torch.flip(x, dims=[3])))[0]) / 2
+        return probs, features, logits
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.backbone(x))
+        if not self.flip_average:
+            return self.forward_head(self.backbone(x))
+        return torch.log(self.classify_images(x)[0].clamp_min(1e-12))
 
     def blocks(self) -> list[nn.Module]:
         """The backbone's stages, input to output (a multi-module stage is a ModuleList)."""

@@ -97,7 +97,13 @@ def predict_logits(
         from vitrina.models.onnx_graph import OnnxFeatureExtractor
 
         if len(images) >= EXPORT_MIN_IMAGES or OnnxFeatureExtractor.graph_path(model, preprocess, cache_dir).is_file():
-            features = OnnxFeatureExtractor(model, preprocess, cache_dir)(images)
+            extractor = OnnxFeatureExtractor(model, preprocess, cache_dir)
             with torch.inference_mode():
-                return model.forward_head(torch.from_numpy(features).to(device)).float().numpy()
+                logits = model.forward_head(torch.from_numpy(extractor(images)).to(device)).float()
+                if getattr(model, "flip_average", False):  # as VitrinaNet.forward: with the mirror images
+                    mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
+                    flipped = model.forward_head(torch.from_numpy(extractor(mirrored)).to(device)).float()
+                    probs = (torch.softmax(logits, dim=1) + torch.softmax(flipped, dim=1)) / 2
+                    logits = torch.log(probs.clamp_min(1e-12))
+                return logits.numpy()
     return forward_uint8(model, images, preprocess, device, precision, batch_size=batch_size)

@@ -272,8 +272,8 @@ class ScoredNet(nn.Module):
         self.net, self.scorer = net, scorer
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.forward_features(x)
-        probs, logits = self.net.classify(features)  # the score sees the head's own logits, not the vote
+        # the score sees the head's own logits of the image as given, not the vote or its mirror image
+        probs, features, logits = self.net.classify_images(x)
         return probs, self.scorer(features, logits)
 
 

@@ -687,6 +687,31 @@ def _bank_features(
             penultimate_features(model, decoded["val"].images, plan.preprocess, device, precision, cache_dir))
 
 
+def _choose_flip_average(
+    model: nn.Module, plan: Plan, val_images: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
+    device: torch.device, precision: str, cache_dir: Path, log: Log,
+) -> np.ndarray:
+    """Set ``model.flip_average`` when averaging each validation photo's probabilities with its
+    mirror image's gets at least one more of them right; returns the validation probabilities the
+    model now gives (features of the photos as given: ``val_features``).
+    """
+    from vitrina.quality.unknown import penultimate_features
+
+    mirrored = np.ascontiguousarray(np.asarray(val_images)[:, :, ::-1])  # N x H x W x C: the width axis
+    mirrored_features = penultimate_features(model, mirrored, plan.preprocess, device, precision, cache_dir)
+    with torch.inference_mode():
+        plain = model.classify(torch.from_numpy(val_features).to(device))[0].float().cpu().numpy()
+        flipped = model.classify(torch.from_numpy(mirrored_features).to(device))[0].float().cpu().numpy()
+    averaged = (plain + flipped) / 2
+    right_plain = int((plain.argmax(1) == val_labels).sum())
+    right_averaged = int((averaged.argmax(1) == val_labels).sum())
+    model.flip_average = right_averaged > right_plain
+    n = max(1, len(val_labels))
+    log(f"  mirror-image average: {'used' if model.flip_average else 'not used'} (validation accuracy "
+        f"{right_plain / n:.4f} -> {right_averaged / n:.4f})")
+    return averaged if model.flip_average else plain
+
+
 def train(
     dataset: Dataset,
     config: Config,
@@ -833,13 +858,18 @@ def train(
                     f"validation accuracy {choice.val_accuracy_head:.4f} -> {choice.val_accuracy:.4f}")
             else:
                 log(f"  neighbour vote: not used (no setting beat the head alone on the validation split, {choice.val_accuracy_head:.4f})")
+        if config.train.flip_average:
+            val_probs = _choose_flip_average(model, plan, decoded["val"].images, val_features, labels["val"], device, precision, cache_dir, log)
+            if model.flip_average:
+                extra["flip_average"] = True
+                val_logits = np.log(np.clip(val_probs, 1e-12, None))
     split_logits: dict[str, np.ndarray] = {}
-    if features is not None:  # bottleneck: every split's logits from the cached features
+    if features is not None and not model.flip_average:  # bottleneck: every split's logits from the cached features
         with torch.inference_mode():
             for split in decoded:
                 if split != "train":
                     split_logits[split] = model.forward_head(torch.from_numpy(features(decoded[split])).to(device)).float().cpu().numpy()
-    if model.vote is not None:  # the confidence threshold of what the model now answers: head and vote
+    if model.vote is not None and not model.flip_average:  # the confidence threshold of what the model now answers: head and vote
         with torch.inference_mode():
             val_logits = model.forward_head(torch.from_numpy(val_features).to(device)).float().cpu().numpy()
     extra["thresholds"] = confidence_threshold(val_logits, ACCEPT_RATE)
