@@ -39,6 +39,7 @@ from vitrina.errors import ConfigError, DataError
 Log = Callable[[str], None]
 KINDS = ("duplicates", "labels", "off-topic")
 SHEET_SUSPECTS = 64  # thumbnails on suspects.png
+DUPLICATE_SIDE = 128  # letterboxed datasets: the side of the whole, squashed photos duplicates are compared on
 
 
 @dataclass
@@ -180,7 +181,18 @@ def _backbone_features(
         feats.append(backbone(decoded))
         where += [(split, int(i)) for i in decoded.index]
         hashes += list(decoded.hashes)
-        images.append(decoded.images)
+        if plan.preprocess.resize == "letterbox":
+            # Duplicates are compared on whole photos without the letterbox's padding: two photos of
+            # one shape share their padded bands, which would make them look alike.
+            whole = decode_samples(
+                [samples[int(i)] for i in decoded.index], plan.preprocess.with_overrides(resize="squash", input_size=DUPLICATE_SIDE),
+                cache_dir, max_pixels=cfg.data.max_pixels, workers=workers, progress=False,
+            )
+            if len(whole.index) != len(decoded.index):  # pragma: no cover - the same files decode at any size
+                raise DataError(f"{split}: some images decode at one size and not at another")
+            images.append(whole.images)
+        else:
+            images.append(decoded.images)
     if not where:
         return [], [], np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0, 1), np.float32), skipped
     return where, hashes, _concat_images(images), np.concatenate(feats).astype(np.float32), skipped
