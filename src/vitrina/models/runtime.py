@@ -70,6 +70,11 @@ def forward_uint8(
     return np.concatenate(outputs)
 
 
+def mirror_images(images: np.ndarray) -> np.ndarray:
+    """uint8 N x H x W x C images flipped left to right (what ``VitrinaNet.flip_average`` averages with)."""
+    return np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
+
+
 # Exporting a body to ONNX costs about 15 s (efficientnet_lite0); eager PyTorch runs about 40 images/s
 # here and ONNX Runtime about 130, so the export pays for itself from roughly this many images.
 EXPORT_MIN_IMAGES = 800
@@ -101,8 +106,7 @@ def predict_logits(
             with torch.inference_mode():
                 logits = model.forward_head(torch.from_numpy(extractor(images)).to(device)).float()
                 if getattr(model, "flip_average", False):  # as VitrinaNet.forward: with the mirror images
-                    mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
-                    flipped = model.forward_head(torch.from_numpy(extractor(mirrored)).to(device)).float()
+                    flipped = model.forward_head(torch.from_numpy(extractor(mirror_images(images))).to(device)).float()
                     probs = (torch.softmax(logits, dim=1) + torch.softmax(flipped, dim=1)) / 2
                     logits = torch.log(probs.clamp_min(1e-12))
                 return logits.numpy()

@@ -128,12 +128,14 @@ def _exclude_kinds(settings: CleanSettings) -> list[str]:
 
 
 def _backbone_features(
-    dataset: Dataset, config: Config, model_name: str, cache_dir: Path, workers: int, progress: bool, log: Log
+    dataset: Dataset, config: Config, model_name: str, cache_dir: Path, workers: int, progress: bool, log: Log,
+    keep_images: bool = True,
 ) -> tuple[list[tuple[str, int]], list[str], np.ndarray, np.ndarray, list[dict]]:
     """Decode every split for one backbone and compute its features as training does (same cache).
 
     Returns (split, position) of every readable sample, their content hashes, their decoded
-    images (for the perceptual hash), the features, and the unreadable files.
+    images (for the perceptual hash; empty unless ``keep_images``), the features, and the
+    unreadable files.
     """
     import copy
 
@@ -181,6 +183,8 @@ def _backbone_features(
         feats.append(backbone(decoded))
         where += [(split, int(i)) for i in decoded.index]
         hashes += list(decoded.hashes)
+        if not keep_images:
+            continue
         if plan.preprocess.resize == "letterbox":
             # Duplicates are compared on whole photos without the letterbox's padding: two photos of
             # one shape share their padded bands, which would make them look alike.
@@ -203,6 +207,8 @@ def _label_of(samples: list[Sample], path: str) -> str:
 
 
 def _concat_images(parts: list[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return np.zeros((0, 1, 1, 3), np.uint8)
     return parts[0] if len(parts) == 1 else np.concatenate([np.asarray(p) for p in parts])
 
 
@@ -279,7 +285,9 @@ def clean_dataset(
     blocks, where, hashes, images, skipped = [], None, None, None, []
     concept_parts: list[np.ndarray] = []
     for name in models:
-        w, h, imgs, feats, skipped_here = _backbone_features(dataset, config, name, cache_dir, workers, progress, log)
+        w, h, imgs, feats, skipped_here = _backbone_features(
+            dataset, config, name, cache_dir, workers, progress, log, keep_images=where is None
+        )
         if where is None:
             where, hashes, images, skipped = w, h, imgs, skipped_here
         elif w != where:  # pragma: no cover - the same files decode (or fail) whatever the size

@@ -32,7 +32,7 @@ from vitrina.errors import ConfigError, VitrinaError
 from vitrina.models.checkpoint import save_model
 from vitrina.models.neighbours import fit_vote
 from vitrina.models.registry import HeadEnsemble, create_model
-from vitrina.models.runtime import autocast, forward_uint8, predict_logits, resolve_device, resolve_precision
+from vitrina.models.runtime import autocast, forward_uint8, mirror_images, predict_logits, resolve_device, resolve_precision
 from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.training.cache import FeatureStore
 from vitrina.training.distributed import barrier, local_device_name
@@ -697,8 +697,7 @@ def _choose_flip_average(
     """
     from vitrina.quality.unknown import penultimate_features
 
-    mirrored = np.ascontiguousarray(np.asarray(val_images)[:, :, ::-1])  # N x H x W x C: the width axis
-    mirrored_features = penultimate_features(model, mirrored, plan.preprocess, device, precision, cache_dir)
+    mirrored_features = penultimate_features(model, mirror_images(val_images), plan.preprocess, device, precision, cache_dir)
     with torch.inference_mode():
         plain = model.classify(torch.from_numpy(val_features).to(device))[0].float().cpu().numpy()
         flipped = model.classify(torch.from_numpy(mirrored_features).to(device))[0].float().cpu().numpy()
