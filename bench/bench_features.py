@@ -52,7 +52,7 @@ def naive_features(model, paths: list[str], size: int, batch_size: int = 32) -> 
     return len(paths) / (time.perf_counter() - started)
 
 
-def vitrina_features(model, samples, preprocess, cache: Path, workers: int) -> tuple[float, float, float]:
+def vitrina_features(model, samples, preprocess, cache: Path, workers: int) -> tuple[float, float, int]:
     """Seconds to decode ``samples`` into ``cache``, seconds for their features, and the feature count."""
     import torch
 
@@ -64,7 +64,7 @@ def vitrina_features(model, samples, preprocess, cache: Path, workers: int) -> t
     decoded_at = time.perf_counter()
     features = penultimate_features(model, decoded.images, preprocess, torch.device("cpu"), "fp32", cache)
     done = time.perf_counter()
-    return decoded_at - started, done - decoded_at, float(len(features))
+    return decoded_at - started, done - decoded_at, len(features)
 
 
 def main() -> int:
