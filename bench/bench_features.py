@@ -57,7 +57,7 @@ def vitrina_features(model, samples, preprocess, cache: Path, workers: int) -> t
     import torch
 
     from vitrina.data.cache import decode_samples
-    from vitrina.quality.unknown import penultimate_features
+    from vitrina.models.unknown import penultimate_features
 
     started = time.perf_counter()
     decoded = decode_samples(samples, preprocess, cache, workers=workers, progress=False)

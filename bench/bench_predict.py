@@ -48,8 +48,8 @@ STATED_GFLOP = 0.77  # efficientnet_lite0 at 224 px, as usually quoted; the benc
 PREDICT_CHILD = """
 import json, sys, time
 started = time.perf_counter()
-from vitrina.api_predict import predict
-from vitrina.inference.predictor import load_predictor
+from vitrina.api.prediction import predict
+from vitrina.export.loading import load_predictor
 model, images, out, layout = sys.argv[1:5]
 predictor = load_predictor(model)
 if layout == "decoders":
@@ -103,6 +103,7 @@ def build_run(folder: Path, train: bool) -> Path:
     """A run folder: trained on split 0 (``train``), or the ImageNet backbone with a fresh head."""
     from vitrina import api
     from vitrina.config import resolve
+    from vitrina.description import ModelDescription
     from vitrina.models.checkpoint import save_model
     from vitrina.models.registry import create_model, default_preprocess
 
@@ -114,12 +115,8 @@ def build_run(folder: Path, train: bool) -> Path:
         return run.run_dir
     classes = sorted(p.name for p in IMAGES.iterdir() if p.is_dir())
     model = create_model(MODEL, len(classes), pretrained=True)
-    meta = {
-        "model": MODEL, "mode": "finetune", "classes": classes, "coarse_of": {},
-        "preprocess": default_preprocess(MODEL).to_dict(), "head": "linear", "hidden": 512, "dropout": 0.2,
-        "precision": "fp32",
-    }
-    save_model(folder / "run", model.eval(), meta)
+    description = ModelDescription(MODEL, tuple(classes), default_preprocess(MODEL), mode="finetune", dropout=0.2)
+    save_model(folder / "run", model.eval(), description)
     return folder / "run"
 
 
@@ -182,7 +179,7 @@ def draft_decoding_effect(model_file: Path, predictions_csv: Path) -> dict[str, 
     """Top-1 accuracy of `vitrina predict`'s rows (JPEG draft decoding) and of the same model on
     fully decoded files; the true label is each photo's class folder."""
     from vitrina.data.images import decode
-    from vitrina.inference.predictor import load_predictor
+    from vitrina.export.loading import load_predictor
 
     predictor = load_predictor(model_file)
     with open(predictions_csv, newline="", encoding="utf-8") as fh:
@@ -262,8 +259,9 @@ def measure(paths: list[str], args: argparse.Namespace, work: Path) -> None:
 
     import torch
 
-    from vitrina.api_predict import export
-    from vitrina.inference.predictor import OnnxBackend, TorchBackend, load_predictor
+    from vitrina.api.prediction import export
+    from vitrina.export.loading import load_predictor
+    from vitrina.inference.predictor import OnnxBackend, TorchBackend
     from vitrina.models.checkpoint import load_model
 
     for path in paths:  # warm the file cache: every figure below reads from memory

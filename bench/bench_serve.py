@@ -2,7 +2,7 @@
 
 From one run it prints:
 
-- the offline throughput of `vitrina predict` (``vitrina.api_predict.predict``) on the same photos,
+- the offline throughput of `vitrina predict` (``vitrina.api.predict``) on the same photos,
   measured before and after the servers (the machine's other work changes its speed over a run),
 - for the server with micro-batching on, then off (``--max-batch 1``): checks/s, p50/p99 latency,
   unexpected answers (anything but 200), the verdicts, and the server's memory (VmRSS) after a
@@ -119,7 +119,7 @@ def train_demo_model(folder: Path) -> Path:
 
 def offline_throughput(model: Path, photos: list[Photo], folder: Path) -> tuple[float, int, str]:
     """Images/s of `vitrina predict` over copies of the photos (files on disk, CSV output)."""
-    from vitrina.api_predict import predict
+    from vitrina.api.prediction import predict
 
     copies = -(-OFFLINE_MIN_IMAGES // len(photos))
     images = folder / "images"

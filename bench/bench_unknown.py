@@ -63,18 +63,17 @@ def features_and_logits(run: Path, paths: list[str]) -> tuple[np.ndarray, np.nda
     from vitrina.data.samples import Sample
     from vitrina.models.checkpoint import load_model
     from vitrina.models.runtime import resolve_device
-    from vitrina.preprocess import Preprocess
-    from vitrina.quality.unknown import penultimate_features
+    from vitrina.models.unknown import penultimate_features
 
     model, meta = load_model(run)
-    preprocess = Preprocess.from_dict(meta["preprocess"])
+    preprocess = meta.preprocess
     decoded = decode_samples([Sample(p, "") for p in paths], preprocess, default_cache_dir(), workers=2, progress=False)
-    if meta["mode"] == "bottleneck":  # a frozen backbone: its features are in the training cache
+    if meta.mode == "bottleneck":  # a frozen backbone: its features are in the training cache
         from types import SimpleNamespace
 
         from vitrina.training.trainer import BackboneFeatures
 
-        body = BackboneFeatures(model, f"{meta['model']}|pretrained", SimpleNamespace(preprocess=preprocess),
+        body = BackboneFeatures(model, f"{meta.model}|pretrained", SimpleNamespace(preprocess=preprocess),
                                 default_cache_dir(), resolve_device("cpu"), "fp32", log=lambda _: None)
         feats = body(decoded)
     else:
@@ -88,24 +87,24 @@ def evaluate(name: str, run: Path, known: list[str], unknown: list[str], train_p
     from sklearn.metrics import roc_auc_score
 
     from vitrina.models.checkpoint import read_meta
-    from vitrina.quality.unknown import fit_unknown, load_unknown, score_features
+    from vitrina.models.unknown import fit_unknown, load_unknown, score_features
 
     meta = read_meta(run)
-    stored = meta["unknown"]
+    stored = meta.unknown
     kf, kl = features_and_logits(run, known)
     uf, ul = features_and_logits(run, unknown)
     tf, _ = features_and_logits(run, train_paths)
     vf, vl = features_and_logits(run, json.loads((run / "splits.json").read_text())["splits"]["val"])
     truth = np.r_[np.zeros(len(kf)), np.ones(len(uf))]
-    print(f"[{name}] {len(kf)} known photos, {len(uf)} unknown photos; stored detector: {stored['score']} "
-          f"(k={stored.get('k', '-')}), threshold {stored['threshold']:.4f} at {stored['accept_rate']:.0%} of validation")
+    print(f"[{name}] {len(kf)} known photos, {len(uf)} unknown photos; stored detector: {stored.score} "
+          f"(k={stored.k or '-'}), threshold {stored.threshold:.4f} at {stored.accept_rate:.0%} of validation")
     scorer = load_unknown(run, stored)
     a, b = score_features(scorer, kf, kl), score_features(scorer, uf, ul)
-    print(f"[{name}] * stored {stored['score']:<12} AUROC {roc_auc_score(truth, np.r_[a, b]):.4f}; with its threshold: "
-          f"known accepted {np.mean(a <= stored['threshold']):.3f}, unknown let through {np.mean(b <= stored['threshold']):.3f}")
+    print(f"[{name}] * stored {stored.score:<12} AUROC {roc_auc_score(truth, np.r_[a, b]):.4f}; with its threshold: "
+          f"known accepted {np.mean(a <= stored.threshold):.3f}, unknown let through {np.mean(b <= stored.threshold):.3f}")
     labels = np.asarray(train_labels)
     for method, k in (("knn", 1), ("knn", 10), ("knn_energy", 1), ("knn_energy", 10), ("mahalanobis", 0), ("energy", 0), ("msp", 0)):
-        s, _ = fit_unknown(tf, labels, vf, vl, len(meta["classes"]), method=method, k=max(1, k))
+        s, _ = fit_unknown(tf, labels, vf, vl, meta.num_classes, method=method, k=max(1, k))
         a, b = score_features(s, kf, kl), score_features(s, uf, ul)
         label = f"{method}{k if k else ''}"
         print(f"[{name}]   {label:<14} AUROC {roc_auc_score(truth, np.r_[a, b]):.4f}")

@@ -7,8 +7,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.helpers import (
+    CLEAN_TINY, DEMO, CleanedRun, Planted, make_dirty_dataset, quiet, scratch_settings, snapshot, split_shapes,
+)
+from vitrina import api
+from vitrina.config import resolve
+from vitrina.quality.clean import CleanSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT / ".." / "shared" / "datasets"
+# One backbone; a lower off-topic limit than the default, as 3 classes of 30 photos spread the distances wide.
+ONE_BACKBONE = CleanSettings(models="efficientnet_lite0", outlier_z=2.0)
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +40,50 @@ def make_image() -> Callable[..., Path]:
         return path
 
     return make
+
+
+# ----------------------------------------------------------------------------- small trained runs (once per session)
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shapes photos in train/ and test/ class folders."""
+    return split_shapes(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def shapes_run(tmp_path_factory: pytest.TempPathFactory, shapes: Path, cache_dir: Path) -> Path:
+    """A cnn1 trained from scratch for a few epochs on the shapes photos."""
+    out = tmp_path_factory.mktemp("runs") / "shapes"
+    return api.train(shapes, resolve(overrides=scratch_settings(cache_dir)), out=out, progress=False, log=quiet).run_dir
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """efficientnet_lite0 features + a linear head on the embedded clothing photos (real data, 10 classes)."""
+    settings = {"train.mode": "bottleneck", "model.input_size": 64, "train.epochs": 30, "train.workers": 1, "train.cache_dir": str(cache_dir)}
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    return api.train(DEMO, resolve(overrides=settings), out=out, progress=False, log=quiet).run_dir
+
+
+# ----------------------------------------------------------------------------- a dataset with planted problems, cleaned once
+@pytest.fixture(scope="session")
+def quality_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("quality-cache")
+
+
+@pytest.fixture(scope="session")
+def dirty(tmp_path_factory: pytest.TempPathFactory) -> Planted:
+    return make_dirty_dataset(tmp_path_factory.mktemp("dirty"))
+
+
+@pytest.fixture(scope="session")
+def cleaned(dirty: Planted, quality_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> CleanedRun:
+    before = snapshot(dirty.root)
+    config = resolve(overrides={**CLEAN_TINY, "train.cache_dir": str(quality_cache)})
+    out = tmp_path_factory.mktemp("clean") / "report"
+    result = api.clean(dirty.root, out=out, config=config, settings=ONE_BACKBONE, progress=False, log=quiet)
+    return CleanedRun(dirty, result, before, snapshot(dirty.root))

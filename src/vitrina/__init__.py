@@ -8,28 +8,21 @@ Public API (the CLI and the server call exactly these)::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from vitrina.version import __version__
+
+import importlib
+from typing import Any
 
 _LAZY = {
     "load_dataset": "vitrina.data.sources",
-    "inspect": "vitrina.api",
-    "resolve_config": "vitrina.api",
-    "train": "vitrina.api",
-    "list_models": "vitrina.api",
-    "evaluate": "vitrina.api",
-    "compare": "vitrina.api",
-    "tune": "vitrina.api",
-    "export": "vitrina.api",
-    "predict": "vitrina.api",
-    "serve": "vitrina.api",
-    "clean": "vitrina.api",
+    **{name: "vitrina.api" for name in (
+        "inspect", "clean", "resolve_config", "train", "list_models", "evaluate", "compare", "tune", "export", "predict", "serve",
+    )},
 }
 
 
-def __getattr__(name: str):  # lazy imports keep `vitrina --help` fast (no torch import)
+def __getattr__(name: str) -> Any:  # imported on first use: `vitrina --help` and ONNX-only serving never load torch
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vitrina' has no attribute {name!r}")
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from typing import Any, Callable, Sequence
 
-from vitrina import __version__
+from vitrina import api
+from vitrina.config import Config, resolve
 from vitrina.errors import VitrinaError
+from vitrina.version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -68,16 +71,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _resolve(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from vitrina.config import resolve
-
+def _resolve(args: argparse.Namespace) -> Config:
     return resolve(args.config, _overrides(args))
 
 
 # ------------------------------------------------------------------------------ commands
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     result = api.inspect(
         args.data, out=args.out, config=_resolve(args), workers=args.workers, progress=not args.quiet
     )
@@ -92,11 +91,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from vitrina import api
-    from vitrina.quality.clean import CleanSettings
-
-    chosen = {name: getattr(args, name) for name in CleanSettings.__dataclass_fields__ if getattr(args, name, None) is not None}
-    settings = CleanSettings(**chosen)
+    chosen = {name: getattr(args, name) for name in api.CleanSettings.__dataclass_fields__ if getattr(args, name, None) is not None}
+    settings = api.CleanSettings(**chosen)
     result = api.clean(
         args.data, out=args.out, config=_resolve(args), settings=settings, exclude_out=args.exclude_out,
         workers=args.workers, progress=not args.quiet, runs_dir=args.runs, log=lambda message: print(message, file=sys.stderr),
@@ -115,8 +111,6 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     run = api.train(args.data, config=_resolve(args), out=args.out, resume=args.resume, runs_dir=args.runs, progress=not args.quiet)
     if not run.metrics:  # a non-zero rank of a distributed run writes nothing
         return 0
@@ -132,16 +126,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_augment_preview(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     path = api.augment_preview(args.data, config=_resolve(args), out=args.out, images=args.images, variants=args.variants, runs_dir=args.runs)
     print(f"augmentation preview: {path}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     result = api.export(args.run, args.out, int8=args.int8, calibration=args.calibration)
     print(f"ONNX model: {result.onnx_path}")
     print(f"model card: {result.card_path}")
@@ -151,8 +141,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     summary = api.predict(
         args.model, args.inputs, args.out, top_k=args.top_k, resume=args.resume, batch_size=args.batch_size,
         workers=args.workers, backend=args.backend, threads=args.threads, progress=not args.quiet,
@@ -169,8 +157,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     rows = api.list_models()
     print(f"{'name':<20} {'family':<11} {'params':>9} {'input':>9}  {'resize':<12} description")
     for row in rows:
@@ -185,10 +171,6 @@ def _gb(n: int) -> str:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    import time
-
-    from vitrina import api
-
     if args.action == "prune":
         removed = api.prune_cache(args.cache_dir, older_than_days=args.older_than, max_gb=args.max_size, dry_run=args.dry_run)
         verb = "would remove" if args.dry_run else "removed"
@@ -205,8 +187,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     data = api.demo_data()
     print(f"vitrina demo on the embedded clothing photos ({data})")
     print("step 1/3: inspect the data")
@@ -227,8 +207,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     result = api.evaluate(args.model, args.data, split=args.split, out=args.out, overrides=_overrides(args), tta=args.tta, progress=not args.quiet)
     m = result.metrics
     print(f"{m['model']} ({m['mode']}) on {m['split']}: {m['n_images']} images ({m['n_skipped']} unreadable, skipped)")
@@ -244,8 +222,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     result = api.compare(args.data, args.configs, out=args.out, overrides=_overrides(args), runs_dir=args.runs, progress=not args.quiet)
     print()
     print((result.out_dir / "leaderboard.md").read_text(encoding="utf-8"), end="")
@@ -255,8 +231,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     overrides = _overrides(args)
     config = _resolve(args) if args.config or overrides else None
     search = [name.strip() for name in args.search.split(",") if name.strip()] if args.search else None
@@ -288,8 +262,6 @@ def announce_server(info: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vitrina import api
-
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is how a server ends, once its requests are answered
         api.serve(
             args.model, args.host, args.port, args.workers, on_ready=announce_server, backend=args.backend, threads=args.threads,

@@ -100,7 +100,7 @@ class TrainConfig:
     workers: int = -1  # decoding processes; -1 = automatic
     seed: int = 0
     cache_dir: str | None = None  # decoded-image and feature caches; None = ~/.cache/vitrina
-    # The "unknown photo" score stored with the model (see vitrina.quality.unknown); k: its neighbours.
+    # The "unknown photo" score stored with the model (see vitrina.models.unknown); k: its neighbours.
     unknown_score: Literal["knn", "knn_energy", "mahalanobis", "energy", "msp"] = "knn"
     unknown_k: int | None = None  # None: 1 for a trained backbone's knn score, else the score's own default
     # Mix the head's probabilities with a vote of the nearest training photos when that is more

@@ -15,6 +15,7 @@ from PIL import Image
 
 from vitrina.errors import ConfigError
 
+MAX_INPUT_SIZE = 2048  # a model input of 2048 x 2048 is already 16x what classifiers use; larger is a mistake
 # Pillow's default: a large downscale first averages whole pixel blocks (Image.reduce).
 _REDUCING_GAP = 3.0
 _RESAMPLE = {
@@ -45,8 +46,12 @@ class Preprocess:
     pad_value: int = 255
 
     def __post_init__(self) -> None:
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int):
+            raise ConfigError(f"input size must be a whole number of pixels, got {self.input_size!r}")
         if self.input_size < 8:
             raise ConfigError(f"input size {self.input_size} is too small (minimum 8)")
+        if self.input_size > MAX_INPUT_SIZE:
+            raise ConfigError(f"input size {self.input_size} is too large (at most {MAX_INPUT_SIZE})")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vitrina import api_eval
+from vitrina import api
 from vitrina.cli import main
 from vitrina.errors import DataError, ModelError
 
@@ -21,8 +21,8 @@ def file_digests(folder: Path) -> dict[str, str]:
 
 def test_evaluate_writes_a_new_folder_inside_the_run_and_touches_nothing_else(shapes_run: Path, shapes: Path) -> None:
     before = file_digests(shapes_run)
-    first = api_eval.evaluate(shapes_run, shapes, tta=True, progress=False)
-    second = api_eval.evaluate(shapes_run, shapes, progress=False)
+    first = api.evaluate(shapes_run, shapes, tta=True, progress=False)
+    second = api.evaluate(shapes_run, shapes, progress=False)
     try:
         assert first.out_dir == shapes_run / "eval-test"
         assert second.out_dir == shapes_run / "eval-test-2"
@@ -47,7 +47,7 @@ def test_evaluate_writes_a_new_folder_inside_the_run_and_touches_nothing_else(sh
 
 
 def test_validation_split_is_carved_as_in_training(shapes_run: Path, shapes: Path, tmp_path: Path) -> None:
-    result = api_eval.evaluate(shapes_run, shapes, split="val", out=tmp_path / "val", progress=False)
+    result = api.evaluate(shapes_run, shapes, split="val", out=tmp_path / "val", progress=False)
     trained = json.loads((shapes_run / "metrics_val.json").read_text())
     assert result.metrics["n_images"] == trained["n_images"]
     assert result.metrics["accuracy"] == pytest.approx(trained["accuracy"])
@@ -56,9 +56,9 @@ def test_validation_split_is_carved_as_in_training(shapes_run: Path, shapes: Pat
 def test_coarse_accuracy_from_a_coarse_map(shapes_run: Path, shapes: Path, tmp_path: Path) -> None:
     coarse_map = tmp_path / "coarse.txt"
     coarse_map.write_text("disc round\nbar angular\nsquare angular\n")
-    result = api_eval.evaluate(shapes_run, shapes, out=tmp_path / "eval", overrides={"data.coarse_map": str(coarse_map)}, progress=False)
+    result = api.evaluate(shapes_run, shapes, out=tmp_path / "eval", overrides={"data.coarse_map": str(coarse_map)}, progress=False)
     assert result.metrics["coarse_accuracy"] >= result.metrics["accuracy"]
-    plain = api_eval.evaluate(shapes_run, shapes, out=tmp_path / "plain", progress=False)
+    plain = api.evaluate(shapes_run, shapes, out=tmp_path / "plain", progress=False)
     assert "coarse_accuracy" not in plain.metrics
 
 
@@ -68,7 +68,7 @@ def test_classes_the_model_does_not_know_are_a_clear_error(shapes_run: Path, sha
     (data / "test" / "star").mkdir()
     shutil.copy(next((data / "test" / "disc").iterdir()), data / "test" / "star" / "star1.jpg")
     with pytest.raises(DataError, match="does not know: star"):
-        api_eval.evaluate(shapes_run, data, out=tmp_path / "eval", progress=False)
+        api.evaluate(shapes_run, data, out=tmp_path / "eval", progress=False)
     assert not (tmp_path / "eval").exists()
 
 
@@ -76,7 +76,7 @@ def test_model_classes_missing_from_the_data_are_fine(shapes_run: Path, shapes: 
     data = tmp_path / "data"
     shutil.copytree(shapes, data)
     shutil.rmtree(data / "test" / "bar")
-    result = api_eval.evaluate(shapes_run, data, out=tmp_path / "eval", progress=False)
+    result = api.evaluate(shapes_run, data, out=tmp_path / "eval", progress=False)
     assert result.metrics["n_images"] == 12
     assert result.metrics["per_class"]["bar"]["support"] == 0
 
@@ -85,17 +85,17 @@ def test_a_model_of_another_kind_is_a_clear_error(shapes_run: Path, shapes: Path
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"\x08\x07onnx")
     with pytest.raises(ModelError, match="not a model vitrina evaluates"):
-        api_eval.evaluate(onnx, shapes, progress=False)
+        api.evaluate(onnx, shapes, progress=False)
     with pytest.raises(ModelError, match="not a run folder"):
-        api_eval.evaluate(shapes, shapes, progress=False)
+        api.evaluate(shapes, shapes, progress=False)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "model.json").write_text(json.dumps({"format": "keras-h5", "classes": ["a"]}))
     (foreign / "model.safetensors").write_bytes((shapes_run / "model.safetensors").read_bytes())
     with pytest.raises(ModelError, match="not a vitrina model"):
-        api_eval.evaluate(foreign / "model.safetensors", shapes, progress=False)
+        api.evaluate(foreign / "model.safetensors", shapes, progress=False)
     with pytest.raises(ModelError, match="model not found"):
-        api_eval.evaluate(tmp_path / "nowhere", shapes, progress=False)
+        api.evaluate(tmp_path / "nowhere", shapes, progress=False)
 
 
 def test_cli_evaluate_prints_the_figures_and_errors_cleanly(shapes_run: Path, shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,5 +107,5 @@ def test_cli_evaluate_prints_the_figures_and_errors_cleanly(shapes_run: Path, sh
 
 
 def test_other_data_without_splits_is_evaluated_whole(shapes_run: Path, shapes: Path, tmp_path: Path) -> None:
-    result = api_eval.evaluate(shapes_run, shapes / "test", out=tmp_path / "eval", progress=False)
+    result = api.evaluate(shapes_run, shapes / "test", out=tmp_path / "eval", progress=False)
     assert (result.metrics["split"], result.metrics["n_images"]) == ("train", 18)  # a single source is read as one split

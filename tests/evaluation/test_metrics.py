@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from vitrina import api_eval
+from vitrina import api
 from vitrina.evaluation.metrics import classification_metrics
 
 
@@ -59,7 +59,7 @@ def test_top_k_is_absent_when_the_model_has_at_most_k_classes() -> None:
 
 
 def test_evaluation_of_a_run_matches_sklearn_on_its_predictions(shapes_run: Path, shapes: Path, tmp_path: Path) -> None:
-    result = api_eval.evaluate(shapes_run, shapes, out=tmp_path / "eval", progress=False)
+    result = api.evaluate(shapes_run, shapes, out=tmp_path / "eval", progress=False)
     metrics = json.loads((result.out_dir / "metrics.json").read_text())
     classes = metrics["classes"]
     with open(result.out_dir / "predictions.csv", newline="") as fh:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.training.test_trainer import DEMO
-from vitrina import api_eval, plots
-from vitrina.evaluation.report import write_run_report
+from tests.helpers import DEMO
+from vitrina import api, plots
+from vitrina.training.report import write_run_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -61,7 +61,7 @@ def test_run_report_renders_with_every_section(demo_run: Path, tmp_path: Path) -
 
 
 def test_evaluation_report_and_gallery_render(demo_run: Path, tmp_path: Path) -> None:
-    result = api_eval.evaluate(demo_run, DEMO, out=tmp_path / "eval", tta=True, progress=False)
+    result = api.evaluate(demo_run, DEMO, out=tmp_path / "eval", tta=True, progress=False)
     assert "top3_accuracy" in result.metrics and "top5_accuracy" in result.metrics
     page = (result.out_dir / "report.html").read_text(encoding="utf-8")
     assert_self_contained(page)

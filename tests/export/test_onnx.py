@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from vitrina import api_predict
+from vitrina import api
 from vitrina.config import resolve
 from vitrina.errors import ModelError
-from vitrina.export import onnx as onnx_export
+from vitrina.export import checks as export_checks
+from vitrina.export import graph as export_graph
+from vitrina.export import run as export_run
+from vitrina.export.run import ExportResult
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
 
@@ -31,14 +35,14 @@ def train_run(out: Path, cache: Path, **overrides: object) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cnn_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, onnx_export.ExportResult, list[str]]:
+def cnn_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportResult, list[str]]:
     """A scratch cnn1 run at 32 px, exported with int8; returns (run, result, log lines)."""
     run = train_run(
         tmp_path_factory.mktemp("cnn") / "run", tmp_path_factory.getbasetemp() / "vitrina-cache",
         **{"train.mode": "scratch", "model.name": "cnn1", "model.input_size": 32, "train.epochs": 3, "train.patience": 0},
     )
     lines: list[str] = []
-    result = api_predict.export(run, int8=True, log=lines.append)
+    result = api.export(run, int8=True, log=lines.append)
     return run, result, lines
 
 
@@ -62,15 +66,15 @@ def test_graph_has_a_dynamic_batch_probabilities_and_the_unknown_score(cnn_expor
         probs, scores = session.run(None, {"input": np.random.default_rng(0).normal(size=(batch, 3, 32, 32)).astype(np.float32)})
         assert probs.shape == (batch, 10) and scores.shape == (batch,)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    assert onnx_export.read_description(result.onnx_path)["export"]["outputs"] == ["probabilities", "unknown_score"]
+    assert export_graph.read_description(result.onnx_path).export.outputs == ("probabilities", "unknown_score")
 
 
 def test_onnx_files_mark_the_same_photos_unknown_as_pytorch(cnn_export) -> None:
     """The score travels in the graph: fp32 matches PyTorch, int8 stays close (only the bank product is quantised)."""
-    from vitrina.inference.predictor import load_predictor
+    from vitrina.export.loading import load_predictor
 
     run, result, lines = cnn_export
-    assert result.parity["score_max_abs_diff"] <= onnx_export.SCORE_TOLERANCE
+    assert result.parity["score_max_abs_diff"] <= export_checks.SCORE_TOLERANCE
     assert any("max |score_onnx - score_torch|" in line for line in lines)
     photos = sorted((DEMO / "test").rglob("*.jpg"))[:24]
     torch_predictor = load_predictor(run, "torch")
@@ -85,9 +89,9 @@ def test_onnx_files_mark_the_same_photos_unknown_as_pytorch(cnn_export) -> None:
         _, scores = predictor.predict_scored(np.stack(images))
         np.testing.assert_allclose(scores, expected, atol=tolerance)
         if path == result.onnx_path:
-            assert (predictor.unknown(scores) == torch_predictor.unknown(expected)).all()
+            assert (predictor.rule().unknown(scores) == torch_predictor.rule().unknown(expected)).all()
     quantized = onnx.load(str(result.int8_path)).graph
-    score_nodes = [node for node in quantized.node if node.name in set(onnx_export._score_only_nodes(quantized))]
+    score_nodes = [node for node in quantized.node if node.name in set(export_graph._score_only_nodes(quantized))]
     assert {"TopK", "MatMul"} <= {node.op_type for node in score_nodes}, "the score stays a kNN in the int8 file"
 
 
@@ -95,15 +99,16 @@ def test_metadata_round_trips_labels_preprocessing_and_metrics(cnn_export) -> No
     run, result, _ = cnn_export
     meta = json.loads((run / "model.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    description = onnx_export.read_description(result.onnx_path)
-    assert description["classes"] == meta["classes"]
-    assert description["preprocess"] == meta["preprocess"]
-    assert description["model"] == "cnn1"
-    assert description["metrics"]["accuracy"] == metrics["accuracy"]
-    assert description["metrics"]["per_class"].keys() == metrics["per_class"].keys()
-    assert description["export"]["vitrina_version"]
-    assert description["export"]["precision"] == "fp32"
-    assert description["export"]["parity"]["max_abs_diff"] <= 1e-4
+    description = export_graph.read_description(result.onnx_path)
+    assert list(description.classes) == meta["classes"]
+    assert description.preprocess.to_dict() == meta["preprocess"]
+    assert description.model == "cnn1"
+    assert description.metrics["accuracy"] == metrics["accuracy"]
+    assert description.metrics["per_class"].keys() == metrics["per_class"].keys()
+    assert description.export is not None and description.export.vitrina_version
+    assert description.export.precision == "fp32"
+    assert description.export.checks["parity"]["max_abs_diff"] <= 1e-4
+    assert description.weights_digest == meta["weights_digest"]
 
 
 def test_int8_export_reports_accuracy_change_and_speed(cnn_export) -> None:
@@ -121,9 +126,9 @@ def test_int8_export_reports_accuracy_change_and_speed(cnn_export) -> None:
     for softmax in softmaxes:  # the head's, and the neighbour vote's where the run has one
         consumers = [node.op_type for node in quantized.graph.node if set(node.input) & set(softmax.output)]
         assert "QuantizeLinear" not in consumers, "the probabilities must not be rounded to 8 bits"
-    description = onnx_export.read_description(result.int8_path)
-    assert description["export"]["precision"] == "int8"
-    assert description["export"]["int8"]["n_images"] == report["n_images"]
+    description = export_graph.read_description(result.int8_path)
+    assert description.export is not None and description.export.precision == "int8"
+    assert description.export.int8["n_images"] == report["n_images"]
 
 
 def test_model_card_names_use_data_metrics_per_class_and_limits(cnn_export) -> None:
@@ -143,29 +148,29 @@ def test_thresholds_travel_in_the_metadata(cnn_export, tmp_path: Path, monkeypat
     meta = json.loads((copy / "model.json").read_text())
     (copy / "model.json").write_text(json.dumps({**meta, "thresholds": {"confidence": 0.6}}))
     graph = onnx.load(str(result.onnx_path))
-    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess, scorer=None: graph)  # the graph is unchanged; skip re-exporting
-    exported = api_predict.export(copy, out=tmp_path / "out" / "shop.onnx", log=quiet)
+    monkeypatch.setattr(export_run, "to_onnx", lambda model, preprocess, scorer=None: graph)  # the graph is unchanged; skip re-exporting
+    exported = api.export(copy, out=tmp_path / "out" / "shop.onnx", log=quiet)
     assert exported.onnx_path == tmp_path / "out" / "shop.onnx"
     assert exported.card_path == tmp_path / "out" / "shop.md"
-    assert onnx_export.read_description(exported.onnx_path)["thresholds"] == {"confidence": 0.6}
+    assert export_graph.read_description(exported.onnx_path).thresholds.confidence == 0.6
 
 
 def test_a_parity_failure_refuses_the_export(cnn_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run, result, _ = cnn_export
     graph = onnx.load(str(result.onnx_path))
-    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess, scorer=None: graph)
-    monkeypatch.setattr(onnx_export, "PARITY_TOLERANCE", -1.0)
+    monkeypatch.setattr(export_run, "to_onnx", lambda model, preprocess, scorer=None: graph)
+    monkeypatch.setattr(export_run, "PARITY_TOLERANCE", -1.0)
     with pytest.raises(ModelError, match="disagrees with PyTorch"):
-        api_predict.export(run, out=tmp_path / "bad.onnx", log=quiet)
+        api.export(run, out=tmp_path / "bad.onnx", log=quiet)
     assert not (tmp_path / "bad.onnx").exists()
 
 
 def test_export_of_something_else_than_a_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not a run folder"):
-        api_predict.export(tmp_path / "missing", log=quiet)
+        api.export(tmp_path / "missing", log=quiet)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="not a vitrina model"):
-        api_predict.export(tmp_path / "empty", log=quiet)
+        api.export(tmp_path / "empty", log=quiet)
 
 
 @pytest.mark.slow
@@ -175,11 +180,11 @@ def test_efficientnet_bottleneck_run_exports_with_parity(tmp_path_factory: pytes
         **{"train.mode": "bottleneck", "model.input_size": 96, "train.epochs": 10},
     )
     lines: list[str] = []
-    result = api_predict.export(run, log=lines.append)
+    result = api.export(run, log=lines.append)
     assert result.parity["max_abs_diff"] <= 1e-4 and result.parity["top1_identical"]
-    description = onnx_export.read_description(result.onnx_path)
-    assert description["model"] == "efficientnet_lite0"
-    assert description["preprocess"]["input_size"] == 96
+    description = export_graph.read_description(result.onnx_path)
+    assert description.model == "efficientnet_lite0"
+    assert description.preprocess.input_size == 96
     ops = {node.op_type for node in onnx.load(str(result.onnx_path)).graph.node}
     assert "Softmax" in ops and "Conv" in ops
 
@@ -191,30 +196,33 @@ def test_checks_use_the_listed_images_when_the_data_moved(cnn_export, tmp_path: 
     splits = json.loads((copy / "splits.json").read_text())
     (copy / "splits.json").write_text(json.dumps({**splits, "source": str(tmp_path / "moved")}))
     graph = onnx.load(str(result.onnx_path))
-    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, preprocess, scorer=None: graph)
-    exported = api_predict.export(copy, log=quiet)
+    monkeypatch.setattr(export_run, "to_onnx", lambda model, preprocess, scorer=None: graph)
+    exported = api.export(copy, log=quiet)
     assert exported.parity["n_images"] == len(splits["splits"]["val"])
-    assert "unlabelled" in onnx_export.read_description(exported.onnx_path)["export"]["check_images"]
+    assert "unlabelled" in export_graph.read_description(exported.onnx_path).export.checks["check_images"]
     with pytest.raises(ModelError, match="labelled validation images"):
-        api_predict.export(copy, int8=True, log=quiet)
-    with_data = api_predict.export(copy, int8=True, calibration=DEMO, log=quiet)
+        api.export(copy, int8=True, log=quiet)
+    with_data = api.export(copy, int8=True, calibration=DEMO, log=quiet)
     assert with_data.int8["n_images"] > 0
 
 
 def test_a_run_folder_predicts_with_its_int8_export_only_when_it_kept_the_accuracy(cnn_export, tmp_path: Path) -> None:
-    from vitrina.inference.predictor import load_predictor
+    from vitrina.export.loading import load_predictor
 
     run, _, _ = cnn_export
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard"))
     int8_file = copy / "model.int8.onnx"
+    def mark_int8(within: bool) -> None:
+        description = export_graph.read_description(int8_file)
+        checks = {**description.export.checks, "int8": {**description.export.int8, "within_tolerance": within}}
+        changed = description.with_changes(export=replace(description.export, checks=checks))
+        export_graph.save_onnx(onnx.load(str(int8_file)), int8_file, changed)
+
     for within in (True, False):
-        description = onnx_export.read_description(int8_file)
-        description["export"]["int8"]["within_tolerance"] = within
-        onnx_export.save_onnx(onnx.load(str(int8_file)), int8_file, description)
+        mark_int8(within)
         assert load_predictor(copy).precision == ("int8" if within else "fp32")
-    description["export"]["int8"]["within_tolerance"] = True
-    onnx_export.save_onnx(onnx.load(str(int8_file)), int8_file, description)
+    mark_int8(True)
     weights_time = (copy / "model.safetensors").stat().st_mtime
     os.utime(int8_file, (weights_time - 60, weights_time - 60))  # made from older weights
     assert load_predictor(copy).precision == "fp32"
@@ -224,7 +232,7 @@ def test_a_model_with_a_neighbour_vote_exports_and_predicts_the_same_everywhere(
     """The vote is part of the network: saved with the weights, in the ONNX graph, float in the int8 file."""
     import torch
 
-    from vitrina.inference.predictor import load_predictor
+    from vitrina.export.loading import load_predictor
     from vitrina.models.checkpoint import load_model, save_model
     from vitrina.models.neighbours import NeighbourVote
 
@@ -237,9 +245,9 @@ def test_a_model_with_a_neighbour_vote_exports_and_predicts_the_same_everywhere(
     images = np.stack([plain.load(p) for p in photos])
     with torch.inference_mode():
         bank = model.forward_features(torch.from_numpy(plain.preprocess.normalize(images)))
-    labels = torch.tensor([meta["classes"].index(p.parent.name) for p in photos])
-    model.vote = NeighbourVote(bank, labels, len(meta["classes"]), k=5, temperature=0.1, weight=0.5)
-    save_model(copy, model, {**meta, "neighbours": model.vote.describe()})
+    labels = torch.tensor([meta.classes.index(p.parent.name) for p in photos])
+    model.vote = NeighbourVote(bank, labels, meta.num_classes, k=5, temperature=0.1, weight=0.5)
+    save_model(copy, model, meta.with_changes(neighbours=model.vote.describe()))
 
     voted = load_predictor(copy, "torch")
     probs, _ = voted.predict_scored(images)
@@ -247,12 +255,12 @@ def test_a_model_with_a_neighbour_vote_exports_and_predicts_the_same_everywhere(
     # the photos are in the bank: their nearest photo is themselves, so the vote pulls toward their labels
     rows, true = np.arange(len(labels)), labels.numpy()
     assert probs[rows, true].mean() > plain.predict_scored(images)[0][rows, true].mean()
-    result = api_predict.export(copy, int8=True, calibration=DEMO, log=quiet)
+    result = api.export(copy, int8=True, calibration=DEMO, log=quiet)
     assert result.parity["max_abs_diff"] <= 1e-4 and result.parity["top1_identical"]
     assert "a vote of the 5 most similar of 40 training photos" in result.card_path.read_text()
     onnx_probs, _ = load_predictor(result.onnx_path).predict_scored(images)
     np.testing.assert_allclose(onnx_probs, probs, atol=1e-4)
-    vote_nodes = onnx_export._vote_nodes(onnx.load(str(result.onnx_path)).graph)
+    vote_nodes = export_graph._vote_nodes(onnx.load(str(result.onnx_path)).graph)
     assert vote_nodes, "the fp32 graph names the vote's nodes"
     int8_graph = onnx.load(str(result.int8_path)).graph
     quantized = {name for node in int8_graph.node if node.op_type == "QuantizeLinear" for name in node.input}
@@ -268,7 +276,7 @@ def test_a_model_with_a_mirror_average_exports_and_predicts_the_same_everywhere(
     """Averaging with the mirror image is part of the network: saved, evaluated, exported and served alike."""
     import torch
 
-    from vitrina.inference.predictor import load_predictor
+    from vitrina.export.loading import load_predictor
     from vitrina.models import runtime
     from vitrina.models.checkpoint import load_model, save_model
 
@@ -277,7 +285,7 @@ def test_a_model_with_a_mirror_average_exports_and_predicts_the_same_everywhere(
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard", "*.onnx"))
     model, meta = load_model(copy)
     model.flip_average = True
-    save_model(copy, model, {**meta, "flip_average": True})
+    save_model(copy, model, meta.with_changes(flip_average=True))
     assert load_model(copy)[0].flip_average
 
     plain = load_predictor(run, "torch")
@@ -297,7 +305,7 @@ def test_a_model_with_a_mirror_average_exports_and_predicts_the_same_everywhere(
     logits = runtime.predict_logits(model, images, preprocess, torch.device("cpu"), "fp32", tmp_path / "cache")
     np.testing.assert_allclose(np.exp(logits), expected, atol=1e-4)
 
-    result = api_predict.export(copy, int8=False, calibration=DEMO, log=quiet)
+    result = api.export(copy, int8=False, calibration=DEMO, log=quiet)
     assert result.parity["max_abs_diff"] <= 1e-4 and result.parity["top1_identical"]
     assert "averaged with its mirror image" in result.card_path.read_text()
     onnx_probs, onnx_scores = load_predictor(result.onnx_path).predict_scored(images)

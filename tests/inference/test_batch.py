@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests import imagegen
-from vitrina import api_predict
+from vitrina import api
 from vitrina.config import resolve
 from vitrina.errors import ConfigError, DataError
 from vitrina.inference.batch import expand_inputs, predict_catalogue
-from vitrina.inference.predictor import Predictor, load_predictor
+from vitrina.description import Thresholds
+from vitrina.export.loading import load_predictor
+from vitrina.inference.predictor import Predictor
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
 
@@ -29,7 +31,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "train.patience": 0, "train.workers": 1, "train.cache_dir": str(tmp_path_factory.getbasetemp() / "vitrina-cache"),
     }
     run = api.train(DEMO, resolve(overrides=settings), out=tmp_path_factory.mktemp("batch") / "run", progress=False, log=lambda _: None).run_dir
-    return api_predict.export(run, log=lambda _: None).onnx_path
+    return api.export(run, log=lambda _: None).onnx_path
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +65,10 @@ def small_batches(model: Path, size: int = 8) -> Predictor:
 
 def test_folder_with_bad_files_gives_error_rows_and_predicts_the_rest(model: Path, catalogue: Path, tmp_path: Path) -> None:
     out = tmp_path / "predictions.csv"
-    summary = api_predict.predict(model, [catalogue], out=out, top_k=3, progress=False, workers=0)
+    summary = api.predict(model, [catalogue], out=out, top_k=3, progress=False, workers=0)
     rows = read_csv(out)
     predictor = load_predictor(model)
-    flag = ["uncertain"] if predictor.thresholds else []  # trained models carry a confidence threshold
+    flag = ["uncertain"] if predictor.rule().flags_uncertain else []  # trained models carry a confidence threshold
     flag += ["unknown", "unknown_score"] if predictor.detects_unknown else []  # and an unknown-photo score, in the ONNX graph too
     assert predictor.backend.name == "onnx" and predictor.detects_unknown
     assert list(rows[0]) == ["path", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3", *flag, "error"]
@@ -126,7 +128,7 @@ def test_globs_csv_and_list_files_name_the_inputs(model: Path, catalogue: Path, 
     assert inputs[:4] == [str(listed[0]), str(table.parent / relative), str(listed[2]), str(listed[3])]
     assert all(Path(p).name.startswith("item0") for p in inputs[4:]) and len(inputs) > 4
     assert len(inputs) == len(set(inputs)), "a path named twice is predicted once"
-    summary = api_predict.predict(model, [table, plain, pattern], out=tmp_path / "out.jsonl", progress=False, workers=0)
+    summary = api.predict(model, [table, plain, pattern], out=tmp_path / "out.jsonl", progress=False, workers=0)
     assert summary.n_errors == 0 and summary.n_predicted == len(inputs)
 
 
@@ -139,14 +141,14 @@ def test_bad_inputs_are_clear_errors(model: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no images found"):
         expand_inputs([tmp_path / "empty"])
     with pytest.raises(ConfigError, match=".csv or .jsonl"):
-        api_predict.predict(model, [DEMO / "test"], out=tmp_path / "out.xlsx", progress=False)
+        api.predict(model, [DEMO / "test"], out=tmp_path / "out.xlsx", progress=False)
     with pytest.raises(ConfigError, match="top-k"):
-        api_predict.predict(model, [DEMO / "test"], out=tmp_path / "out.csv", top_k=0, progress=False)
+        api.predict(model, [DEMO / "test"], out=tmp_path / "out.csv", top_k=0, progress=False)
 
 
 def test_jsonl_rows(model: Path, catalogue: Path, tmp_path: Path) -> None:
     out = tmp_path / "predictions.jsonl"
-    api_predict.predict(model, [catalogue], out=out, top_k=2, progress=False, workers=0)
+    api.predict(model, [catalogue], out=out, top_k=2, progress=False, workers=0)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 34
     good = next(r for r in rows if r["error"] is None)
@@ -159,13 +161,15 @@ def test_jsonl_rows(model: Path, catalogue: Path, tmp_path: Path) -> None:
 
 def test_uncertain_column_when_the_model_has_thresholds(model: Path, catalogue: Path, tmp_path: Path) -> None:
     plain = load_predictor(model)
-    predictor = Predictor(plain.backend, {**plain.description, "thresholds": {"confidence": 0.5}}, model)
+    predictor = Predictor(plain.backend, plain.description.with_changes(thresholds=Thresholds(confidence=0.5)), model)
     predict_catalogue(predictor, [catalogue], tmp_path / "out.csv", top_k=1, progress=False, workers=0)
     rows = read_csv(tmp_path / "out.csv")
     assert list(rows[0]) == ["path", "label_1", "prob_1", "uncertain", "unknown", "unknown_score", "error"]
     for row in rows:
         if not row["error"]:
-            assert row["uncertain"] == ("true" if float(row["prob_1"]) < 0.5 else "false")
+            # the one decision rule: uncertain when the confidence is low or the photo is unknown
+            expected = float(row["prob_1"]) < 0.5 or row["unknown"] == "true"
+            assert row["uncertain"] == ("true" if expected else "false")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
@@ -197,6 +201,6 @@ def test_existing_output_needs_resume_and_the_same_columns(model: Path, catalogu
 
 def test_without_out_rows_go_to_standard_output(model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images = sorted((DEMO / "test" / "hat").glob("*.jpg"))[:3]
-    api_predict.predict(model, images, top_k=1, progress=False, workers=0)
+    api.predict(model, images, top_k=1, progress=False, workers=0)
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["path"] for r in rows] == [str(p) for p in images]

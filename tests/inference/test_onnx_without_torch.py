@@ -22,7 +22,7 @@ BLOCK_TORCH = "import sys\nsys.modules['torch'] = None\n"
 
 CHILD = """
 import json, sys
-from vitrina.api_predict import predict
+from vitrina.api.prediction import predict
 summary = predict(sys.argv[1], [sys.argv[2]], out=sys.argv[3], batch_size=8, workers=2, progress=False)
 print(json.dumps({"predicted": summary.n_predicted, "errors": summary.n_errors, "workers": summary.workers,
                   "torch": "torch" in sys.modules and sys.modules["torch"] is not None}))
@@ -33,7 +33,7 @@ def tiny_onnx(path: Path, classes: list[str], preprocess: Preprocess) -> Path:
     """A real ONNX classifier without torch: mean colour -> 1x1 conv -> softmax, with vitrina metadata."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from vitrina.export.onnx import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
+    from vitrina.description import INPUT_NAME, METADATA_KEY, OUTPUT_NAME
 
     weights = np.random.default_rng(0).standard_normal((len(classes), 3, 1, 1)).astype(np.float32)
     graph = helper.make_graph(

@@ -10,11 +10,13 @@ import onnx
 import pytest
 from PIL import Image
 
-from vitrina import api_predict
+from vitrina import api
 from vitrina.config import resolve
 from vitrina.data.images import decode
+from vitrina.description import Thresholds
 from vitrina.errors import ImageError, ModelError
-from vitrina.inference.predictor import Predictor, load_predictor
+from vitrina.export.loading import load_predictor
+from vitrina.inference.predictor import Predictor
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
 TEST_IMAGES = sorted((DEMO / "test").glob("*/*.jpg"))[::4]
@@ -56,6 +58,7 @@ def test_onnx_file_alone_describes_itself(run_dir: Path, onnx_alone: Path) -> No
     predictor = load_predictor(onnx_alone)
     assert predictor.backend_name == "onnx"
     assert predictor.classes == meta["classes"]
+    assert predictor.description.weights_digest == meta["weights_digest"]
     assert predictor.preprocess.to_dict() == meta["preprocess"]
 
 
@@ -90,16 +93,13 @@ def test_unreadable_paths_give_reasons_and_nan_rows(onnx_alone: Path, tmp_path: 
         load_predictor(onnx_alone).prepare(np.zeros((4, 4), dtype=np.float32))
 
 
-def test_top_k_and_uncertain_flag(onnx_alone: Path) -> None:
+def test_the_uncertain_flag_follows_the_models_thresholds(onnx_alone: Path) -> None:
     predictor = load_predictor(onnx_alone)
     probs = np.asarray([[0.1, 0.7, 0.2] + [0.0] * 7, [0.3, 0.25, 0.45] + [0.0] * 7], dtype=np.float32)
-    order, top = predictor.top(probs, 2)
-    assert order.tolist() == [[1, 2], [2, 0]]
-    np.testing.assert_allclose(top, [[0.7, 0.2], [0.45, 0.3]])
-    without = {k: v for k, v in predictor.description.items() if k != "thresholds"}
-    assert Predictor(predictor.backend, without, "x").uncertain(probs) is None
-    sure = Predictor(predictor.backend, {**without, "thresholds": {"confidence": 0.6}}, "x")
-    assert sure.uncertain(probs).tolist() == [False, True]
+    without = predictor.description.with_changes(thresholds=None, unknown=None)
+    assert Predictor(predictor.backend, without, "x").rule().uncertain(probs) is None
+    sure = Predictor(predictor.backend, without.with_changes(thresholds=Thresholds(confidence=0.6)), "x")
+    assert sure.rule().uncertain(probs).tolist() == [False, True]
 
 
 def test_damaged_or_foreign_onnx_files_are_clear_errors(onnx_alone: Path, tmp_path: Path) -> None:
@@ -138,5 +138,5 @@ def test_run_without_its_images_falls_back_to_torch(run_dir: Path, tmp_path: Pat
 def test_predict_api_accepts_a_loaded_predictor(onnx_alone: Path, tmp_path: Path) -> None:
     image = tmp_path / "one.png"
     Image.open(TEST_IMAGES[0]).save(image)
-    summary = api_predict.predict(load_predictor(onnx_alone), [image], out=tmp_path / "out.csv", top_k=2, progress=False)
+    summary = api.predict(load_predictor(onnx_alone), [image], out=tmp_path / "out.csv", top_k=2, progress=False)
     assert (summary.n_predicted, summary.n_errors, summary.backend, summary.precision) == (1, 0, "onnx", "fp32")

@@ -55,7 +55,7 @@ def test_fit_vote_uses_the_neighbours_when_they_are_right_more_often() -> None:
     assert choice.val_accuracy > choice.val_accuracy_head + 0.3
     probs = choice.vote(torch.from_numpy(feats[val]), torch.from_numpy(head)).numpy()
     assert (probs.argmax(1) == labels[val]).mean() == pytest.approx(choice.val_accuracy)
-    assert choice.vote.describe()["bank_size"] == (~val).sum()
+    assert choice.vote.describe().bank_size == (~val).sum()
 
 
 def test_fit_vote_keeps_the_head_alone_when_the_neighbours_do_not_help() -> None:

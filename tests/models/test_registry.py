@@ -225,6 +225,7 @@ def test_unreadable_weights_files(tmp_path: Path) -> None:
 
 
 def test_mlp_ensemble_head_averages_half_width_members_and_rebuilds_from_meta() -> None:
+    from vitrina.description import ModelDescription
     from vitrina.models.checkpoint import build_from_meta
     from vitrina.models.registry import ENSEMBLE_SIZE, HeadEnsemble
 
@@ -238,7 +239,7 @@ def test_mlp_ensemble_head_averages_half_width_members_and_rebuilds_from_meta() 
         assert torch.allclose(head(features), members.mean(dim=0))
         assert not torch.allclose(members[0], members[1]), "members start from different weights"
     meta = {"model": "cnn1", "classes": list("abcd"), "preprocess": get_spec("cnn1").preprocess.to_dict(), "head": "mlp_ensemble", "hidden": 32, "dropout": 0.1}
-    rebuilt = build_from_meta(meta)
+    rebuilt = build_from_meta(ModelDescription.from_dict(meta))
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         x = torch.randn(2, 3, 40, 40)

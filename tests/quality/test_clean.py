@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.quality.conftest import TINY, CleanedRun, quiet
+from tests.helpers import CLEAN_TINY, CleanedRun, quiet
 from vitrina import api
 from vitrina.config import resolve
 from vitrina.errors import ConfigError, DataError, VitrinaError
@@ -103,7 +103,7 @@ def test_a_malformed_exclusion_list_is_a_clear_error(cleaned: CleanedRun, tmp_pa
 
 
 def test_bad_settings_and_paths_are_clear_errors(dirty, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    config = resolve(overrides=TINY)
+    config = resolve(overrides=CLEAN_TINY)
     with pytest.raises(ConfigError, match="folds"):
         api.clean(dirty.root, out=tmp_path / "a", config=config, settings=CleanSettings(folds=1), progress=False, log=quiet)
     with pytest.raises(ConfigError, match="unknown kind"):

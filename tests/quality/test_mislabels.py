@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.quality.conftest import features_of_clusters
+from tests.helpers import features_of_clusters
 from vitrina.quality.mislabels import label_issues, neighbour_probabilities, usable_folds
 from vitrina.quality.neighbours import group_pairs, scan_pairs
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.training.test_trainer import DEMO
+from tests.helpers import DEMO
 from vitrina import api
 from vitrina.config import resolve
 from vitrina.serving.app import create_app
@@ -99,7 +99,7 @@ def confident_shoe(loaded: LoadedModel) -> Path:
     probs = loaded.predictor.predict_images([Image.open(path).convert("RGB") for path in photos])
     shoes = loaded.classes.index("shoes")
     best = int(np.argmax(np.where(probs.argmax(axis=1) == shoes, probs[:, shoes], -1)))
-    assert probs[best].argmax() == shoes and probs[best, shoes] >= (loaded.threshold() or 0), "no shoe photo recognised"
+    assert probs[best].argmax() == shoes and probs[best, shoes] >= (loaded.rule().confidence or 0), "no shoe photo recognised"
     return photos[best]
 
 

@@ -1,4 +1,4 @@
-"""The serving parts alone: verdicts, micro-batching, the moderation log, keys and the rate limit."""
+"""The serving parts alone: micro-batching, the moderation log, keys and the rate limit."""
 from __future__ import annotations
 
 import asyncio
@@ -10,23 +10,9 @@ import pytest
 from vitrina.errors import ConfigError
 from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord, database_url
 from vitrina.serving.security import ApiKeys, RateLimiter, load_api_keys
-from vitrina.serving.service import MicroBatcher, ServeSettings, ServiceMetrics, files_version, listing_verdict
+from vitrina.serving.service import MicroBatcher, ServeSettings, ServiceMetrics, files_version
 
 CLASSES = ["hat", "shoes", "dress"]
-
-
-# ----------------------------------------------------------------------------- verdicts
-def test_verdicts_follow_the_mean_of_the_photos_and_the_threshold() -> None:
-    shoes = np.array([[0.1, 0.8, 0.1]])
-    assert listing_verdict(shoes, CLASSES, "shoes", 0.5).verdict == "match"
-    mismatch = listing_verdict(shoes, CLASSES, "hat", 0.5)
-    assert (mismatch.verdict, mismatch.predicted, mismatch.suggestion) == ("mismatch", "shoes", "shoes")
-    unsure = listing_verdict(shoes, CLASSES, "hat", 0.9)
-    assert (unsure.verdict, unsure.suggestion) == ("uncertain", None)
-    assert listing_verdict(shoes, CLASSES, "hat", None).verdict == "mismatch"  # a model without a threshold
-    listing = np.array([[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.0, 0.9, 0.1]])  # one hat photo, two shoe photos
-    verdict = listing_verdict(listing, CLASSES, "shoes", 0.5)
-    assert verdict.verdict == "match" and verdict.confidence == pytest.approx(2.0 / 3.0)
 
 
 # ----------------------------------------------------------------------------- micro-batching

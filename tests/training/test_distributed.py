@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.training.test_trainer import make_shapes_dataset
+from tests.helpers import make_shapes_dataset
 
 
 def test_torchrun_two_processes_matches_single_process(tmp_path: Path) -> None:

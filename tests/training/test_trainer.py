@@ -11,55 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.helpers import DEMO, make_shapes_dataset, quiet, scratch_config
 from vitrina import api
 from vitrina.config import resolve
 from vitrina.errors import ConfigError, DataError, ModelError
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO = REPO_ROOT / "src" / "vitrina" / "demo" / "clothing"
-
-
-def make_shapes_dataset(root: Path, per_class: int = 24, size: int = 40) -> Path:
-    """Three visually distinct classes of real (noisy) photos-like images: red discs, green bars, blue squares."""
-    rng = np.random.default_rng(0)
-    for name, colour in (("disc", (210, 40, 40)), ("bar", (40, 180, 60)), ("square", (40, 60, 210))):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            arr = rng.integers(200, 256, size=(size, size, 3), dtype=np.uint8)
-            yy, xx = np.mgrid[:size, :size]
-            cx, cy = rng.integers(12, size - 12, size=2)
-            if name == "disc":
-                mask = (xx - cx) ** 2 + (yy - cy) ** 2 < 81
-            elif name == "bar":
-                mask = (abs(xx - cx) < 3) & (abs(yy - cy) < 12)
-            else:
-                mask = (abs(xx - cx) < 8) & (abs(yy - cy) < 8)
-            arr[mask] = np.clip(np.array(colour) + rng.integers(-20, 20, size=3), 0, 255)
-            Image.fromarray(arr).save(folder / f"{name}{i:03d}.jpg", quality=90)
-    return root
-
-
-def scratch_config(tmp_path: Path, **extra: object):
-    overrides = {
-        "train.mode": "scratch",
-        "model.name": "cnn1",
-        "model.input_size": 32,
-        "train.epochs": 4,
-        "train.batch_size": 16,
-        "train.workers": 1,
-        "train.cache_dir": str(tmp_path / "cache"),
-        "train.patience": 0,
-        **extra,
-    }
-    return resolve(overrides=overrides)
-
-
-def quiet(_: str) -> None:
-    pass
-
 
 def test_scratch_run_writes_a_complete_run_folder(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "shapes")
@@ -234,7 +190,7 @@ def test_the_mirror_average_is_kept_only_when_it_gets_more_validation_photos_rig
 
     from vitrina.models import create_model
     from vitrina.preprocess import Preprocess
-    from vitrina.quality.unknown import penultimate_features
+    from vitrina.models.unknown import penultimate_features
     from vitrina.training.trainer import _choose_flip_average
 
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from PIL import ExifTags, Image
 from tqdm import tqdm
 
 from vitrina import plots
+from vitrina.html import card, page, png_data_uri, table
 from vitrina.data.images import DEFAULT_MAX_PIXELS, decode
 from vitrina.data.samples import Dataset, Sample
 from vitrina.errors import ImageError
@@ -320,34 +321,6 @@ def _write_skipped_csv(skipped: list[dict], path: Path) -> None:
 
 # ----------------------------------------------------------------------------- HTML report
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;margin:0;background:#f6f7f9}
-main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff;min-height:100vh}
-h1{font-size:24px;margin:0 0 4px}
-h2{font-size:18px;margin:36px 0 10px;border-bottom:1px solid #e3e5e8;padding-bottom:4px}
-.meta{color:#666;margin:0 0 16px;word-break:break-all}
-.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
-.row{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
-.card{border:1px solid #e3e5e8;border-radius:8px;padding:10px 16px;min-width:120px}
-.card b{display:block;font-size:22px}.card span{color:#666;font-size:12px}
-.card.warn{border-color:#e8a33d;background:#fff8ec}.card.bad{border-color:#d9534f;background:#fdf0ef}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}
-th,td{border-bottom:1px solid #eceef1;padding:4px 10px;text-align:left;vertical-align:top}
-th{background:#f3f4f6;position:sticky;top:0}tr:nth-child(even) td{background:#fafbfc}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}tr.total td{font-weight:600;border-top:2px solid #ccc}
-td.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
-.badge{display:inline-block;border-radius:4px;padding:0 6px;font-size:11px;font-weight:600;color:#fff;
-  background:#d9534f}
-.badge.minor{background:#8c8c8c}.note{color:#666;font-size:12px}
-img.chart{max-width:100%;height:auto;border:1px solid #eceef1;margin:6px 0}
-.scroll{max-height:560px;overflow:auto;border:1px solid #eceef1}
-"""
-
-
-def _png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
 def _grid_data_uri(path: Path, grid: Image.Image) -> str:
     """The saved PNG or a JPEG of ``grid``, whichever is smaller (photos: JPEG, keeps the report mailable)."""
     buffer = io.BytesIO()
@@ -356,29 +329,6 @@ def _grid_data_uri(path: Path, grid: Image.Image) -> str:
     if len(png) <= buffer.tell():
         return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _table(
-    header: list[str], rows: Iterable[list], numeric: Collection[int] = (), total: list | None = None
-) -> str:
-    def cells(values: list, tag: str = "td") -> Iterator[str]:
-        for i, value in enumerate(values):
-            text = f"{value:,}" if isinstance(value, int) else html.escape(str(value))
-            css = "n" if i in numeric else ("path" if header[i] in ("path", "file") else "")
-            yield f'<{tag} class="{css}">{text}</{tag}>' if css else f"<{tag}>{text}</{tag}>"
-
-    lines = ["<table><thead><tr>", *cells(header, "th"), "</tr></thead><tbody>"]
-    lines += [f"<tr>{''.join(cells(row))}</tr>" for row in rows]
-    if total is not None:
-        lines.append(f'<tr class="total">{"".join(cells(total))}</tr>')
-    lines.append("</tbody></table>")
-    return "".join(lines)
-
-
-def _card(value: int | str, label: str, css: str = "") -> str:
-    shown = f"{value:,}" if isinstance(value, int) else html.escape(value)
-    classes = f"card {css}" if css else "card"
-    return f'<div class="{classes}"><b>{shown}</b><span>{html.escape(label)}</span></div>'
 
 
 def _report_counts(summary: dict) -> str:
@@ -391,7 +341,7 @@ def _report_counts(summary: dict) -> str:
     ]
     total = ["total", *(summary["totals"][s] for s in splits), summary["n_readable"]]
     numeric = set(range(1, len(splits) + 2))
-    return _table(["class", *splits, "all"], rows, numeric, total)
+    return table(["class", *splits, "all"], rows, numeric, total)
 
 
 def _report_duplicates(summary: dict) -> str:
@@ -432,9 +382,9 @@ def _report_skipped(summary: dict) -> str:
     if not skipped:
         return "<p>Every image decoded.</p>"
     reasons = Counter(entry["reason"] for entry in skipped)
-    parts = [_table(["reason", "files"], ([r, n] for r, n in reasons.most_common()), {1})]
+    parts = [table(["reason", "files"], ([r, n] for r, n in reasons.most_common()), {1})]
     rows = ([e["path"], e["split"], e["label"], e["reason"]] for e in skipped[:_REPORT_MAX_SKIPPED])
-    parts.append('<div class="scroll">' + _table(["path", "split", "label", "reason"], rows) + "</div>")
+    parts.append('<div class="scroll">' + table(["path", "split", "label", "reason"], rows) + "</div>")
     if len(skipped) > _REPORT_MAX_SKIPPED:
         parts.append(f'<p class="note">First {_REPORT_MAX_SKIPPED} shown; all are in skipped.csv.</p>')
     return "".join(parts)
@@ -443,12 +393,12 @@ def _report_skipped(summary: dict) -> str:
 def _report_sizes(sizes: dict) -> str:
     if not sizes["distinct"]:
         return ""
-    stats = _table(
+    stats = table(
         ["", "min", "median", "max"],
         ([name, sizes[name]["min"], f'{sizes[name]["median"]:g}', sizes[name]["max"]] for name in ("width", "height")),
         {1, 2, 3},
     )
-    common = _table(
+    common = table(
         ["size", "images"], ([f'{s["width"]}×{s["height"]}', s["count"]] for s in sizes["most_common"]), {1}
     )
     return f'<div class="row">{stats}{common}</div>'
@@ -458,16 +408,16 @@ def _write_report(summary: dict, grids: dict[str, tuple[str, Image.Image]], out_
     title = f"Dataset report: {summary['source'] or 'dataset'}"
     cross = len(summary["cross_split_duplicates"])
     cards = [
-        _card(summary["n_readable"], "readable images"),
-        _card(len(summary["classes"]), "classes"),
-        *(_card(n, f"{split}") for split, n in summary["totals"].items()),
-        _card(summary["n_skipped"], "skipped", "bad" if summary["n_skipped"] else ""),
-        _card(len(summary["duplicates"]), "duplicate groups", "warn" if summary["duplicates"] else ""),
-        _card(cross, "cross-split duplicate groups", "bad" if cross else ""),
+        card(summary["n_readable"], "readable images"),
+        card(len(summary["classes"]), "classes"),
+        *(card(n, f"{split}") for split, n in summary["totals"].items()),
+        card(summary["n_skipped"], "skipped", "bad" if summary["n_skipped"] else ""),
+        card(len(summary["duplicates"]), "duplicate groups", "warn" if summary["duplicates"] else ""),
+        card(cross, "cross-split duplicate groups", "bad" if cross else ""),
     ]
     carved = ""
     if summary["carved"]:
-        carved = "<h2>Carved splits</h2>" + _table(
+        carved = "<h2>Carved splits</h2>" + table(
             ["split", "carved from", "fraction", "seed"],
             ([name, c.get("from", ""), c.get("fraction", ""), c.get("seed", "")]
              for name, c in summary["carved"].items()),
@@ -482,15 +432,15 @@ def _write_report(summary: dict, grids: dict[str, tuple[str, Image.Image]], out_
         f'<div class="cards">{"".join(cards)}</div>',
         "<h2>Images per class</h2>",
         _report_counts(summary),
-        f'<img class="chart" alt="images per class" src="{_png_data_uri(out_dir / "class_counts.png")}">',
+        f'<img class="chart" alt="images per class" src="{png_data_uri(out_dir / "class_counts.png")}">',
         carved,
         "<h2>Image sizes</h2>",
         _report_sizes(summary["sizes"]),
-        f'<img class="chart" alt="image sizes" src="{_png_data_uri(out_dir / "image_sizes.png")}">',
+        f'<img class="chart" alt="image sizes" src="{png_data_uri(out_dir / "image_sizes.png")}">',
         "<h2>Formats and colour modes (as stored)</h2>",
         '<div class="row">',
-        _table(["format", "images"], ([k, v] for k, v in summary["formats"].items()), {1}),
-        _table(["mode", "images"], ([k, v] for k, v in summary["modes"].items()), {1}),
+        table(["format", "images"], ([k, v] for k, v in summary["formats"].items()), {1}),
+        table(["mode", "images"], ([k, v] for k, v in summary["modes"].items()), {1}),
         "</div>",
         f"<h2>Skipped files ({summary['n_skipped']:,})</h2>",
         _report_skipped(summary),
@@ -499,8 +449,4 @@ def _write_report(summary: dict, grids: dict[str, tuple[str, Image.Image]], out_
         "<h2>Sample thumbnails</h2>",
         thumbnails or "<p>No readable images.</p>",
     ]
-    page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_CSS}</style></head><body><main>{''.join(body)}</main></body></html>\n"
-    )
-    (out_dir / "report.html").write_text(page, encoding="utf-8")
+    (out_dir / "report.html").write_text(page(title, body), encoding="utf-8")

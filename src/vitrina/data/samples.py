@@ -10,6 +10,8 @@ from typing import Iterator
 
 import numpy as np
 
+from vitrina.errors import DataError
+
 SPLIT_ROLES = ("train", "val", "test")
 
 
@@ -61,8 +63,6 @@ class Dataset:
         try:
             return self.splits[name]
         except KeyError:
-            from vitrina.errors import DataError
-
             raise DataError(
                 f"{self.source or 'the dataset'} has no split {name!r}; "
                 f"it has: {', '.join(self.splits) or 'none'}"

@@ -210,12 +210,12 @@ def evaluate_run(
     folder, stem = model_location(model)
     net, meta = load_model(folder, stem=stem)
     config = run_config(folder, overrides)
-    dataset, split = load_split(data, config, split, carve=is_training_data(data, meta.get("trained_on")))
+    dataset, split = load_split(data, config, split, carve=is_training_data(data, meta.trained_on))
     samples = dataset.split(split)
-    classes = list(meta["classes"])
+    classes = list(meta.classes)
     label_indices(samples, classes)  # refuse unknown classes before decoding or writing anything
     out_dir = prepare_out_dir(out, folder, f"eval-{split}") if out is not None else default_out_dir(folder, split)
-    preprocess = Preprocess.from_dict(meta["preprocess"])
+    preprocess = meta.preprocess
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
     workers = config.train.workers if config.train.workers >= 0 else min(4, os.cpu_count() or 1)
@@ -233,13 +233,13 @@ def evaluate_run(
         net, decoded.images, labels, classes, preprocess, device, precision, split=split,
         n_skipped=len(decoded.skipped), cache_dir=cache_dir,
     )
-    coarse = coarse_accuracy(kept, [classes[i] for i in probs.argmax(axis=1)], {**meta.get("coarse_of", {}), **dataset.coarse_of})
+    coarse = coarse_accuracy(kept, [classes[i] for i in probs.argmax(axis=1)], {**meta.coarse_of, **dataset.coarse_of})
     if coarse is not None:
         metrics["coarse_accuracy"] = coarse
     if tta:
         mirrored = flipped_probabilities(net, decoded.images, preprocess, device, precision)
         tta_metrics = classification_metrics(labels, (probs + mirrored) / 2, classes, split=split)
         metrics["tta"] = {"method": "mean of the image and its horizontal mirror", **{k: tta_metrics[k] for k in TTA_KEYS if k in tta_metrics}}
-    metrics.update(model=meta["model"], mode=meta.get("mode"), model_path=str(folder / f"{stem}.safetensors"), data=str(data), classes=classes)
+    metrics.update(model=meta.model, mode=meta.mode, model_path=str(folder / f"{stem}.safetensors"), data=str(data), classes=classes)
     _write_evaluation(out_dir, metrics, probs, labels, kept, decoded)
     return Evaluation(out_dir, metrics)

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from vitrina.description import ExportInfo, ModelDescription
 from vitrina.preprocess import Preprocess
 
 
@@ -40,21 +41,21 @@ def _per_class_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def model_card(description: dict[str, Any], int8: dict[str, Any] | None = None, int8_file: Path | None = None) -> str:
+def model_card(description: ModelDescription, int8: dict[str, Any] | None = None, int8_file: Path | None = None) -> str:
     """Markdown: intended use, data, preprocessing, metrics per class, export checks and limits."""
-    metrics = description.get("metrics") or {}
-    export = description.get("export") or {}
-    preprocess = Preprocess.from_dict(description["preprocess"])
-    classes = description["classes"]
+    metrics = dict(description.metrics)
+    export = description.export or ExportInfo()
+    preprocess = description.preprocess
+    classes = description.classes
     split = metrics.get("split", "test")
     n_images = metrics.get("n_images")
-    thresholds = description.get("thresholds")
-    neighbours = description.get("neighbours")
+    thresholds = description.thresholds.to_dict() if description.thresholds else None
+    neighbours = description.neighbours
     lines = [
-        f"# Model card: {description['model']} product classifier ({len(classes)} classes)",
+        f"# Model card: {description.model} product classifier ({len(classes)} classes)",
         "",
-        f"Exported by vitrina {export.get('vitrina_version', '?')} on {export.get('exported_at', '?')}; "
-        f"trained with vitrina {description.get('vitrina_version', '?')} ({description.get('mode', '?')} mode).",
+        f"Exported by vitrina {export.vitrina_version or '?'} on {export.exported_at or '?'}; "
+        f"trained with vitrina {description.vitrina_version or '?'} ({description.mode} mode).",
         "",
         "## Intended use",
         "",
@@ -66,7 +67,7 @@ def model_card(description: dict[str, Any], int8: dict[str, Any] | None = None, 
         "",
         "## Data",
         "",
-        f"Trained on `{description.get('trained_on', 'unknown')}`.",
+        f"Trained on `{description.trained_on or 'unknown'}`.",
     ]
     splits = metrics.get("splits") or {}
     if splits:
@@ -75,14 +76,14 @@ def model_card(description: dict[str, Any], int8: dict[str, Any] | None = None, 
         "",
         "## Input",
         "",
-        f"ONNX input `{export.get('input', 'input')}`: float32 N x {preprocess.channels} x {preprocess.input_size} x "
-        f"{preprocess.input_size}, batch size free. Output `{export.get('output', 'probabilities')}`: "
+        f"ONNX input `{export.input}`: float32 N x {preprocess.channels} x {preprocess.input_size} x "
+        f"{preprocess.input_size}, batch size free. Output `{export.output}`: "
         "class probabilities (softmax) in the class order above."
-        + (f" They mix the classifier's softmax (weight {1 - neighbours['weight']:g}) with a vote of the "
-           f"{neighbours['k']} most similar of {neighbours['bank_size']} training photos (weight {neighbours['weight']:g}), "
+        + (f" They mix the classifier's softmax (weight {1 - neighbours.weight:g}) with a vote of the "
+           f"{neighbours.k} most similar of {neighbours.bank_size} training photos (weight {neighbours.weight:g}), "
            "whose features the file holds." if neighbours else "")
         + (" Each photo's probabilities are averaged with its mirror image's (the graph runs the network twice)."
-           if description.get("flip_average") else ""),
+           if description.flip_average else ""),
         "",
         f"Preprocessing: {_preprocessing_text(preprocess)}.",
         "",
@@ -99,7 +100,7 @@ def model_card(description: dict[str, Any], int8: dict[str, Any] | None = None, 
         "## Export checks",
         "",
     ]
-    parity = export.get("parity")
+    parity = export.checks.get("parity")
     if parity:
         lines.append(
             f"- ONNX fp32 against PyTorch on {parity['n_images']} real validation images: largest probability "
@@ -137,6 +138,6 @@ def model_card(description: dict[str, Any], int8: dict[str, Any] | None = None, 
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(path: Path, description: dict[str, Any], int8: dict[str, Any] | None = None, int8_file: Path | None = None) -> Path:
+def write_model_card(path: Path, description: ModelDescription, int8: dict[str, Any] | None = None, int8_file: Path | None = None) -> Path:
     path.write_text(model_card(description, int8, int8_file), encoding="utf-8")
     return path

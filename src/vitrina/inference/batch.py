@@ -26,9 +26,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from vitrina.data.images import DEFAULT_MAX_PIXELS, decode, is_image_file
-from vitrina.errors import ConfigError, DataError, ImageError
-from vitrina.inference.predictor import OnnxBackend, Predictor, default_threads
+from vitrina.data.images import DEFAULT_MAX_PIXELS, is_image_file
+from vitrina.errors import ConfigError, DataError
+from vitrina.inference.decide import top_k as top_k_of
+from vitrina.inference.predictor import OnnxBackend, Predictor, decode_batch, default_threads
 from vitrina.preprocess import Preprocess
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -120,26 +121,6 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- decoding
-def decode_batch(paths: Sequence[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, list[str | None]]:
-    """Decode and resize files -> (uint8 images of the readable ones, per-file error or None)."""
-    size, channels = preprocess.input_size, preprocess.channels
-    images = np.empty((len(paths), size, size, channels), dtype=np.uint8)
-    errors: list[str | None] = []
-    kept = 0
-    for path in paths:
-        try:
-            images[kept] = preprocess.to_uint8(decode(path, preprocess.mode, max_pixels, draft_size=preprocess.draft_size()))
-            kept += 1
-            errors.append(None)
-        except ImageError as exc:
-            errors.append(exc.reason)
-        except OSError as exc:
-            errors.append(f"cannot read file: {exc.strerror or exc}")
-        except MemoryError:
-            errors.append("not enough memory to decode this image")
-    return images[:kept], errors
-
-
 _worker_backend: OnnxBackend | None = None
 
 
@@ -311,10 +292,8 @@ def predict_catalogue(
     started = time.perf_counter()
     out_path = Path(out) if out is not None else None
     top_k = min(top_k, len(predictor.classes))
-    rows = _row_format(
-        out_path, predictor.classes, top_k, predictor.thresholds is not None and "confidence" in predictor.thresholds,
-        predictor.detects_unknown,
-    )
+    rule = predictor.rule()
+    rows = _row_format(out_path, predictor.classes, top_k, rule.flags_uncertain, rule.unknown_threshold is not None)
     paths = expand_inputs(inputs)
 
     done: set[str] = set()
@@ -341,10 +320,10 @@ def predict_catalogue(
     bar = tqdm(total=len(paths), initial=n_resumed, unit="img", desc="predicting", file=sys.stderr, disable=not progress, smoothing=0.05)
     try:
         for chunk, probs, scores, errors in _scored_batches(predictor, remaining, max_pixels, workers):
-            order, top_probs = predictor.top(probs, top_k)
-            flags = predictor.unknown(scores)
+            order, top_probs = top_k_of(probs, top_k)
+            flags = rule.unknown(scores)
             unknown = (flags, scores) if flags is not None else None
-            sink.write(rows.encode(chunk, order, top_probs, predictor.uncertain(probs), errors, unknown))
+            sink.write(rows.encode(chunk, order, top_probs, rule.uncertain(probs, scores), errors, unknown))
             sink.flush()
             n_predicted += len(probs)
             n_errors += len(chunk) - len(probs)

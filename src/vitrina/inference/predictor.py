@@ -7,27 +7,25 @@ an exported ``.onnx`` file alone (its metadata carries labels and preprocessing)
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from vitrina.data.images import DEFAULT_MAX_PIXELS, _to_mode, decode
+from vitrina.description import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SCORE_OUTPUT, ModelDescription
 from vitrina.errors import ImageError, ModelError
 from vitrina.preprocess import Preprocess
+from vitrina.inference.decide import DecisionRule
 
-BackendName = Literal["auto", "torch", "onnx"]
 # efficientnet_lite0 at 224 px on 2 CPU cores: images/s is flat from batch 8 to 64 within noise,
 # batch 1 is slower; at 32 a single-threaded session holds about 420 MB (at 64, 750 MB).
 DEFAULT_BATCH_SIZE = 32
 ImageInput = Image.Image | np.ndarray
-# The unknown-photo score's ONNX output, named here (not in vitrina.quality.unknown) because that
-# module imports PyTorch: ONNX prediction and its worker processes stay without it (a worker
-# with torch starts about 2 s slower and holds about 450 MB more).
-SCORE_OUTPUT = "unknown_score"
 
 
 def default_threads() -> int:
@@ -45,8 +43,6 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, session: Any, source: str, file: Path | None = None):
-        from vitrina.export.onnx import INPUT_NAME, OUTPUT_NAME
-
         self.session = session
         self.source = source
         self.file = file  # the model file when the session was opened from one (workers reopen it)
@@ -107,7 +103,7 @@ class TorchBackend:
 
     def __init__(self, model: Any, scorer: Any = None):
         self.model = model.float().eval()
-        self.scorer = scorer.float().eval() if scorer is not None else None  # a vitrina.quality.unknown.UnknownScore
+        self.scorer = scorer.float().eval() if scorer is not None else None  # a vitrina.models.unknown.UnknownScore
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -130,23 +126,40 @@ Backend = Callable[[np.ndarray], np.ndarray]
 
 
 # ----------------------------------------------------------------------------- predictor
+def decode_batch(paths: Sequence[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, list[str | None]]:
+    """Decode and resize files -> (uint8 images of the readable ones, per-file error or None)."""
+    size, channels = preprocess.input_size, preprocess.channels
+    images = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+    errors: list[str | None] = []
+    kept = 0
+    for path in paths:
+        try:
+            images[kept] = preprocess.to_uint8(decode(path, preprocess.mode, max_pixels, draft_size=preprocess.draft_size()))
+            kept += 1
+            errors.append(None)
+        except ImageError as exc:
+            errors.append(exc.reason)
+        except OSError as exc:
+            errors.append(f"cannot read file: {exc.strerror or exc}")
+        except MemoryError:
+            errors.append("not enough memory to decode this image")
+    return images[:kept], errors
+
+
 class Predictor:
     """Class probabilities for images, whatever the backend.
 
-    ``description`` is the model's self-description (``model.json`` content, or the metadata of
-    an exported file): classes, preprocessing, and optionally ``thresholds`` such as
-    ``{"confidence": 0.6}`` below which a prediction counts as uncertain.
+    ``description`` is the model's :class:`~vitrina.description.ModelDescription` (from
+    ``model.json`` or the metadata of an exported file): classes, preprocessing, thresholds and
+    the unknown-photo detector.
     """
 
-    def __init__(self, backend: Backend, description: dict[str, Any], source: str | Path, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, backend: Backend, description: ModelDescription, source: str | Path, batch_size: int = DEFAULT_BATCH_SIZE):
         self.backend = backend
         self.description = description
         self.source = str(source)
-        self.preprocess = Preprocess.from_dict(description["preprocess"])
-        self.classes: list[str] = list(description["classes"])
-        self.thresholds: dict[str, float] | None = description.get("thresholds") or None
-        # Unknown-photo detection: {"score", "threshold", "accept_rate", ...} (vitrina.quality.unknown).
-        self.unknown_detector: dict[str, Any] | None = description.get("unknown") or None
+        self.preprocess = description.preprocess
+        self.classes: list[str] = list(description.classes)
         self.batch_size = batch_size
 
     @property
@@ -156,7 +169,7 @@ class Predictor:
     @property
     def precision(self) -> str:
         """The weights' precision: "int8" for a quantised export, else "fp32"."""
-        return (self.description.get("export") or {}).get("precision", "fp32")
+        return self.description.artifact_precision
 
     # --------------------------------------------------------------- images -> arrays
     def prepare(self, image: ImageInput) -> np.ndarray:
@@ -186,11 +199,16 @@ class Predictor:
     @property
     def detects_unknown(self) -> bool:
         """Whether predictions come with an unknown-photo score (the model has a detector the backend can run)."""
-        if not self.unknown_detector or "threshold" not in self.unknown_detector:
+        detector = self.description.unknown
+        if detector is None:
             return False
-        if self.unknown_detector.get("score") == "msp":
+        if detector.score == "msp":
             return True
         return getattr(self.backend, "scorer", None) is not None or getattr(self.backend, "score_output", None) is not None
+
+    def rule(self, confidence: float | None = None) -> DecisionRule:
+        """The decision rule for this model's predictions (``confidence`` overrides its threshold)."""
+        return DecisionRule.for_model(self.description, detects_unknown=self.detects_unknown, confidence=confidence)
 
     def predict_scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Like :meth:`predict_arrays`, plus each image's unknown-photo score (None: not available)."""
@@ -207,12 +225,6 @@ class Predictor:
             scores.append(s if s is not None else 1.0 - p.max(axis=1))  # "msp" from the probabilities
         return np.concatenate(probs).astype(np.float32, copy=False), np.concatenate(scores).astype(np.float64)
 
-    def unknown(self, scores: np.ndarray | None) -> np.ndarray | None:
-        """Per row, whether the photo looks unlike the training photos (None: no detector or no scores)."""
-        if scores is None or not self.detects_unknown:
-            return None
-        return np.asarray(scores) > float(self.unknown_detector["threshold"])  # type: ignore[index]
-
     def predict_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Decoded images (PIL or uint8 arrays, any size) -> N x classes probabilities."""
         size, channels = self.preprocess.input_size, self.preprocess.channels
@@ -227,132 +239,39 @@ class Predictor:
         Rows of unreadable files are NaN; use :func:`vitrina.inference.batch.predict_catalogue`
         for large collections (parallel decoding, streaming output).
         """
-        from vitrina.inference.batch import decode_batch
-
         images, errors = decode_batch([str(p) for p in paths], self.preprocess, max_pixels)
         probs = np.full((len(paths), len(self.classes)), np.nan, dtype=np.float32)
         probs[[e is None for e in errors]] = self.predict_arrays(images)
         return probs, errors
 
-    def top(self, probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices and probabilities of the ``k`` likeliest classes per row, likeliest first."""
-        k = min(k, probs.shape[1])
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return order, np.take_along_axis(probs, order, axis=1)
-
-    def uncertain(self, probs: np.ndarray) -> np.ndarray | None:
-        """Per row, whether the top probability is below the confidence threshold (None: no thresholds)."""
-        if not self.thresholds or "confidence" not in self.thresholds:
-            return None
-        return probs.max(axis=1) < float(self.thresholds["confidence"])
-
 
 # ----------------------------------------------------------------------------- loading
-def _onnx_predictor(path: Path, threads: int | None) -> Predictor:
-    from vitrina.export.onnx import parse_description
+def parse_onnx_metadata(metadata: dict[str, str], path: str | Path) -> ModelDescription:
+    """The model description in an ONNX file's metadata map; ModelError if absent or damaged."""
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise ModelError(
+            f"{path}: an ONNX model without vitrina metadata (no labels or preprocessing); "
+            "export it with `vitrina export RUN`"
+        )
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ModelError(f"{path}: damaged vitrina metadata in the ONNX file: {exc}") from None
+    return ModelDescription.from_dict(data, f"{path} (vitrina metadata)")
 
+
+def onnx_predictor(path: str | Path, threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+    """A predictor on an exported ``.onnx`` file alone (its metadata carries classes and preprocessing)."""
     backend = OnnxBackend.from_file(path, threads)
-    return Predictor(backend, parse_description(backend.metadata(), path), path)
+    return Predictor(backend, parse_onnx_metadata(backend.metadata(), path), path, batch_size)
 
 
-def _torch_predictor(run_dir: Path) -> Predictor:
+def torch_predictor(run_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+    """A predictor running a run folder's PyTorch network (with its unknown-photo score)."""
+    # lazy: PyTorch stays off the ONNX-only prediction path (workers without torch start faster and smaller)
     from vitrina.models.checkpoint import load_model
+    from vitrina.models.unknown import load_unknown
 
-    from vitrina.quality.unknown import load_unknown
-
-    model, meta = load_model(run_dir)
-    return Predictor(TorchBackend(model, load_unknown(run_dir, meta.get("unknown"))), meta, run_dir)
-
-
-def _model_time(run_dir: Path) -> float:
-    """When the run's weights or description last changed (exports older than this are stale)."""
-    from vitrina.models.checkpoint import META_FILE, WEIGHTS_FILE
-
-    return max((p.stat().st_mtime for p in (run_dir / WEIGHTS_FILE, run_dir / META_FILE) if p.is_file()), default=0.0)
-
-
-def cached_onnx(run_dir: Path, log: Callable[[str], None] | None = None) -> Path:
-    """``RUN/model.onnx``, exported (and checked) the first time or when the weights changed."""
-    from vitrina.export.onnx import default_onnx_path, export_run
-
-    path = default_onnx_path(run_dir)
-    if not path.is_file() or path.stat().st_mtime < _model_time(run_dir):
-        export_run(run_dir, path, log=log or (lambda _: None))
-    return path
-
-
-def _validated_int8(run_dir: Path, threads: int | None) -> Predictor | None:
-    """The run's ``model.int8.onnx`` if `vitrina export --int8` made it from the current weights
-    and found its validation accuracy within the allowed change; else None."""
-    from vitrina.export.onnx import default_onnx_path, int8_path_for
-
-    path = int8_path_for(default_onnx_path(run_dir))
-    if not path.is_file() or path.stat().st_mtime < _model_time(run_dir):
-        return None
-    predictor = _onnx_predictor(path, threads)
-    report = predictor.description.get("export", {}).get("int8") or {}
-    return predictor if report.get("within_tolerance") else None
-
-
-def _run_predictor(run_dir: Path, use_onnx: bool, onnx_required: bool, threads: int | None, log: Callable[[str], None] | None) -> Predictor:
-    """A run folder's predictor: ONNX Runtime on its validated int8 export, else on its (cached)
-    fp32 export, else PyTorch."""
-    from vitrina.export.onnx import NoReferenceImages
-
-    if not use_onnx:
-        return _torch_predictor(run_dir)
-    try:
-        return _validated_int8(run_dir, threads) or _onnx_predictor(cached_onnx(run_dir, log), threads)
-    except NoReferenceImages as exc:
-        if onnx_required:
-            raise
-        if log is not None:
-            log(f"{exc}; predicting with PyTorch instead of ONNX Runtime")
-        return _torch_predictor(run_dir)
-
-
-def _onnx_runtime_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def load_predictor(
-    path: str | Path,
-    backend: BackendName = "auto",
-    *,
-    threads: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    log: Callable[[str], None] | None = None,
-) -> Predictor:
-    """A predictor for a run folder or an exported ``.onnx`` file.
-
-    ``backend="auto"`` uses ONNX Runtime: the ``.onnx`` file itself, or for a run folder its
-    ``model.int8.onnx`` when `vitrina export --int8` kept the accuracy change within the limit,
-    else its ``model.onnx`` (exported and checked there on first use); it falls back to PyTorch
-    when ONNX Runtime is not installed or the run's images for the export check are gone. ``threads``
-    sets ONNX Runtime's thread count (default: all cores); ``log`` receives export messages.
-    """
-    path = Path(path)
-    if backend not in ("auto", "torch", "onnx"):
-        raise ModelError(f"unknown backend {backend!r} (choose auto, torch or onnx)")
-    if not path.exists():
-        raise ModelError(f"{path}: model not found (give a run folder or an exported .onnx file)")
-    if path.is_file() and path.suffix.lower() == ".onnx":
-        if backend == "torch":
-            raise ModelError(f"{path}: the torch backend needs a run folder, not an ONNX file")
-        predictor = _onnx_predictor(path, threads)
-    else:
-        run_dir = path if path.is_dir() else path.parent
-        use_onnx = backend == "onnx" or (backend == "auto" and _onnx_runtime_available())
-        if backend == "onnx" and not _onnx_runtime_available():
-            raise ModelError("the onnx backend needs onnxruntime and onnx: pip install onnxruntime onnx")
-        predictor = _run_predictor(run_dir, use_onnx, backend == "onnx", threads, log)
-    predictor.batch_size = batch_size
-    if predictor.unknown_detector and not predictor.detects_unknown and log is not None:
-        log(f"{path}: this ONNX graph has no unknown-photo score output, so no photo is marked unknown; "
-            "predict from the run folder with --backend torch to get it")
-    return predictor
+    model, description = load_model(run_dir)
+    return Predictor(TorchBackend(model, load_unknown(run_dir, description.unknown)), description, run_dir, batch_size)

@@ -1,99 +1,97 @@
 """Model files: weights (safetensors) plus a JSON description that makes them self-describing.
 
-``model.json`` carries everything needed to rebuild and use the network (registry name, class
-labels, preprocessing, head shape, thresholds, metrics), so evaluation, export and serving read
-it instead of re-deriving anything.
+``model.json`` holds the model's :class:`~vitrina.description.ModelDescription` (registry name,
+classes, preprocessing, head shape, thresholds, unknown-photo detector, vote, digest of the
+weights), so evaluation, export and serving read it instead of re-deriving anything.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from vitrina import __version__
+from vitrina.description import FORMAT, META_FILE, WEIGHTS_FILE, ModelDescription
 from vitrina.errors import ModelError
-from vitrina.preprocess import Preprocess
+from vitrina.models.neighbours import NeighbourVote
+from vitrina.models.registry import VitrinaNet, create_model
+from vitrina.version import __version__
 
-FORMAT = "vitrina-model/1"
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
+__all__ = ["META_FILE", "WEIGHTS_FILE", "build_from_meta", "file_digest", "load_model", "read_meta", "save_model"]
 
 
 def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_model(folder: str | Path, model: torch.nn.Module, meta: dict[str, Any], stem: str = "model") -> Path:
-    """Write ``<stem>.safetensors`` and ``<stem>.json`` into ``folder`` atomically."""
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(folder: str | Path, model: torch.nn.Module, description: ModelDescription, stem: str = "model") -> Path:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` (the description, with the weights' digest) atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "vitrina_version": __version__, **meta}
     weights = folder / f"{stem}.safetensors"
     tmp = folder / f".{stem}.safetensors.tmp"
     save_file(_state_dict_for_saving(model), str(tmp))
+    description = description.with_changes(vitrina_version=__version__, weights_digest=file_digest(tmp))
     os.replace(tmp, weights)
     tmp_meta = folder / f".{stem}.json.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp_meta.write_text(json.dumps(description.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp_meta, folder / f"{stem}.json")
     return weights
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
+def read_meta(path: str | Path) -> ModelDescription:
     """The description of a run folder's model (or of a ``model.json`` path)."""
     path = Path(path)
     meta_path = path / META_FILE if path.is_dir() else path.with_suffix(".json")
     if not meta_path.is_file():
         raise ModelError(f"{path}: not a vitrina model (no {meta_path.name} found)")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{meta_path}: unreadable model description: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"{meta_path}: not a vitrina model description (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    return meta
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelError(f"{meta_path}: not a vitrina model description (format {data.get('format') if isinstance(data, dict) else None!r})")
+    return ModelDescription.from_dict(data, meta_path)
 
 
-def build_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
+def build_from_meta(description: ModelDescription) -> VitrinaNet:
     """An untrained network of the described architecture (no pretrained download)."""
-    from vitrina.models.registry import create_model
-
-    pre = Preprocess.from_dict(meta["preprocess"])
+    pre = description.preprocess
     model = create_model(
-        meta["model"],
-        num_classes=len(meta["classes"]),
-        pretrained=False,
-        channels=pre.channels,
-        input_size=pre.input_size,
-        head=meta.get("head", "linear"),
-        hidden=meta.get("hidden", 512),
-        dropout=meta.get("dropout", 0.0),
+        description.model, num_classes=description.num_classes, pretrained=False, channels=pre.channels,
+        input_size=pre.input_size, head=description.head, hidden=description.hidden, dropout=description.dropout,  # type: ignore[arg-type]
     )
-    if meta.get("neighbours"):
-        from vitrina.models.neighbours import NeighbourVote
-
-        model.vote = NeighbourVote.empty(meta["neighbours"], model.num_features, len(meta["classes"]))
-    if meta.get("flip_average"):
-        model.flip_average = True
+    if description.neighbours is not None:
+        model.vote = NeighbourVote.empty(description.neighbours, model.num_features, description.num_classes)
+    model.flip_average = description.flip_average
     return model
 
 
-def load_model(path: str | Path, stem: str = "model") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a saved model in eval mode; returns ``(model, meta)``."""
+def load_model(path: str | Path, stem: str = "model") -> tuple[VitrinaNet, ModelDescription]:
+    """Rebuild a saved model in eval mode; returns ``(model, description)``."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    meta = read_meta(folder / f"{stem}.json" if path.is_dir() else path)
+    description = read_meta(folder / f"{stem}.json" if path.is_dir() else path)
     weights = folder / f"{stem}.safetensors"
     if not weights.is_file():
         raise ModelError(f"{folder}: model weights {weights.name} missing")
-    model = build_from_meta(meta)
+    model = build_from_meta(description)
     try:
         state = load_file(str(weights))
         model.load_state_dict(state)
     except Exception as exc:  # safetensors and torch raise several types for damaged files
         raise ModelError(f"{weights}: cannot load weights: {exc}") from None
     model.eval()
-    return model, meta
+    return model, description

@@ -20,13 +20,13 @@ weights, so PyTorch, ONNX Runtime and the server all compute the same probabilit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitrina.description import NeighbourVote as VoteDescription
 from vitrina.errors import ModelError
 
 # Candidates tried on the validation photos (their product: 18 settings, plus no vote).
@@ -58,18 +58,15 @@ class NeighbourVote(nn.Module):
         self.register_buffer("labels", labels.long().contiguous())
 
     @classmethod
-    def empty(cls, description: dict[str, Any], num_features: int, num_classes: int) -> "NeighbourVote":
+    def empty(cls, description: VoteDescription, num_features: int, num_classes: int) -> "NeighbourVote":
         """A vote of the described shape, to be filled by ``load_state_dict``."""
-        try:
-            size, k, temperature, weight = (description[key] for key in ("bank_size", "k", "temperature", "weight"))
-            return cls(torch.zeros(int(size), num_features), torch.zeros(int(size), dtype=torch.long), num_classes,
-                       int(k), float(temperature), float(weight), centre=torch.zeros(num_features))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"model.json: incomplete neighbour vote description ({exc})") from None
+        d = description
+        return cls(torch.zeros(d.bank_size, num_features), torch.zeros(d.bank_size, dtype=torch.long), num_classes,
+                   d.k, d.temperature, d.weight, centre=torch.zeros(num_features))
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> VoteDescription:
         """What ``model.json`` keeps under ``"neighbours"``."""
-        return {"k": self.k, "temperature": self.temperature, "weight": self.weight, "bank_size": int(len(self.bank))}
+        return VoteDescription(self.k, self.temperature, self.weight, int(len(self.bank)))
 
     def vote(self, features: torch.Tensor) -> torch.Tensor:
         """N x classes: the k nearest training photos' labels, weighted by softmax(similarity / temperature)."""

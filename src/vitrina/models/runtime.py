@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from vitrina.errors import ConfigError
+from vitrina.models.onnx_graph import OnnxFeatureExtractor
 from vitrina.preprocess import Preprocess
 
 
@@ -99,8 +100,6 @@ def predict_logits(
     model.eval()
     has_body = hasattr(model, "forward_features") and hasattr(model, "forward_head")
     if cache_dir is not None and has_body and device.type == "cpu" and precision == "fp32" and len(images):
-        from vitrina.models.onnx_graph import OnnxFeatureExtractor
-
         if len(images) >= EXPORT_MIN_IMAGES or OnnxFeatureExtractor.graph_path(model, preprocess, cache_dir).is_file():
             extractor = OnnxFeatureExtractor(model, preprocess, cache_dir)
             with torch.inference_mode():

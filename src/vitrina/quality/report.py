@@ -13,7 +13,7 @@ from PIL import Image
 
 from vitrina import plots
 from vitrina.data.images import open_sample
-from vitrina.data.inspect import _CSS, _card, _table
+from vitrina.html import card, page, table
 from vitrina.errors import ImageError
 
 THUMB = 96
@@ -165,23 +165,23 @@ def _unreadable_section(unreadable: list[dict]) -> str:
     if not unreadable:
         return "<p>Every image decoded.</p>"
     reasons = Counter(entry["reason"] for entry in unreadable)
-    parts = [_table(["reason", "files"], ([r, n] for r, n in reasons.most_common()), {1})]
+    parts = [table(["reason", "files"], ([r, n] for r, n in reasons.most_common()), {1})]
     rows = ([e["path"], e.get("split", ""), e.get("label", ""), e["reason"]] for e in unreadable[:REPORT_UNREADABLE])
-    parts.append('<div class="scroll">' + _table(["path", "split", "label", "reason"], rows) + "</div>")
+    parts.append('<div class="scroll">' + table(["path", "split", "label", "reason"], rows) + "</div>")
     return "".join(parts)
 
 
 def _write_html(out_dir: Path, summary: dict, suspects: list[dict], groups: list[dict], unreadable: list[dict], excluded: list[dict], thumb: Any) -> None:
     title = f"Data quality report: {summary['source'] or 'dataset'}"
     cards = [
-        _card(summary["n_readable"], "readable images"),
-        _card(len(unreadable), "unreadable", "bad" if unreadable else ""),
-        _card(summary["exact_duplicate_groups"], "exact duplicate groups", "warn" if summary["exact_duplicate_groups"] else ""),
-        _card(summary["near_duplicate_groups"], "near-duplicate groups", "warn" if summary["near_duplicate_groups"] else ""),
-        _card(summary["leakage_groups"], "groups across splits", "bad" if summary["leakage_groups"] else ""),
-        _card(summary["label_suspects"], "likely wrong labels", "warn" if summary["label_suspects"] else ""),
-        _card(summary["off_topic_suspects"], "off-topic photos", "warn" if summary["off_topic_suspects"] else ""),
-        _card(len(excluded), "files in exclude.csv"),
+        card(summary["n_readable"], "readable images"),
+        card(len(unreadable), "unreadable", "bad" if unreadable else ""),
+        card(summary["exact_duplicate_groups"], "exact duplicate groups", "warn" if summary["exact_duplicate_groups"] else ""),
+        card(summary["near_duplicate_groups"], "near-duplicate groups", "warn" if summary["near_duplicate_groups"] else ""),
+        card(summary["leakage_groups"], "groups across splits", "bad" if summary["leakage_groups"] else ""),
+        card(summary["label_suspects"], "likely wrong labels", "warn" if summary["label_suspects"] else ""),
+        card(summary["off_topic_suspects"], "off-topic photos", "warn" if summary["off_topic_suspects"] else ""),
+        card(len(excluded), "files in exclude.csv"),
     ]
     cv = summary.get("cross_validation")
     method = (
@@ -208,8 +208,4 @@ def _write_html(out_dir: Path, summary: dict, suspects: list[dict], groups: list
         f"<h2>Unreadable files ({len(unreadable):,})</h2>",
         _unreadable_section(unreadable),
     ]
-    page = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_CSS}{_EXTRA_CSS}</style></head><body><main>{''.join(body)}</main></body></html>\n"
-    )
-    (out_dir / "report.html").write_text(page, encoding="utf-8")
+    (out_dir / "report.html").write_text(page(title, body, _EXTRA_CSS), encoding="utf-8")

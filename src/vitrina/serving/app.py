@@ -26,7 +26,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vitrina import __version__
+from vitrina.version import __version__
 from vitrina.serving.security import AccessGate, ApiKeys, RateLimiter, load_api_keys
 from vitrina.serving.service import (
     MEBIBYTE,

@@ -33,7 +33,6 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from vitrina.errors import ConfigError
 
-VERDICTS = ("match", "mismatch", "uncertain")
 
 metadata = MetaData()
 checks_table = Table(

@@ -32,9 +32,12 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 from vitrina.data.images import decode
+from vitrina.description import META_FILE, UNKNOWN_FILE, WEIGHTS_FILE
 from vitrina.errors import ConfigError, ImageError, ModelError, VitrinaError
-from vitrina.inference.predictor import Predictor, load_predictor
-from vitrina.serving.moderation import VERDICTS, CheckRecord, ModerationLog, PhotoRecord
+from vitrina.export.loading import load_predictor
+from vitrina.inference.decide import VERDICTS, DecisionRule
+from vitrina.inference.predictor import Predictor
+from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord
 
 log = logging.getLogger("uvicorn.error").getChild("vitrina")
 disable_created_metrics()  # the *_created series only double the size of every scrape
@@ -228,10 +231,8 @@ def model_files(path: Path) -> list[Path]:
     """The files whose content is the model: the ``.onnx`` file, or a run's weights and description."""
     if path.is_file() and path.suffix.lower() == ".onnx":
         return [path]
-    from vitrina.quality.unknown import UNKNOWN_FILE
-
     folder = path if path.is_dir() else path.parent
-    files = [folder / "model.json", folder / "model.safetensors"]
+    files = [folder / META_FILE, folder / WEIGHTS_FILE]
     if (folder / UNKNOWN_FILE).is_file():  # the unknown-photo statistics, where the model has them
         files.append(folder / UNKNOWN_FILE)
     return files
@@ -275,20 +276,11 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        return str(self.predictor.description.get("model", "unknown"))
+        return self.predictor.description.model
 
-    def threshold(self, override: float | None = None) -> float | None:
-        """The confidence below which a prediction is uncertain (None: the model has none)."""
-        if override is not None:
-            return override
-        thresholds = self.predictor.thresholds or {}
-        return float(thresholds["confidence"]) if "confidence" in thresholds else None
-
-    @property
-    def unknown_threshold(self) -> float | None:
-        """The unknown-photo score above which a photo is unlike the training photos (None: no detector)."""
-        detector = self.predictor.unknown_detector
-        return float(detector["threshold"]) if detector and self.predictor.detects_unknown else None
+    def rule(self, confidence: float | None = None) -> DecisionRule:
+        """The decision rule of this model's answers (``confidence`` overrides its calibrated threshold)."""
+        return self.predictor.rule(confidence)
 
 
 def load_model(settings: ServeSettings) -> LoadedModel:
@@ -306,7 +298,7 @@ def load_model(settings: ServeSettings) -> LoadedModel:
     pre = predictor.preprocess
     predictor.predict_scored(np.zeros((settings.max_batch, pre.input_size, pre.input_size, pre.channels), dtype=np.uint8))
     version = files_version(files)
-    metrics = predictor.description.get("metrics") or {}
+    metrics = dict(predictor.description.metrics)
     metrics_file = files[0].parent / "metrics.json"
     if not metrics and metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
@@ -528,56 +520,30 @@ class MicroBatcher:
                     start += len(job.pixels)
 
 
-# ----------------------------------------------------------------------------- verdicts
-@dataclass(frozen=True)
-class Verdict:
-    predicted: str
-    confidence: float
-    verdict: str  # match | mismatch | uncertain
-    suggestion: str | None
-
-
-def listing_verdict(probs: np.ndarray, classes: Sequence[str], declared: str, threshold: float | None,
-                    unknown: bool = False) -> Verdict:
-    """Judge a listing from its photos' probabilities (N x classes): their mean decides.
-
-    "uncertain" when the mean's top probability is below ``threshold``, or when the photos look
-    unlike anything the model was trained on (``unknown``: their mean unknown-photo score is above
-    the model's threshold), so an unfamiliar photo is never confidently misfiled; else "match" or
-    "mismatch" with the predicted category suggested.
-    """
-    mean = probs.mean(axis=0)
-    best = int(np.argmax(mean))
-    predicted, confidence = classes[best], float(mean[best])
-    if unknown or (threshold is not None and confidence < threshold):
-        return Verdict(predicted, confidence, "uncertain", None)
-    if predicted == declared:
-        return Verdict(predicted, confidence, "match", None)
-    return Verdict(predicted, confidence, "mismatch", predicted)
-
-
+# ----------------------------------------------------------------------------- answers
 def _ranked(probs: np.ndarray, classes: Sequence[str], top_k: int) -> list[dict[str, Any]]:
     order = np.argsort(-probs, kind="stable")[:top_k]
     return [{"label": classes[i], "probability": round(float(probs[i]), 6)} for i in order]
 
 
-def photo_result(filename: str, photo: Photo, probs: np.ndarray, classes: Sequence[str], top_k: int, threshold: float | None,
-                 score: float | None = None, unknown_threshold: float | None = None) -> dict[str, Any]:
-    """One photo's answer: its best label, confidence, uncertainty, unknown-photo score and top-k."""
+def photo_result(filename: str, photo: Photo, probs: np.ndarray, classes: Sequence[str], top_k: int, rule: DecisionRule,
+                 score: float | None = None) -> dict[str, Any]:
+    """One photo's answer: its best label, confidence, the rule's flags, unknown-photo score and top-k."""
     best = int(np.argmax(probs))
-    confidence = float(probs[best])
+    scores = None if score is None else np.array([score])
+    uncertain = rule.uncertain(probs[None], scores)
     result = {
         "filename": filename,
         "sha256": photo.sha256,
         "predicted": classes[best],
-        "confidence": round(confidence, 6),
-        "uncertain": threshold is not None and confidence < threshold,
+        "confidence": round(float(probs[best]), 6),
+        "uncertain": bool(uncertain[0]) if uncertain is not None else False,
         "top": _ranked(probs, classes, top_k),
     }
-    if score is not None and unknown_threshold is not None:
-        result["unknown"] = bool(score > unknown_threshold)
+    unknown = rule.unknown(scores)
+    if unknown is not None and score is not None:
+        result["unknown"] = bool(unknown[0])
         result["unknown_score"] = round(float(score), 6)
-        result["uncertain"] = result["uncertain"] or result["unknown"]
     return result
 
 
@@ -665,10 +631,10 @@ class Service:
     async def predict(self, uploads: Sequence[Upload], top_k: int) -> dict[str, Any]:
         """Top-k labels of each photo."""
         model, photos, probs, scores = await self._classify(uploads)
-        threshold = model.threshold(self.settings.confidence)
+        rule = model.rule(self.settings.confidence)
         per_score = scores if scores is not None else [None] * len(photos)
         results = [
-            photo_result(u.filename, p, row, model.classes, top_k, threshold, score, model.unknown_threshold)
+            photo_result(u.filename, p, row, model.classes, top_k, rule, score)
             for u, p, row, score in zip(uploads, photos, probs, per_score)
         ]
         return {"model_version": model.version, "results": results}
@@ -681,13 +647,11 @@ class Service:
         model, photos, probs, scores = await self._classify(uploads)
         if declared not in model.classes:  # the model was swapped for one without this category meanwhile
             raise UnknownCategory(f"unknown category {declared!r}; choose one of: {', '.join(model.classes)}")
-        threshold = model.threshold(self.settings.confidence)
-        unknown_threshold = model.unknown_threshold
-        unknown = scores is not None and unknown_threshold is not None and float(np.mean(scores)) > unknown_threshold
-        verdict = listing_verdict(probs, model.classes, declared, threshold, unknown)
+        rule = model.rule(self.settings.confidence)
+        verdict = rule.verdict(probs, scores, declared, model.classes)
         per_score = scores if scores is not None else [None] * len(photos)
         per_photo = [
-            photo_result(u.filename, p, row, model.classes, CHECK_TOP_K, threshold, score, unknown_threshold)
+            photo_result(u.filename, p, row, model.classes, CHECK_TOP_K, rule, score)
             for u, p, row, score in zip(uploads, photos, probs, per_score)
         ]
         record = CheckRecord(
@@ -703,8 +667,8 @@ class Service:
             "declared": declared,
             "predicted": verdict.predicted,
             "confidence": round(verdict.confidence, 6),
-            "threshold": threshold,
-            **({"unknown": unknown, "unknown_threshold": unknown_threshold} if unknown_threshold is not None else {}),
+            "threshold": rule.confidence,
+            **({"unknown": verdict.unknown, "unknown_threshold": rule.unknown_threshold} if rule.unknown_threshold is not None else {}),
             "verdict": verdict.verdict,
             "suggestion": verdict.suggestion,
             "photos": per_photo,
@@ -714,11 +678,12 @@ class Service:
     def model_info(self) -> dict[str, Any]:
         model = self.model
         description = model.predictor.description
-        thresholds = dict(description.get("thresholds") or {})
-        if self.settings.confidence is not None:
-            thresholds["confidence"] = self.settings.confidence
-        if model.unknown_threshold is not None:
-            thresholds["unknown_score"] = model.unknown_threshold  # above it a photo is unlike the training photos
+        rule = model.rule(self.settings.confidence)
+        thresholds = description.thresholds.to_dict() if description.thresholds else {}
+        if rule.confidence is not None:
+            thresholds["confidence"] = rule.confidence
+        if rule.unknown_threshold is not None:
+            thresholds["unknown_score"] = rule.unknown_threshold  # above it a photo is unlike the training photos
         return {
             "name": model.name,
             "version": model.version,
@@ -726,7 +691,7 @@ class Service:
             "preprocess": model.predictor.preprocess.to_dict(),
             "thresholds": thresholds,
             "metrics": {k: v for k, v in model.metrics.items() if not isinstance(v, (dict, list))},
-            "mode": description.get("mode"),
+            "mode": description.mode,
             "backend": model.predictor.backend_name,
             "loaded_at": model.loaded_at,
             "limits": {

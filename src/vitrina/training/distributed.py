@@ -53,3 +53,15 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that writes the run folder."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world_position() -> tuple[int, int]:
+    """(rank, world size) of this process."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitrina.config import Config
+from vitrina.data.images import ImageError, probe
 from vitrina.data.samples import Dataset
 from vitrina.errors import ConfigError, DataError
+from vitrina.models.registry import get_spec
 from vitrina.preprocess import Preprocess
 
 # Recommended hyperparameters per mode (measured on the benchmark datasets, see bench/).
@@ -82,8 +84,6 @@ def median_aspect(dataset: Dataset, limit: int = ASPECT_SAMPLE) -> float | None:
 
     ``None`` when no file could be read (in-memory pixel rows count as square).
     """
-    from vitrina.data.images import ImageError, probe
-
     train = dataset.splits.get("train") or next(iter(dataset.splits.values()), [])
     step = max(1, len(train) // limit)
     ratios = []
@@ -146,8 +146,6 @@ def transfer_input_size(native: int) -> int:
 
 
 def make_plan(dataset: Dataset, config: Config) -> Plan:
-    from vitrina.models.registry import get_spec
-
     small_gray, side = _looks_like_small_grayscale(dataset)
     mode = config.train.mode
     if mode == "auto":

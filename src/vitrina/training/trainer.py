@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +24,21 @@ from torch import nn
 
 from vitrina import config as config_lib
 from vitrina.artifact import write_json
-from vitrina.augment import augment_batch, build_augment
 from vitrina.config import Config
+from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.data.samples import Dataset
+from vitrina.description import ModelDescription, Thresholds
 from vitrina.errors import ConfigError, VitrinaError
 from vitrina.models.checkpoint import save_model
 from vitrina.models.neighbours import fit_vote
 from vitrina.models.registry import HeadEnsemble, create_model
+from vitrina.models.stages import OnnxPrefix, split_at_trainable
+from vitrina.models.unknown import MAX_BANK, default_k, fit_unknown, penultimate_features, save_unknown
+from vitrina.models.onnx_graph import OnnxFeatureExtractor
 from vitrina.models.runtime import autocast, forward_uint8, mirror_images, predict_logits, resolve_device, resolve_precision
-from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
+from vitrina.training.augment import augment_batch, build_augment
 from vitrina.training.cache import FeatureStore
-from vitrina.training.distributed import barrier, local_device_name
+from vitrina.training.distributed import barrier, is_main_process, local_device_name, world_position
 from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
 
 Log = Callable[[str], None]
@@ -46,7 +49,7 @@ EpochHook = Callable[[dict[str, float]], None]  # sees each epoch's history row;
 class TrainResult:
     run_dir: Path
     model: nn.Module
-    meta: dict[str, Any]
+    description: ModelDescription
     history: list[dict[str, float]]
     decoded: dict[str, DecodedImages]
     labels: dict[str, np.ndarray]
@@ -58,22 +61,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-def peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024.0
-
-
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _config_digest(config: Config) -> str:
     relevant = config.to_dict()
     relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in ("device", "workers", "cache_dir")}
@@ -172,8 +159,6 @@ class BackboneFeatures:
     def _forward(self, images: np.ndarray) -> np.ndarray:
         if self.runtime == "onnx":
             if self._onnx is None:
-                from vitrina.models.onnx_graph import OnnxFeatureExtractor
-
                 self._onnx = OnnxFeatureExtractor(self.model, self.plan.preprocess, self.cache_dir)
             return self._onnx(images)
         self.model.eval()
@@ -401,8 +386,6 @@ def _frozen_prefix(
     statistics frozen (the frozen stages are then a fixed function), in one process (DDP wraps
     the whole network), and for backbones that :func:`split_at_trainable` can cut.
     """
-    from vitrina.models.stages import OnnxPrefix, split_at_trainable
-
     t = config.train
     if plan.mode != "finetune" or t.feature_runtime == "torch" or not freeze_bn or world > 1:
         return None
@@ -440,7 +423,7 @@ def train_network(
     from tqdm import tqdm
 
     t = config.train
-    rank, world = _world()
+    rank, world = world_position()
     if plan.mode == "finetune":
         body = _trainable_body(model, t.unfreeze_blocks)
         groups = [
@@ -601,14 +584,14 @@ WARM_START_HEAD = {"epochs": 30, "batch_size": 256, "lr": 2e-3, "weight_decay": 
 ACCEPT_RATE = 0.95  # share of in-distribution (validation) photos a model answers confidently
 
 
-def confidence_threshold(logits: np.ndarray, accept_rate: float) -> dict[str, float]:
+def confidence_threshold(logits: np.ndarray, accept_rate: float) -> Thresholds:
     """The top-class probability above which ``accept_rate`` of validation photos fall.
 
     Below it a prediction is "uncertain": the server and `predict` say so instead of guessing.
     """
     confidence = torch.softmax(torch.from_numpy(logits).double(), dim=1).max(dim=1).values.numpy()
     value = float(np.quantile(confidence, 1.0 - accept_rate)) if len(confidence) else 0.0
-    return {"confidence": round(value, 6), "accept_rate": accept_rate}
+    return Thresholds(confidence=round(value, 6), accept_rate=accept_rate)
 
 
 def apply_temperature(model: nn.Module, temperature: float) -> None:
@@ -652,19 +635,13 @@ def _writer(run_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def model_meta(plan: Plan, dataset: Dataset, config: Config, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "model": plan.model,
-        "mode": plan.mode,
-        "classes": dataset.classes,
-        "coarse_of": dataset.coarse_of,
-        "preprocess": plan.preprocess.to_dict(),
-        "head": plan.head,
-        "hidden": config.model.hidden,
-        "dropout": config.model.dropout,
-        "trained_on": dataset.source,
-        **(extra or {}),
-    }
+def model_meta(plan: Plan, dataset: Dataset, config: Config, **extra: Any) -> ModelDescription:
+    """The description saved with the weights: architecture, classes, preprocessing, then ``extra`` fields."""
+    return ModelDescription(
+        model=plan.model, mode=plan.mode, classes=tuple(dataset.classes), coarse_of=dict(dataset.coarse_of),
+        preprocess=plan.preprocess, head=plan.head, hidden=config.model.hidden, dropout=config.model.dropout,
+        trained_on=dataset.source, **extra,
+    )
 
 
 def _bank_features(
@@ -676,8 +653,6 @@ def _bank_features(
 
     Frozen backbone: the cached features; trained: the network's penultimate features.
     """
-    from vitrina.quality.unknown import MAX_BANK, penultimate_features
-
     n = len(decoded["train"].images)
     rows = np.arange(n) if n <= MAX_BANK else np.sort(np.random.default_rng(seed).choice(n, MAX_BANK, replace=False))
     if body is not None:
@@ -695,8 +670,6 @@ def _choose_flip_average(
     mirror image's gets at least one more of them right; returns the validation probabilities the
     model now gives (features of the photos as given: ``val_features``).
     """
-    from vitrina.quality.unknown import penultimate_features
-
     mirrored_features = penultimate_features(model, mirror_images(val_images), plan.preprocess, device, precision, cache_dir)
     with torch.inference_mode():
         plain = model.classify(torch.from_numpy(val_features).to(device))[0].float().cpu().numpy()
@@ -837,8 +810,6 @@ def train(
     extra: dict[str, Any] = {"train_seconds": round(train_seconds, 2), "precision": precision, "temperature": round(temperature, 4)}
     scorer, val_features = None, None
     if main:
-        from vitrina.quality.unknown import default_k, fit_unknown
-
         started_bank = time.perf_counter()
         bank_rows, train_features, val_features = _bank_features(model, plan, decoded, features, device, precision, cache_dir, config.train.seed)
         bank_labels = labels["train"][bank_rows]
@@ -846,7 +817,7 @@ def train(
         k = config.train.unknown_k or default_k(method, trained_backbone=plan.mode != "bottleneck")
         scorer, extra["unknown"] = fit_unknown(train_features, bank_labels, val_features, val_logits, num_classes,
                                                method=method, k=k, seed=config.train.seed)
-        log(f"  unknown photos: {method} score, threshold {extra['unknown']['threshold']:.4f} accepts "
+        log(f"  unknown photos: {method} score, threshold {extra['unknown'].threshold:.4f} accepts "
             f"{ACCEPT_RATE:.0%} of the validation photos ({time.perf_counter() - started_bank:.1f} s)")
         if config.train.neighbour_vote:
             choice = fit_vote(train_features, bank_labels, val_features, val_logits, labels["val"], num_classes)
@@ -872,10 +843,8 @@ def train(
         with torch.inference_mode():
             val_logits = model.forward_head(torch.from_numpy(val_features).to(device)).float().cpu().numpy()
     extra["thresholds"] = confidence_threshold(val_logits, ACCEPT_RATE)
-    meta = model_meta(plan, dataset, config, extra)
+    meta = model_meta(plan, dataset, config, **extra)
     if main:
-        from vitrina.quality.unknown import save_unknown
-
         assert scorer is not None
         save_unknown(run_dir, scorer)
         save_model(run_dir, model, meta)

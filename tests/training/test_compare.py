@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.evaluation.conftest import TINY, quiet
-from vitrina import api_eval
+from tests.helpers import TINY, quiet
+from vitrina import api
 from vitrina.cli import main
 from vitrina.errors import ConfigError
-from vitrina.evaluation.compare import DEFAULT_LINEUP, lineup
+from vitrina.training.compare import DEFAULT_LINEUP, lineup
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_compare_writes_a_leaderboard_that_agrees_with_evaluate(shapes: Path, ca
             "lite0-bottleneck": {"train": {"mode": "bottleneck", "epochs": 20}, "model": {"name": "efficientnet_lite0", "input_size": 64}},
         },
     }))
-    result = api_eval.compare(shapes, spec, out=tmp_path / "cmp", progress=False, log=quiet)
+    result = api.compare(shapes, spec, out=tmp_path / "cmp", progress=False, log=quiet)
     assert result.split == "test"
     assert [r["rank"] for r in result.rows] == [1, 2]
     assert {r["name"] for r in result.rows} == {"cnn1-scratch", "lite0-bottleneck"}
@@ -38,7 +38,7 @@ def test_compare_writes_a_leaderboard_that_agrees_with_evaluate(shapes: Path, ca
     for row, csv_row in zip(result.rows, csv_rows):
         assert row["params"] > 0 and row["size_mb"] > 0 and row["images_per_second"] > 0
         assert float(csv_row["accuracy"]) == pytest.approx(row["accuracy"])
-        evaluation = api_eval.evaluate(row["run"], shapes, out=tmp_path / f"eval-{row['name']}", progress=False)
+        evaluation = api.evaluate(row["run"], shapes, out=tmp_path / f"eval-{row['name']}", progress=False)
         assert evaluation.metrics["accuracy"] == pytest.approx(row["accuracy"])
         assert evaluation.metrics["macro_f1"] == pytest.approx(row["macro_f1"])
         splits = json.loads((Path(row["run"]) / "splits.json").read_text())["splits"]

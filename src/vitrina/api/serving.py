@@ -1,4 +1,4 @@
-"""The public surface of serving (re-exported by :mod:`vitrina.api`)."""
+"""The public API of serving: the REST API and the upload-check page over HTTP."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from vitrina.errors import ConfigError
+from vitrina.inference.predictor import default_threads
+from vitrina.serving.app import SETTINGS_ENV, create_app
+from vitrina.serving.security import load_api_keys
+from vitrina.serving.service import ServeSettings, load_model
 
 # Seconds a stopping server waits for requests in flight before closing their connections.
 GRACEFUL_SHUTDOWN_SECONDS = 30
@@ -63,13 +69,6 @@ def serve(
     the requests in flight are answered. With ``workers`` above 1, each worker process has its own
     model and micro-batcher and the cores are shared between them.
     """
-    import uvicorn
-
-    from vitrina.inference.predictor import default_threads
-    from vitrina.serving.app import SETTINGS_ENV, create_app
-    from vitrina.serving.security import load_api_keys
-    from vitrina.serving.service import ServeSettings, load_model
-
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if workers > 1 and port == 0:

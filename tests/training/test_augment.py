@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from vitrina import api
-from vitrina.augment import BatchAugment, build_augment
+from vitrina.training.augment import BatchAugment, build_augment
 from vitrina.config import resolve
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO = REPO_ROOT / "src" / "vitrina" / "demo" / "clothing"
 NO_GEOMETRY = {"augment.hflip": 0.0, "augment.rotation": 0.0, "augment.shift": 0.0, "augment.shear": 0.0, "augment.zoom": 0.0}
 

@@ -1,40 +1,36 @@
-"""The public surface of evaluation, comparison and hyperparameter search (re-exported by :mod:`vitrina.api`)."""
+"""The public API of training: train one model, compare several configurations, search hyperparameters."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from vitrina import config as config_lib
+from vitrina.api.settings import resolve_config
+from vitrina.artifact import prepare_out_dir
 from vitrina.config import Config
+from vitrina.data.sources import load_dataset
+from vitrina.errors import ConfigError, VitrinaError
+from vitrina.training.compare import Comparison, check_lineup, compare_configs, lineup
+from vitrina.training.pipeline import TrainRun, train_run
+from vitrina.training.plan import check_trainable
+from vitrina.training.tune import BASE_CONFIG, STUDY_FILE, TuneResult
+from vitrina.training.tune import tune as run_tune
 
-if TYPE_CHECKING:  # the implementations load torch and optuna; importing this module stays cheap
-    from vitrina.evaluation.compare import Comparison
-    from vitrina.evaluation.run_eval import Evaluation
-    from vitrina.training.tune import TuneResult
+__all__ = ["TrainRun", "compare", "train", "tune"]
 
 
-def evaluate(
-    model: str | Path,
+def train(
     data: str | Path,
-    *,
-    split: str | None = None,
+    config: Config | str | Path | None = None,
     out: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    tta: bool = False,
+    *,
+    resume: bool = False,
+    runs_dir: str | Path = "runs",
     progress: bool = True,
-) -> Evaluation:
-    """Evaluate a trained model on one split of ``data`` and write an evaluation folder.
-
-    ``model`` is a run folder or its ``model.safetensors`` / ``model.json``. The data is read
-    with the run's data settings, then ``overrides`` (dotted keys such as ``data.coarse_map``).
-    ``split`` defaults to test, else the holdout, else validation (carved as in training when
-    ``data`` is the training data), else all of ``data``. The folder (default
-    ``RUN/eval-SPLIT``, never one already written) holds metrics.json, predictions.csv,
-    confusion matrices, a reliability diagram, mistakes.html and report.html. ``tta`` adds the
-    figures of flip-averaged predictions under ``tta``.
-    """
-    from vitrina.evaluation.run_eval import evaluate_run
-
-    return evaluate_run(model, data, split=split, out=out, overrides=overrides, tta=tta, progress=progress)
+    log: Callable[[str], None] = print,
+) -> TrainRun:
+    """Train a classifier and write one run folder (config, history, curves, model, metrics, report)."""
+    return train_run(data, resolve_config(config), out, resume=resume, runs_dir=runs_dir, progress=progress, log=log)
 
 
 def compare(
@@ -54,9 +50,6 @@ def compare(
     efficientnet_lite0 bottleneck and fine-tune). ``overrides`` apply to every configuration.
     Writes ``OUT/<name>/`` run folders, leaderboard.md/.csv/.png, curves.png and compare.json.
     """
-    from vitrina.artifact import prepare_out_dir
-    from vitrina.evaluation.compare import check_lineup, compare_configs, lineup
-
     entries = lineup(configs, overrides)
     check_lineup(data, entries)  # a bad configuration fails before any training
     out_dir = prepare_out_dir(out, runs_dir, "compare")
@@ -82,15 +75,6 @@ def tune(
     total; ``minutes`` bounds this call. The best configuration is written to
     ``OUT/best_config.yaml``, ready for ``vitrina train --config``.
     """
-    from vitrina import config as config_lib
-    from vitrina.api import resolve_config
-    from vitrina.artifact import prepare_out_dir
-    from vitrina.data.sources import load_dataset
-    from vitrina.errors import ConfigError, VitrinaError
-    from vitrina.training.plan import check_trainable
-    from vitrina.training.tune import BASE_CONFIG, STUDY_FILE
-    from vitrina.training.tune import tune as run_tune
-
     if resume:
         if out is None or not (Path(out) / STUDY_FILE).is_file():
             raise VitrinaError(f"--resume needs --out pointing at a tune folder with {STUDY_FILE}")

@@ -45,7 +45,7 @@ stored beside the weights in ``unknown.safetensors``; its settings and threshold
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,14 +53,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitrina.errors import ModelError
-from vitrina.inference.predictor import SCORE_OUTPUT
+from vitrina.models.onnx_graph import OnnxFeatureExtractor
+from vitrina.models.runtime import forward_uint8
+from vitrina.description import SCORE_OUTPUT, UNKNOWN_FILE, UNKNOWN_SCORES, UnknownDetector
 
-SCORES = ("knn", "knn_energy", "mahalanobis", "energy", "msp")
+SCORES = UNKNOWN_SCORES
 DEFAULT_SCORE = "knn"
 DEFAULT_K = 10  # the kNN score's neighbours on frozen features (see default_k)
 KNN_SCORES = ("knn", "knn_energy")  # the scores that keep a bank of training features
 MAX_BANK = 20_000  # training photos kept for the kNN score (a seeded random subset beyond that)
-UNKNOWN_FILE = "unknown.safetensors"
 ACCEPT_RATE = 0.95
 
 
@@ -203,7 +204,7 @@ def _round_up(value: float, digits: int = 6) -> float:
 def fit_unknown(
     train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_logits: np.ndarray,
     num_classes: int, *, method: str = DEFAULT_SCORE, k: int | None = None, accept_rate: float = ACCEPT_RATE, seed: int = 0,
-) -> tuple[UnknownScore, dict[str, Any]]:
+) -> tuple[UnknownScore, UnknownDetector]:
     """The scorer and its description for ``model.json`` (threshold chosen on the validation photos)."""
     if not 0.0 < accept_rate <= 1.0:
         raise ModelError(f"accept_rate must be in (0, 1], got {accept_rate}")
@@ -212,15 +213,11 @@ def fit_unknown(
         scorer.standardise(torch.from_numpy(np.asarray(val_features, dtype=np.float32)),
                            torch.from_numpy(np.asarray(val_logits, dtype=np.float32)))
     val_scores = score_features(scorer, val_features, val_logits)
-    description = {
-        "score": method,
-        "threshold": _round_up(threshold_for(val_scores, accept_rate)),
-        "accept_rate": accept_rate,
-        "file": UNKNOWN_FILE if method in (*KNN_SCORES, "mahalanobis") else None,
-        "output": SCORE_OUTPUT,
-    }
-    if method in KNN_SCORES:
-        description.update(k=scorer.k, bank_size=int(len(scorer.bank)))
+    description = UnknownDetector(
+        score=method, threshold=_round_up(threshold_for(val_scores, accept_rate)), accept_rate=accept_rate,
+        file=UNKNOWN_FILE if method in (*KNN_SCORES, "mahalanobis") else None, output=SCORE_OUTPUT,
+        k=scorer.k if method in KNN_SCORES else None, bank_size=int(len(scorer.bank)) if method in KNN_SCORES else None,
+    )
     return scorer, description
 
 
@@ -240,28 +237,24 @@ def save_unknown(folder: str | Path, scorer: UnknownScore) -> Path | None:
     return path
 
 
-def load_unknown(folder: str | Path, description: dict[str, Any] | None) -> UnknownScore | None:
+def load_unknown(folder: str | Path, detector: UnknownDetector | None) -> UnknownScore | None:
     """The stored scorer of a run folder's model (None when the model has none)."""
-    if not description or description.get("score") not in SCORES:
+    if detector is None:
         return None
-    method = description["score"]
     tensors: dict[str, torch.Tensor] = {}
-    if description.get("file"):
+    if detector.file:
         from safetensors.torch import load_file
 
-        path = Path(folder) / description["file"]
+        path = Path(folder) / detector.file
         if not path.is_file():
             raise ModelError(f"{path}: the unknown-photo statistics of this model are missing")
         try:
             tensors = load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files
             raise ModelError(f"{path}: cannot read the unknown-photo statistics: {exc}") from None
-    try:
-        return UnknownScore(method, int(description.get("k", DEFAULT_K)), bank=tensors.get("bank"),
-                            means=tensors.get("means"), precision=tensors.get("precision"),
-                            centre=tensors.get("centre"), prepared=True, stats=tensors.get("stats"))
-    except KeyError as exc:  # pragma: no cover - guarded by UnknownScore's own checks
-        raise ModelError(f"{folder}: incomplete unknown-photo statistics: {exc}") from None
+    return UnknownScore(detector.score, detector.k or DEFAULT_K, bank=tensors.get("bank"),
+                        means=tensors.get("means"), precision=tensors.get("precision"),
+                        centre=tensors.get("centre"), prepared=True, stats=tensors.get("stats"))
 
 
 class ScoredNet(nn.Module):
@@ -280,12 +273,8 @@ class ScoredNet(nn.Module):
 def penultimate_features(model: nn.Module, images: np.ndarray, preprocess: Any, device: torch.device, precision: str,
                          cache_dir: str | Path | None) -> np.ndarray:
     """The pooled backbone features of uint8 N x H x W x C images (ONNX Runtime on a CPU in fp32, as training does)."""
-    from vitrina.models.runtime import forward_uint8
-
     if len(images) == 0:
         return np.zeros((0, getattr(model, "num_features", 1)), dtype=np.float32)
     if cache_dir is not None and device.type == "cpu" and precision == "fp32":
-        from vitrina.models.onnx_graph import OnnxFeatureExtractor
-
         return OnnxFeatureExtractor(model, preprocess, cache_dir)(np.asarray(images))
     return forward_uint8(model.forward_features, images, preprocess, device, precision)

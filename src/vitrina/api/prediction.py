@@ -1,15 +1,16 @@
-"""The public surface of export and prediction (re-exported by :mod:`vitrina.api`)."""
+"""The public API of export and prediction: a run folder to ONNX, and whole catalogues predicted."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from vitrina.errors import ConfigError
-from vitrina.inference.batch import PredictSummary
-from vitrina.inference.predictor import BackendName, Predictor
+from vitrina.export.loading import BackendName, load_predictor
+from vitrina.inference.batch import PredictSummary, predict_catalogue
+from vitrina.inference.predictor import Predictor
 
-if TYPE_CHECKING:  # importing the exporter loads torch, which predicting from an .onnx file avoids
-    from vitrina.export.onnx import ExportResult
+if TYPE_CHECKING:  # the exporter loads torch, which predicting from an .onnx file avoids
+    from vitrina.export.run import ExportResult
 
 
 def export(
@@ -28,7 +29,8 @@ def export(
     accuracy change on the validation split and its speed. ``calibration``: a dataset to use for
     these checks instead of the run's own data (e.g. when the data moved).
     """
-    from vitrina.export.onnx import export_run
+    # lazy: PyTorch and the ONNX exporter load only to export, never to predict from an .onnx file
+    from vitrina.export.run import export_run
 
     return export_run(run, out, int8=int8, calibration=calibration, log=log)
 
@@ -57,9 +59,6 @@ def predict(
     per core. ``threads``: ONNX Runtime threads of a model loaded here (default: all cores).
     ``log`` receives messages about the model (a run folder is exported to ONNX on first use).
     """
-    from vitrina.inference.batch import predict_catalogue
-    from vitrina.inference.predictor import load_predictor
-
     predictor = model if isinstance(model, Predictor) else load_predictor(model, backend, threads=threads, log=log)
     if batch_size is not None:
         if batch_size < 1:

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from vitrina import config as config_lib
-from vitrina.api import TrainRun, train
 from vitrina.artifact import write_json
 from vitrina.config import Config
 from vitrina.data.cache import decode_samples, default_cache_dir
@@ -32,6 +31,7 @@ from vitrina.models.registry import param_count
 from vitrina.models.runtime import forward_uint8, resolve_device, resolve_precision
 from vitrina.plots import leaderboard_chart, overlaid_curves
 from vitrina.preprocess import Preprocess
+from vitrina.training.pipeline import TrainRun, train_run
 from vitrina.training.plan import check_trainable, make_plan
 
 Log = Callable[[str], None]
@@ -137,10 +137,10 @@ def inference_speed(model: torch.nn.Module, images: np.ndarray, preprocess: Prep
 
 def measure_run(run_dir: Path, data: str | os.PathLike, split: str) -> dict[str, Any]:
     """Parameter count, weights file size and inference speed of a run's model on its ``split`` images."""
-    model, meta = load_model(run_dir)
+    model, description = load_model(run_dir)
     config = run_config(run_dir)
     dataset, split = load_split(data, config, split)
-    preprocess = Preprocess.from_dict(meta["preprocess"])
+    preprocess = description.preprocess
     device = resolve_device(config.train.device)
     decoded = decode_samples(dataset.split(split), preprocess, default_cache_dir(config.train.cache_dir),
                              max_pixels=config.data.max_pixels, workers=1, progress=False)
@@ -209,7 +209,7 @@ def compare_configs(
     split = "test"
     for i, entry in enumerate(entries, 1):
         log(f"[{i}/{len(entries)}] {entry.name}: training")
-        run = train(data, entry.config, out=out_dir / entry.name, progress=progress, log=log)
+        run = train_run(data, entry.config, out=out_dir / entry.name, progress=progress, log=log)
         split = run.metrics["split"]
         evaluation = evaluate_run(run.run_dir, data, split=split, progress=progress)
         rows.append(_row(entry.name, run, evaluation, measure_run(run.run_dir, data, split)))

@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.evaluation.conftest import TINY
-from vitrina import api_eval
+from tests.helpers import TINY
+from vitrina import api
 from vitrina.cli import main
 from vitrina.config import resolve
 from vitrina.errors import ConfigError, VitrinaError
@@ -83,7 +83,7 @@ def test_a_killed_search_resumes_with_every_finished_trial(shapes: Path, cache_d
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     before = finished_trials(out / "study.db")
-    result = api_eval.tune(shapes, out=out, resume=True, trials=len(before) + 1, log=lambda _: None)
+    result = api.tune(shapes, out=out, resume=True, trials=len(before) + 1, log=lambda _: None)
     after = finished_trials(out / "study.db")
     assert {n: after[n] for n in before} == before
     assert result.counts["complete"] == len(before) + 1
@@ -92,13 +92,13 @@ def test_a_killed_search_resumes_with_every_finished_trial(shapes: Path, cache_d
 
 def test_resume_keeps_the_saved_settings(shapes: Path, cache_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(VitrinaError, match="--resume needs --out"):
-        api_eval.tune(shapes, out=tmp_path / "none", resume=True)
+        api.tune(shapes, out=tmp_path / "none", resume=True)
     out = tmp_path / "tune"
     assert main(["tune", str(shapes), "--out", str(out), "--trials", "1", "--search", "lr", *tiny_flags(cache_dir)]) == 0
     with pytest.raises(ConfigError, match="keeps its settings"):
-        api_eval.tune(shapes, resolve(overrides={"train.epochs": 3}), out=out, resume=True)
+        api.tune(shapes, resolve(overrides={"train.epochs": 3}), out=out, resume=True)
     with pytest.raises(ConfigError, match="cannot change"):
-        api_eval.tune(shapes, out=out, resume=True, search=["dropout"])
+        api.tune(shapes, out=out, resume=True, search=["dropout"])
 
 
 class FakeTrial:

@@ -9,16 +9,18 @@ import pytest
 import torch
 
 from tests.imagegen import photo
-from tests.quality.conftest import Planted, quiet
+from tests.helpers import Planted, quiet
 from vitrina import api
 from vitrina.config import resolve
+from vitrina.description import UnknownDetector
 from vitrina.errors import ModelError
 from vitrina.inference.batch import predict_catalogue
-from vitrina.inference.predictor import load_predictor
-from vitrina.quality.unknown import (
+from vitrina.export.loading import load_predictor
+from vitrina.models.unknown import (
     SCORE_OUTPUT, ScoredNet, UnknownScore, build_score, default_k, fit_unknown, load_unknown, save_unknown, score_features, threshold_for,
 )
-from vitrina.serving.service import listing_verdict, photo_result
+from vitrina.inference.decide import DecisionRule
+from vitrina.serving.service import photo_result
 
 
 def clusters(seed: int = 0, noise: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,16 +53,16 @@ def test_threshold_accepts_the_asked_share_and_the_scorer_survives_a_round_trip(
     x, y = clusters()
     val, _ = clusters(noise=3)
     scorer, description = fit_unknown(x, y, val, np.zeros((len(val), 3), np.float32), 3, accept_rate=0.9)
-    accepted = score_features(scorer, val, np.zeros((len(val), 3))) <= description["threshold"]
+    accepted = score_features(scorer, val, np.zeros((len(val), 3))) <= description.threshold
     assert 0.88 <= accepted.mean() <= 0.95
-    assert description["score"] == "knn" and description["k"] == 10 and description["bank_size"] == 90
+    assert description.score == "knn" and description.k == 10 and description.bank_size == 90
     assert threshold_for(np.arange(100.0), 0.95) == 95.0
     save_unknown(tmp_path, scorer)
     again = load_unknown(tmp_path, description)
     assert again is not None
     probe = np.random.default_rng(4).normal(size=(20, 16)).astype(np.float32) * 3
     np.testing.assert_allclose(score_features(again, probe, np.zeros((20, 3))), score_features(scorer, probe, np.zeros((20, 3))), atol=2e-3)
-    (tmp_path / description["file"]).write_bytes(b"damaged")
+    (tmp_path / description.file).write_bytes(b"damaged")
     with pytest.raises(ModelError, match="cannot read"):
         load_unknown(tmp_path, description)
     assert load_unknown(tmp_path, None) is None
@@ -74,14 +76,14 @@ def test_knn_energy_standardises_its_parts_on_validation_and_keeps_them(tmp_path
     rng = np.random.default_rng(7)
     val_logits = (rng.normal(size=(len(val), 3)) * 4).astype(np.float32)
     scorer, description = fit_unknown(x, y, val, val_logits, 3, method="knn_energy")
-    assert description["score"] == "knn_energy" and description["k"] == 1  # its own default
+    assert description.score == "knn_energy" and description.k == 1  # its own default
     knn, energy = scorer.parts(torch.from_numpy(val), torch.from_numpy(val_logits))
     mean_knn, sd_knn, mean_energy, sd_energy = scorer.stats.tolist()
     assert mean_knn == pytest.approx(knn.mean().item(), rel=1e-4) and sd_knn == pytest.approx(knn.std().item(), rel=1e-4)
     assert mean_energy == pytest.approx(energy.mean().item(), rel=1e-4) and sd_energy == pytest.approx(energy.std().item(), rel=1e-4)
     scores = score_features(scorer, val, val_logits)
     assert abs(scores.mean()) < 1e-4 and scores.std() == pytest.approx(np.sqrt(2 + 2 * np.corrcoef(knn, energy)[0, 1]), rel=0.05)
-    assert np.mean(scores <= description["threshold"]) >= 0.95
+    assert np.mean(scores <= description.threshold) >= 0.95
     save_unknown(tmp_path, scorer)
     again = load_unknown(tmp_path, description)
     probe = (rng.normal(size=(20, 16)) * 3).astype(np.float32)
@@ -92,20 +94,18 @@ def test_knn_energy_standardises_its_parts_on_validation_and_keeps_them(tmp_path
         UnknownScore("knn_energy", bank=again.bank, centre=again.centre, prepared=True)
 
 
-def test_verdicts_and_photo_results_turn_unknown_into_uncertain() -> None:
+def test_photo_results_turn_unknown_into_uncertain() -> None:
     probs = np.array([[0.95, 0.05]])
-    assert listing_verdict(probs, ["a", "b"], "a", 0.5).verdict == "match"
-    unsure = listing_verdict(probs, ["a", "b"], "b", 0.5, unknown=True)
-    assert (unsure.verdict, unsure.suggestion) == ("uncertain", None)
 
     class Photo:
         sha256 = "x"
 
-    known = photo_result("p.jpg", Photo(), probs[0], ["a", "b"], 2, 0.5, score=0.1, unknown_threshold=0.3)
-    strange = photo_result("p.jpg", Photo(), probs[0], ["a", "b"], 2, 0.5, score=0.4, unknown_threshold=0.3)
+    rule = DecisionRule(0.5, unknown_threshold=0.3)
+    known = photo_result("p.jpg", Photo(), probs[0], ["a", "b"], 2, rule, score=0.1)
+    strange = photo_result("p.jpg", Photo(), probs[0], ["a", "b"], 2, rule, score=0.4)
     assert (known["unknown"], known["uncertain"]) == (False, False)
     assert (strange["unknown"], strange["uncertain"], strange["unknown_score"]) == (True, True, 0.4)
-    assert "unknown" not in photo_result("p.jpg", Photo(), probs[0], ["a", "b"], 2, 0.5)
+    assert "unknown" not in photo_result("p.jpg", Photo(), probs[0], ["a", "b"], 2, DecisionRule(0.5))
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def with_knn_energy(run: Path, folder: Path) -> Path:
 
     copy = Path(shutil.copytree(run, folder))
     meta = json.loads((copy / "model.json").read_text())
-    stored = load_unknown(copy, meta["unknown"])
+    stored = load_unknown(copy, UnknownDetector.parse(meta["unknown"]))
     scorer = UnknownScore("knn_energy", 1, bank=stored.bank, centre=stored.centre, prepared=True,
                           stats=torch.tensor([0.3, 0.1, -2.0, 0.5]))
     save_unknown(copy, scorer)
@@ -189,17 +189,17 @@ def with_knn_energy(run: Path, folder: Path) -> Path:
 @pytest.mark.parametrize("score", ["knn", "knn_energy"])
 def test_an_export_with_the_score_output_gives_the_same_scores(run_and_photos: tuple[Path, Path, Path], tmp_path: Path, score: str) -> None:
     """What `vitrina export` needs to do for ONNX Runtime to report unknown photos: a second output."""
-    import json
 
-    from vitrina.export.onnx import OUTPUT_NAME, INPUT_NAME, save_onnx
-    from vitrina.models.checkpoint import load_model
+    from vitrina.description import INPUT_NAME, OUTPUT_NAME
+    from vitrina.export.graph import save_onnx
+    from vitrina.models.checkpoint import load_model, read_meta
 
     run, known, strange = run_and_photos
     if score == "knn_energy":
         run = with_knn_energy(run, tmp_path / "run")
     model, meta = load_model(run)
-    net = ScoredNet(model.float().eval(), load_unknown(run, meta["unknown"]))
-    size = meta["preprocess"]["input_size"]
+    net = ScoredNet(model.float().eval(), load_unknown(run, meta.unknown))
+    size = meta.preprocess.input_size
     path = tmp_path / "model.onnx"
     import onnx
 
@@ -207,7 +207,7 @@ def test_an_export_with_the_score_output_gives_the_same_scores(run_and_photos: t
     torch.onnx.export(net, (torch.zeros(2, 3, size, size),), str(buffer), dynamo=False, opset_version=18,
                       input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, SCORE_OUTPUT],
                       dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}, SCORE_OUTPUT: {0: "batch"}})
-    save_onnx(onnx.load(str(buffer)), path, json.loads((run / "model.json").read_text()))
+    save_onnx(onnx.load(str(buffer)), path, read_meta(run))
     via_onnx, via_torch = load_predictor(path), load_predictor(run, "torch")
     assert via_onnx.detects_unknown
     images = np.stack([via_torch.load(p) for p in sorted(strange.iterdir())[:4] + sorted((known / "hat").iterdir())[:4]])
