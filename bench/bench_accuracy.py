@@ -121,7 +121,7 @@ def main() -> None:
         rows.append(("clothing", run_train("clothing", str(SHARED / "clothing-small"), runs / "clothing", args.extra)))
 
     print()
-    print(f"| dataset | split | model (mode) | published | target | vitrina | met | train s | wall s | peak MB |")
+    print("| dataset | split | model (mode) | published | target | vitrina | met | train s | wall s | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, m in rows:
         published, target = PUBLISHED[name]

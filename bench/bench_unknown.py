@@ -71,7 +71,7 @@ def features_and_logits(run: Path, paths: list[str]) -> tuple[np.ndarray, np.nda
     if meta.mode == "bottleneck":  # a frozen backbone: its features are in the training cache
         from types import SimpleNamespace
 
-        from vitrina.training.trainer import BackboneFeatures
+        from vitrina.training.features import BackboneFeatures
 
         body = BackboneFeatures(model, f"{meta.model}|pretrained", SimpleNamespace(preprocess=preprocess),
                                 default_cache_dir(), resolve_device("cpu"), "fp32", log=lambda _: None)

@@ -25,8 +25,13 @@ def test_class_counts_chart_grows_with_the_class_count(tmp_path: Path) -> None:
     assert tall[1] > 2 * small[1]
 
 
-def test_class_counts_chart_without_classes(tmp_path: Path) -> None:
-    png_size(plots.class_counts_chart({}, tmp_path / "empty.png"))
+def test_class_counts_chart_without_classes_says_so_and_draws_no_bars(tmp_path: Path) -> None:
+    empty = np.asarray(Image.open(plots.class_counts_chart({}, tmp_path / "empty.png")).convert("RGB")).astype(int)
+    one = np.asarray(Image.open(plots.class_counts_chart({"train": {"shoe": 5}}, tmp_path / "one.png")).convert("RGB")).astype(int)
+    inked = lambda a: int((np.abs(a - 255).sum(axis=2) > 60).sum())  # noqa: E731 - pixels that are not near white
+    coloured = lambda a: int(((a.max(axis=2) - a.min(axis=2)) > 60).sum())  # noqa: E731 - bars are coloured, text is grey
+    assert inked(empty) > 0, "the empty chart says there are no classes"
+    assert coloured(empty) == 0 and coloured(one) > 100, "bars only where there are classes"
 
 
 def test_size_chart_scatter_hexbin_and_empty(tmp_path: Path) -> None:

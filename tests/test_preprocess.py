@@ -105,3 +105,37 @@ def test_normalize_gives_exactly_the_values_of_converting_then_transposing(chann
     assert np.array_equal(pre.normalize(view), reference_normalize(pre, view))
     assert np.array_equal(pre.normalize(batch.astype(np.float64)), out)
     assert np.array_equal(pre(Image.fromarray(batch[0, :, :, 0] if channels == 1 else batch[0])), out[0])
+
+
+def test_letterbox_scales_the_longer_side_and_pads_evenly() -> None:
+    """A 60 x 30 red photo letterboxed to 20 px: 20 x 10 of photo, 5 rows of white padding above and below."""
+    pre = Preprocess(input_size=20, resize="letterbox", interpolation="nearest", pad_value=255)
+    out = pre.to_uint8(Image.new("RGB", (60, 30), (200, 10, 10)))
+    assert out.shape == (20, 20, 3)
+    assert (out[:5] == 255).all() and (out[15:] == 255).all()  # (20 - 10) // 2 rows each side
+    assert (out[5:15] == (200, 10, 10)).all()
+    tall = pre.to_uint8(Image.new("RGB", (21, 63), (10, 200, 10)))  # 63 -> 20, 21 -> round(6.67) = 7 columns
+    assert (tall[:, :6] == 255).all() and (tall[:, 13:] == 255).all()  # (20 - 7) // 2 = 6 columns left, 7 right
+    assert (tall[:, 6:13] == (10, 200, 10)).all()
+    grey = Preprocess(input_size=8, channels=1, mean=(0.5,), std=(0.5,), resize="letterbox", interpolation="nearest", pad_value=0)
+    assert (grey.to_uint8(Image.new("L", (16, 4), 90))[:3] == 0).all()
+
+
+def test_squash_ignores_the_aspect_ratio() -> None:
+    """Left half black, right half white, 40 x 10: squashed to 8 x 8 the halves stay halves of every row."""
+    image = np.zeros((10, 40, 3), dtype=np.uint8)
+    image[:, 20:] = 255
+    out = Preprocess(input_size=8, resize="squash", interpolation="nearest").to_uint8(Image.fromarray(image))
+    assert out.shape == (8, 8, 3)
+    assert (out[:, :4] == 0).all() and (out[:, 4:] == 255).all()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_numpy_and_torch_normalisation_agree(channels: int) -> None:
+    import torch
+
+    pre = Preprocess(input_size=12, channels=channels, mean=(0.485, 0.456, 0.406)[:channels], std=(0.229, 0.224, 0.225)[:channels])
+    batch = np.random.default_rng(1).integers(0, 256, (4, 12, 12, channels), dtype=np.uint8)
+    via_torch = pre.normalize_torch(torch.from_numpy(batch))
+    assert via_torch.shape == (4, channels, 12, 12) and via_torch.dtype == torch.float32
+    np.testing.assert_allclose(via_torch.numpy(), pre.normalize(batch), rtol=0, atol=1e-5)

@@ -109,3 +109,22 @@ def test_cli_evaluate_prints_the_figures_and_errors_cleanly(shapes_run: Path, sh
 def test_other_data_without_splits_is_evaluated_whole(shapes_run: Path, shapes: Path, tmp_path: Path) -> None:
     result = api.evaluate(shapes_run, shapes / "test", out=tmp_path / "eval", progress=False)
     assert (result.metrics["split"], result.metrics["n_images"]) == ("train", 18)  # a single source is read as one split
+
+
+def test_evaluate_and_predict_flag_the_same_photos_uncertain_and_unknown(shapes_run: Path, shapes: Path, tmp_path: Path) -> None:
+    """One decision rule: the flags in an evaluation's predictions.csv are those `vitrina predict` writes."""
+    import csv
+
+    result = api.evaluate(shapes_run, shapes, out=tmp_path / "eval", progress=False)
+    decisions = result.metrics["decisions"]
+    assert 0.0 <= decisions["uncertain_share"] <= 1.0 and "unknown_share" in decisions
+    with open(result.out_dir / "predictions.csv", newline="") as fh:
+        evaluated = {row["path"]: row for row in csv.DictReader(fh)}
+    api.predict(shapes_run, [shapes / "test"], out=tmp_path / "p.csv", backend="torch", progress=False, workers=0)
+    with open(tmp_path / "p.csv", newline="") as fh:
+        predicted = {row["path"]: row for row in csv.DictReader(fh)}
+    assert predicted.keys() == evaluated.keys()
+    for path, row in predicted.items():
+        assert (row["uncertain"], row["unknown"]) == (evaluated[path]["uncertain"], evaluated[path]["unknown"]), path
+    share = sum(row["uncertain"] == "true" for row in predicted.values()) / len(predicted)
+    assert decisions["uncertain_share"] == pytest.approx(share)

@@ -11,7 +11,7 @@ from vitrina.data.images import decode
 from vitrina.errors import ModelError
 from vitrina.models import create_model, default_preprocess, load_imagenet_model
 from vitrina.models.efficientnet_lite import _VARIANTS, map_package_state_dict
-from vitrina.models.registry import is_batch_counter
+from vitrina.models.weights import is_batch_counter
 
 TSHIRT = Path(__file__).resolve().parents[1] / "assets" / "tshirt.jpg"
 IMAGENET_TSHIRT = 610  # "jersey, T-shirt, tee shirt"

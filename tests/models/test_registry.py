@@ -227,7 +227,7 @@ def test_unreadable_weights_files(tmp_path: Path) -> None:
 def test_mlp_ensemble_head_averages_half_width_members_and_rebuilds_from_meta() -> None:
     from vitrina.description import ModelDescription
     from vitrina.models.checkpoint import build_from_meta
-    from vitrina.models.registry import ENSEMBLE_SIZE, HeadEnsemble
+    from vitrina.models.network import ENSEMBLE_SIZE, HeadEnsemble
 
     model = create_model("cnn1", 4, head="mlp_ensemble", hidden=32, dropout=0.1).eval()
     head = model.head

@@ -20,7 +20,7 @@ from vitrina.models.unknown import (
     SCORE_OUTPUT, ScoredNet, UnknownScore, build_score, default_k, fit_unknown, load_unknown, save_unknown, score_features, threshold_for,
 )
 from vitrina.inference.decide import DecisionRule
-from vitrina.serving.service import photo_result
+from vitrina.serving.answers import photo_result
 
 
 def clusters(seed: int = 0, noise: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -131,10 +131,10 @@ def test_cli_prints_errors_without_a_traceback(tmp_path: Path) -> None:
 
 def test_backbones_take_an_optional_input_size() -> None:
     from vitrina.errors import ConfigError
-    from vitrina.quality.clean import CleanSettings, _model_and_size
+    from vitrina.quality.settings import CleanSettings, model_and_size
 
-    assert _model_and_size("efficientnet_lite0@288") == ("efficientnet_lite0", 288)
-    assert _model_and_size("efficientnet_lite2") == ("efficientnet_lite2", None)
+    assert model_and_size("efficientnet_lite0@288") == ("efficientnet_lite0", 288)
+    assert model_and_size("efficientnet_lite2") == ("efficientnet_lite2", None)
     for bad in ("efficientnet_lite0@big", "efficientnet_lite0@4"):
         with pytest.raises(ConfigError, match="size after @"):
             CleanSettings(models=bad).check()
@@ -143,7 +143,7 @@ def test_backbones_take_an_optional_input_size() -> None:
 def test_concept_typicality_is_lowest_for_a_photo_unlike_its_class() -> None:
     import numpy as np
 
-    from vitrina.quality.clean import _concept_typicality
+    from vitrina.quality.offtopic import concept_typicality
 
     rng = np.random.default_rng(0)
     concepts = np.full((9, 4), 0.02)
@@ -153,7 +153,7 @@ def test_concept_typicality_is_lowest_for_a_photo_unlike_its_class() -> None:
     concepts += rng.uniform(0, 0.01, concepts.shape)
     concepts /= concepts.sum(1, keepdims=True)
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0])
-    typicality = _concept_typicality(concepts, labels)
+    typicality = concept_typicality(concepts, labels)
     assert int(np.argmin(typicality)) == 8
     # leave-one-out: a photo alone in its class is compared with all photos, and stays finite
-    assert np.isfinite(_concept_typicality(concepts[:5], np.array([0, 0, 0, 0, 1]))).all()
+    assert np.isfinite(concept_typicality(concepts[:5], np.array([0, 0, 0, 0, 1]))).all()

@@ -21,7 +21,8 @@ from tests.helpers import DEMO
 from vitrina import api
 from vitrina.config import resolve
 from vitrina.serving.app import create_app
-from vitrina.serving.service import LoadedModel, ServeSettings, load_model
+from vitrina.serving.model import LoadedModel, load_model
+from vitrina.serving.settings import ServeSettings
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from tests.serving.conftest import demo_photos, upload
-from vitrina.serving.service import LoadedModel
+from vitrina.serving.model import LoadedModel
 
 
 def test_predict_returns_top_k_labels_with_the_model_version(client: TestClient, loaded: LoadedModel, confident_shoe: Path) -> None:

@@ -13,8 +13,8 @@ from PIL import Image
 
 from tests.serving.conftest import jpeg_bytes, upload
 from vitrina.inference.predictor import Predictor
+from vitrina.serving.model import LoadedModel
 from vitrina.serving.security import API_KEYS_ENV
-from vitrina.serving.service import LoadedModel
 
 
 def assert_error(response, status: int, code: str, *words: str) -> dict:  # type: ignore[no-untyped-def]

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from vitrina.errors import ConfigError
+from vitrina.serving.batcher import MicroBatcher
+from vitrina.serving.metrics import ServiceMetrics
+from vitrina.serving.model import files_version
 from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord, database_url
 from vitrina.serving.security import ApiKeys, RateLimiter, load_api_keys
-from vitrina.serving.service import MicroBatcher, ServeSettings, ServiceMetrics, files_version
+from vitrina.serving.settings import ServeSettings
 
 CLASSES = ["hat", "shoes", "dress"]
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from tests.serving.conftest import Runs, serve_settings, upload
 from vitrina.serving.app import create_app
-from vitrina.serving.service import files_version, model_files
+from vitrina.serving.model import files_version, model_files
 
 MODEL_FILES = ("unknown.safetensors", "model.json", "model.safetensors")  # statistics first, description last but one
 

@@ -6,7 +6,7 @@ import torch
 
 from vitrina.evaluation.metrics import expected_calibration_error, softmax
 from vitrina.models.registry import create_model
-from vitrina.training.trainer import apply_temperature, fit_temperature
+from vitrina.training.calibration import apply_temperature, fit_temperature
 
 
 def test_fit_temperature_recovers_overconfidence() -> None:

@@ -189,9 +189,9 @@ def test_the_mirror_average_is_kept_only_when_it_gets_more_validation_photos_rig
     import torch
 
     from vitrina.models import create_model
-    from vitrina.preprocess import Preprocess
     from vitrina.models.unknown import penultimate_features
-    from vitrina.training.trainer import _choose_flip_average
+    from vitrina.preprocess import Preprocess
+    from vitrina.training.extras import choose_flip_average
 
     torch.manual_seed(0)
     model = create_model("cnn1", 3, pretrained=False, input_size=32).eval()
@@ -214,10 +214,10 @@ def test_the_mirror_average_is_kept_only_when_it_gets_more_validation_photos_rig
     averaged = (plain + mirrored) / 2
     assert (averaged.argmax(1) != plain.argmax(1)).any(), "the test needs photos whose mirror image changes the answer"
 
-    probs = _choose_flip_average(model, plain_plan(preprocess), images, features, averaged.argmax(1), cpu, "fp32", None, print)
+    probs = choose_flip_average(model, plain_plan(preprocess), images, features, averaged.argmax(1), cpu, "fp32", None, print)
     assert model.flip_average
     np.testing.assert_allclose(probs, averaged, atol=1e-5)
-    probs = _choose_flip_average(model, plain_plan(preprocess), images, features, plain.argmax(1), cpu, "fp32", None, print)
+    probs = choose_flip_average(model, plain_plan(preprocess), images, features, plain.argmax(1), cpu, "fp32", None, print)
     assert not model.flip_average  # the photos as given are all right already: no second pass
     np.testing.assert_allclose(probs, plain, atol=1e-5)
 

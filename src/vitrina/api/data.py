@@ -21,6 +21,7 @@ from vitrina.data.inspect import inspect_dataset
 from vitrina.data.sources import load_dataset
 from vitrina.errors import ImageError, VitrinaError
 from vitrina.models import registry
+from vitrina.models.network import param_count
 from vitrina.plots import thumbnail_grid
 from vitrina.quality.clean import CleanSettings, clean_dataset, write_exclude
 from vitrina.training.augment import augment_batch, build_augment
@@ -140,7 +141,7 @@ def list_models() -> list[dict[str, Any]]:
     for spec in registry.list_models():
         model = registry.create_model(spec.name, num_classes=10, pretrained=False)
         rows.append({
-            "name": spec.name, "family": spec.family, "params": registry.param_count(model),
+            "name": spec.name, "family": spec.family, "params": param_count(model),
             "channels": spec.preprocess.channels, "input_size": spec.preprocess.input_size,
             "resize": spec.preprocess.resize, "description": spec.description,
         })

@@ -14,7 +14,8 @@ from vitrina.errors import ConfigError
 from vitrina.inference.predictor import default_threads
 from vitrina.serving.app import SETTINGS_ENV, create_app
 from vitrina.serving.security import load_api_keys
-from vitrina.serving.service import ServeSettings, load_model
+from vitrina.serving.model import load_model
+from vitrina.serving.settings import ServeSettings
 
 # Seconds a stopping server waits for requests in flight before closing their connections.
 GRACEFUL_SHUTDOWN_SECONDS = 30
@@ -62,7 +63,7 @@ def serve(
 ) -> None:
     """Serve a run folder or exported ``.onnx`` model over HTTP until interrupted.
 
-    ``options`` are :class:`~vitrina.serving.service.ServeSettings` fields (``database``,
+    ``options`` are :class:`~vitrina.serving.settings.ServeSettings` fields (``database``,
     ``api_keys_file``, ``rate_limit``, ``max_batch``, ``reload_interval``, ...). The model is
     loaded before the port opens, so a bad model fails here with a clear error; ``on_ready`` then
     receives the URL to open. ``port=0`` picks a free port. Ctrl+C or SIGTERM stop the server once

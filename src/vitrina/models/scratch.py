@@ -4,6 +4,8 @@ A :class:`ScratchCNN` is a stack of conv+pool blocks, an adaptive average pool t
 ``grid`` (1 = global average pooling; larger grids keep spatial layout for a flatten-to-dense
 layer), and an optional dense layer. Adaptive pooling makes every preset work at any input
 size and with 1 or 3 input channels, with the same parameters.
+
+The presets at the bottom register (one spec each) when the registry first imports this module.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from vitrina.models.registry import Backbone, ModelSpec, register_model
+from vitrina.models.network import Backbone
+from vitrina.models.registry import ModelSpec, register_model
 from vitrina.preprocess import Preprocess
 
 

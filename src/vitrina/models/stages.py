@@ -56,7 +56,7 @@ class TrainableTail(nn.Module):
 
 
 def split_at_trainable(net: nn.Module, trainable_blocks: int) -> tuple[FrozenPrefix, TrainableTail] | None:
-    """``net`` (a :class:`~vitrina.models.registry.VitrinaNet`) as (frozen prefix, trainable tail).
+    """``net`` (a :class:`~vitrina.models.network.VitrinaNet`) as (frozen prefix, trainable tail).
 
     ``trainable_blocks`` counts from the end of ``net.blocks()`` (stem, each stage, head
     convolution), as fine-tuning's ``unfreeze_blocks`` does. None when the backbone is not of

@@ -1,5 +1,8 @@
 """Any timm architecture as ``timm:NAME``, with timm's own preprocessing for it.
 
+The registry resolves ``timm:`` names through :func:`timm_spec` (its ``PREFIXES`` table names
+it as a string, so the registry does not import this module).
+
 The backbone is the timm model built with ``num_classes=0`` (pooled features out). Weights come
 from a local file (``weights=``, loaded by the registry) or, with ``pretrained=True`` and no
 file, from timm's hub download.
@@ -12,7 +15,8 @@ from functools import partial
 from torch import nn
 
 from vitrina.errors import ModelError
-from vitrina.models.registry import TIMM_PREFIX, Backbone, ModelSpec
+from vitrina.models.network import Backbone
+from vitrina.models.registry import TIMM_PREFIX, ModelSpec
 from vitrina.preprocess import Preprocess
 
 

@@ -27,6 +27,7 @@ import numpy as np
 # split 0 with flipped labels, bench/bench_clean.py).
 DEFAULT_C = 10.0
 NEIGHBOUR_TEMPERATURE = 0.02  # softmax temperature of the neighbours' cosine similarities
+TOO_FEW_IMAGES = "wrong-label detection needs at least 2 classes with at least 2 readable images each"
 
 
 @dataclass
@@ -120,3 +121,13 @@ def label_issues(
         flagged = find_label_issues(remap[labels], sub, filter_by="low_self_confidence", n_jobs=1)
     accuracy = float((probs.argmax(axis=1) == labels).mean())
     return LabelIssues(probs, quality, np.asarray(flagged, dtype=bool), suggested, folds, accuracy)
+
+
+def wrong_labels(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, knn_index: np.ndarray, knn_similarity: np.ndarray,
+    folds: int, c: float, seed: int,
+) -> tuple[LabelIssues | None, str | None]:
+    """:func:`label_issues` where the labels allow cross-validation, else None and why not."""
+    if len(labels) and len(np.unique(labels)) >= 2 and usable_folds(labels, folds) >= 2:
+        return label_issues(features, labels, num_classes, knn_index, knn_similarity, folds, c, seed), None
+    return None, TOO_FEW_IMAGES

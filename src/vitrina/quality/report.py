@@ -13,8 +13,9 @@ from PIL import Image
 
 from vitrina import plots
 from vitrina.data.images import open_sample
-from vitrina.html import card, page, table
 from vitrina.errors import ImageError
+from vitrina.html import card, page, table
+from vitrina.quality.exclusions import write_exclude
 
 THUMB = 96
 REPORT_SUSPECTS = 300
@@ -74,8 +75,6 @@ def write_outputs(
     excluded: list[dict],
     max_pixels: int | None,
 ) -> None:
-    from vitrina.quality.clean import write_exclude
-
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "suspects.csv", suspects, SUSPECT_COLUMNS)
     dup_rows = [

@@ -17,8 +17,8 @@ import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -26,18 +26,13 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vitrina.version import __version__
+from vitrina.serving.errors import PayloadTooLarge, ServingError, UnsupportedMediaType
+from vitrina.serving.model import LoadedModel
 from vitrina.serving.security import AccessGate, ApiKeys, RateLimiter, load_api_keys
-from vitrina.serving.service import (
-    MEBIBYTE,
-    LoadedModel,
-    PayloadTooLarge,
-    ServeSettings,
-    Service,
-    ServingError,
-    UnsupportedMediaType,
-    Upload,
-)
+from vitrina.serving.service import Service
+from vitrina.serving.settings import MEBIBYTE, ServeSettings
+from vitrina.serving.uploads import Upload
+from vitrina.version import __version__
 
 SETTINGS_ENV = "VITRINA_SERVE_SETTINGS"
 STATIC = Path(__file__).resolve().parent / "static"
@@ -246,6 +241,18 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
     """The server for ``settings``; ``model`` is a model already loaded (else loaded at start-up)."""
     service = Service(settings, model)
     keys = ApiKeys(load_api_keys(settings.api_keys_file))
+    app = new_app(service)
+    add_error_handlers(app)
+    app.include_router(api_router(service, keys))
+    add_health_routes(app, service)
+    add_pages(app)
+    app.add_middleware(AccessGate, keys=keys, limiter=RateLimiter(settings.rate_limit, settings.rate_burst))
+    app.add_middleware(RequestEnvelope, service=service)
+    return app
+
+
+def new_app(service: Service) -> FastAPI:
+    """An app without routes whose life span starts and stops ``service``."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -262,10 +269,15 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
         description="Upload photos as multipart/form-data in the field `image`. Every answer names the model "
         "version that produced it (`model_version`, and the `X-Model-Version` header).",
         lifespan=lifespan,
-        docs_url=None,  # served below from the packaged Swagger UI, so /docs works without internet
+        docs_url=None,  # served by add_pages from the packaged Swagger UI, so /docs works without internet
         redoc_url=None,
     )
     app.state.service = service
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every refusal as JSON ``{"error": code, "detail": message}``: the service's, validation's, routing's."""
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
@@ -280,9 +292,21 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, exc.headers)
 
+
+def api_router(service: Service, keys: ApiKeys) -> APIRouter:
+    """The ``/v1`` routes: predictions and listing checks, the model, the moderation log."""
     # Documents the key in /docs; AccessGate enforces it before any body is read.
     documented_key = [Security(APIKeyHeader(name="X-API-Key", auto_error=False))] if keys.enabled else []
     v1 = APIRouter(prefix="/v1", dependencies=documented_key, responses=ERRORS)
+    add_prediction_routes(v1, service)
+    add_model_route(v1, service)
+    add_moderation_routes(v1, service)
+    return v1
+
+
+def add_prediction_routes(v1: APIRouter, service: Service) -> None:
+    """``POST /v1/predict``, ``/v1/predict/batch`` and ``/v1/check``: the photos go through the model."""
+    settings = service.settings
     uploads = [Depends(require_multipart)]
 
     @v1.post("/predict", response_model=PredictResponse, dependencies=uploads, summary="Top-k labels of one photo")
@@ -303,9 +327,17 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
         request.state.model_version = answer["model_version"]
         return answer
 
+
+def add_model_route(v1: APIRouter, service: Service) -> None:
+    """``GET /v1/model``: the model being served, its thresholds and the server's limits."""
+
     @v1.get("/model", response_model=ModelResponse, summary="The model being served")
     async def model_info() -> dict[str, Any]:
         return service.model_info()
+
+
+def add_moderation_routes(v1: APIRouter, service: Service) -> None:
+    """``GET /v1/checks`` and the photos kept with them: the moderation log."""
 
     @v1.get("/checks", response_model=ChecksResponse, summary="The moderation log, newest first")
     async def checks(
@@ -324,7 +356,9 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
         data, media_type = stored
         return Response(data, media_type=media_type or "application/octet-stream", headers={"X-Content-Type-Options": "nosniff"})
 
-    app.include_router(v1)
+
+def add_health_routes(app: FastAPI, service: Service) -> None:
+    """``/healthz``, ``/readyz`` and ``/metrics``: for the orchestrator and the monitoring."""
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -339,6 +373,10 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def add_pages(app: FastAPI) -> None:
+    """The web pages (listing check, moderation), the API docs and their static files."""
 
     @app.get("/", include_in_schema=False)
     async def check_page() -> FileResponse:
@@ -358,9 +396,6 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
-    app.add_middleware(AccessGate, keys=keys, limiter=RateLimiter(settings.rate_limit, settings.rate_burst))
-    app.add_middleware(RequestEnvelope, service=service)
-    return app
 
 
 def create_app_from_environment() -> FastAPI:

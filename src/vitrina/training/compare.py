@@ -27,7 +27,7 @@ from vitrina.data.sources import load_dataset
 from vitrina.errors import ConfigError
 from vitrina.evaluation.run_eval import Evaluation, evaluate_run, load_split, run_config
 from vitrina.models.checkpoint import WEIGHTS_FILE, load_model
-from vitrina.models.registry import param_count
+from vitrina.models.network import param_count
 from vitrina.models.runtime import forward_uint8, resolve_device, resolve_precision
 from vitrina.plots import leaderboard_chart, overlaid_curves
 from vitrina.preprocess import Preprocess

@@ -1,0 +1,313 @@
+"""The network's epoch loop (scratch training and fine-tuning): batches, optimisation steps,
+validation and the choice of the best epoch; all else after an epoch is left to callbacks."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from vitrina.config import Config
+from vitrina.data.cache import DecodedImages, default_cache_dir
+from vitrina.models.runtime import autocast, forward_uint8
+from vitrina.models.stages import OnnxPrefix, split_at_trainable
+from vitrina.training.augment import augment_batch, build_augment
+from vitrina.training.callbacks import Callback, EpochEnd, callback_states, restore_callbacks, run_callbacks
+from vitrina.training.distributed import world_position
+from vitrina.training.optim import (
+    BestEpoch, build_optimizer, class_weights, epoch_order, freeze_batchnorm, loss_and_accuracy, lr_schedule,
+)
+from vitrina.training.plan import Plan
+
+Log = Callable[[str], None]
+Forward = Callable[[torch.Tensor], torch.Tensor]
+History = list[dict[str, float]]
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass
+class NetworkTraining:
+    """What the network's epoch loop needs: the model, the decoded training and validation photos
+    with their labels, the plan and settings, and where it computes."""
+
+    model: nn.Module
+    train_images: DecodedImages
+    train_labels: np.ndarray
+    val_images: DecodedImages
+    val_labels: np.ndarray
+    plan: Plan
+    config: Config
+    device: torch.device
+    precision: str
+    num_classes: int
+    progress: bool = True
+    log: Log = print
+
+    @property
+    def freeze_bn(self) -> bool:
+        setting = self.config.train.freeze_bn
+        return setting == "yes" or (setting == "auto" and self.plan.mode == "finetune")
+
+
+class AugmentedBatches(torch.utils.data.Dataset):
+    """Whole training batches (augmented, normalised) from the decoded-image cache."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Any, preprocess: Any):
+        self.images, self.labels, self.transform, self.preprocess = images, labels, transform, preprocess
+        self.parts: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.parts[i]
+        ordered = np.sort(idx)  # sequential reads of the memory-mapped cache
+        images = torch.from_numpy(np.array(self.images[ordered]))
+        images = images[torch.from_numpy(np.searchsorted(ordered, idx))]
+        images = augment_batch(self.transform, images)
+        return self.preprocess.normalize_torch(images), torch.from_numpy(self.labels[idx])
+
+
+def trainable_body(model: nn.Module, unfreeze_blocks: int) -> list[nn.Parameter]:
+    """Freeze the backbone but its last ``unfreeze_blocks`` blocks (all of them for -1); returns theirs."""
+    blocks = list(model.blocks())
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    chosen = blocks if unfreeze_blocks < 0 else blocks[len(blocks) - unfreeze_blocks :] if unfreeze_blocks else []
+    params: list[nn.Parameter] = []
+    for block in chosen:
+        for p in block.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    return params
+
+
+def frozen_prefix(job: NetworkTraining, world: int) -> tuple[Forward, nn.Module] | None:
+    """Fine-tuning's frozen stages as an ONNX Runtime session, and the trainable rest of the network.
+
+    Only where it computes exactly what the network would: on a CPU in fp32, with BatchNorm
+    statistics frozen (the frozen stages are then a fixed function), in one process (DDP wraps
+    the whole network), and for backbones that :func:`split_at_trainable` can cut.
+    """
+    t, plan = job.config.train, job.plan
+    if plan.mode != "finetune" or t.feature_runtime == "torch" or not job.freeze_bn or world > 1:
+        return None
+    if job.device.type != "cpu" or job.precision != "fp32":
+        return None
+    parts = split_at_trainable(job.model, t.unfreeze_blocks)
+    if parts is None:
+        return None
+    prefix, tail = parts
+    onnx_prefix = OnnxPrefix(prefix, plan.preprocess.channels, plan.preprocess.input_size, default_cache_dir(t.cache_dir))
+    job.log(f"  frozen stem and {prefix.num_stages} stages run in ONNX Runtime; the last {t.unfreeze_blocks} blocks train")
+    return onnx_prefix, tail
+
+
+def _parameter_groups(job: NetworkTraining) -> list[dict]:
+    """Fine-tuning: the unfrozen blocks at a scaled learning rate and the head; else every trainable parameter."""
+    t, plan, model = job.config.train, job.plan, job.model
+    if plan.mode == "finetune":
+        body = trainable_body(model, t.unfreeze_blocks)
+        groups = [
+            {"params": body, "lr": plan.lr * t.body_lr_scale, "name": "body"},
+            {"params": list(model.head.parameters()), "lr": plan.lr, "name": "head"},
+        ]
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": plan.lr, "name": "all"}]
+    return [g for g in groups if g["params"]]
+
+
+@dataclass
+class _Optimisation:
+    """One optimisation step: the forward pass, the loss and its class weights, optimizer and schedule."""
+
+    forward: Forward
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    weight: torch.Tensor | None
+    label_smoothing: float
+    device: torch.device
+    precision: str
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """Learn from one batch; returns (summed loss, correct predictions)."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with autocast(self.device, self.precision):
+            logits = self.forward(x)
+        loss = F.cross_entropy(logits.float(), y, weight=self.weight, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item() * len(y), int((logits.argmax(1) == y).sum())
+
+
+def _batches(order: np.ndarray, size: int) -> list[np.ndarray]:
+    parts = [order[i : i + size] for i in range(0, len(order), size)]
+    if len(parts) > 1 and len(parts[-1]) < 2:  # a batch of one breaks BatchNorm
+        parts[-2] = np.concatenate([parts[-2], parts[-1]])
+        parts.pop()
+    return parts
+
+
+def _train_epoch(
+    job: NetworkTraining, net: nn.Module, optimisation: _Optimisation, source: AugmentedBatches, workers: int,
+    local_batch: int, epoch: int,
+) -> tuple[float, float, float]:
+    """One pass over this process's share of the training photos; returns its (summed loss, correct, seen)."""
+    t = job.config.train
+    rank, world = world_position()
+    order = epoch_order(job.train_labels, t.balance, t.seed, epoch)
+    order = order[rank::world]
+    net.train()
+    if job.freeze_bn:
+        freeze_batchnorm(job.model)
+    source.parts = _batches(order, local_batch)
+    total, correct, loss_sum = 0, 0, 0.0
+    loader = torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers)
+    bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{job.plan.epochs}", unit="img", disable=not (job.progress and rank == 0), leave=False)
+    for x, y in loader:
+        batch_loss, batch_correct = optimisation.step(x, y)
+        loss_sum += batch_loss
+        correct += batch_correct
+        total += len(y)
+        bar.update(len(y))
+        bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+    bar.close()
+    return loss_sum, correct, total
+
+
+def _sum_over_processes(loss_sum: float, correct: float, total: float) -> tuple[float, float, float]:
+    """The epoch's figures summed over every process of a multi-process run."""
+    if world_position()[1] == 1:
+        return loss_sum, correct, total
+    stats = torch.tensor([loss_sum, correct, total], dtype=torch.float64)
+    dist.all_reduce(stats)
+    loss_sum, correct, total = stats.tolist()
+    return loss_sum, correct, total
+
+
+def _log_epoch(job: NetworkTraining, row: dict[str, float], improved: bool) -> None:
+    job.log(
+        f"  epoch {row['epoch']}/{job.plan.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+        f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s"
+        + (" *" if improved else "")
+    )
+
+
+def _optimizer_and_schedule(job: NetworkTraining, world: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int]:
+    """The optimizer over the trainable parameters, its per-step schedule, and this process's batch size."""
+    t, plan = job.config.train, job.plan
+    optimizer = build_optimizer(t.optimizer, _parameter_groups(job), plan.weight_decay)
+    for g in optimizer.param_groups:
+        g["initial_lr"] = g["lr"]
+    # The configured batch size is the global one: each of the `world` processes takes a share.
+    local_batch = max(1, plan.batch_size // world)
+    steps_per_epoch = math.ceil(math.ceil(len(job.train_labels) / world) / local_batch)
+    return optimizer, lr_schedule(optimizer, plan.epochs, steps_per_epoch, t.warmup_epochs, t.schedule), local_batch
+
+
+def _restore(
+    resume_state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+    chosen: BestEpoch, callbacks: Sequence[Callback],
+) -> int:
+    """Continue from an interrupted run's ``train_state.pt``; returns the epochs it had finished."""
+    optimizer.load_state_dict(resume_state["optimizer"])
+    scheduler.load_state_dict(resume_state["scheduler"])
+    restore_callbacks(callbacks, resume_state)
+    chosen.history, chosen.best, chosen.state = resume_state["history"], tuple(resume_state["best"]), resume_state.get("best_state")
+    return resume_state["epoch"]
+
+
+def _resume_point(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, chosen: BestEpoch,
+    callbacks: Sequence[Callback], epoch: int,
+) -> dict[str, Any]:
+    """What ``train_state.pt`` holds for ``--resume`` to continue after ``epoch``."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": chosen.history,
+            "best": list(chosen.best), **callback_states(callbacks), "epoch": epoch, "best_state": chosen.state}
+
+
+def _validate(job: NetworkTraining, validate: Forward) -> tuple[float, float]:
+    """Validation loss and accuracy of the model as it is now."""
+    job.model.eval()
+    batch_size = max(64, job.plan.batch_size)
+    val_logits = forward_uint8(validate, job.val_images.images, job.plan.preprocess, job.device, job.precision, batch_size=batch_size)
+    return loss_and_accuracy(val_logits, job.val_labels)
+
+
+def train_network(
+    job: NetworkTraining, callbacks: Sequence[Callback] = (), resume_state: dict | None = None,
+) -> tuple[History, Weights | None]:
+    """Scratch or fine-tuning epochs; returns (history, the best epoch's weights).
+
+    After each epoch the callbacks run in order; one that calls ``state.stop`` ends training after it.
+    ``resume_state`` (a ``train_state.pt``) continues an interrupted run after its last epoch.
+    """
+    t, plan, model = job.config.train, job.plan, job.model
+    _, world = world_position()
+    optimizer, scheduler, local_batch = _optimizer_and_schedule(job, world)
+    weight = class_weights(job.train_labels, job.num_classes).to(job.device) if t.balance == "weights" else None
+    transform = build_augment(job.config.augment, channels=plan.preprocess.channels)
+    chosen, start_epoch = BestEpoch(to_cpu=True), 0
+    if resume_state:
+        start_epoch = _restore(resume_state, optimizer, scheduler, chosen, callbacks)
+        job.log(f"  resumed after epoch {start_epoch}")
+    net, forward, validate = _forward_passes(job, world)
+    optimisation = _Optimisation(forward, optimizer, scheduler, weight, t.label_smoothing, job.device, job.precision)
+    # Batches are augmented in a worker process while the model computes; the worker's RNG is
+    # seeded from the epoch seed, so runs (and resumed runs) are reproducible.
+    batch_workers = 1 if transform is not None and t.workers != 0 else 0
+    batch_source = AugmentedBatches(job.train_images.images, job.train_labels, transform, plan.preprocess)
+
+    for epoch in range(start_epoch, plan.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(t.seed * 100_003 + epoch)
+        loss_sum, correct, total = _train_epoch(job, net, optimisation, batch_source, batch_workers, local_batch, epoch)
+        train_seconds = time.perf_counter() - started
+        loss_sum, correct, total = _sum_over_processes(loss_sum, correct, total)
+        val_loss, val_acc = _validate(job, validate)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(total, 1),
+            "train_accuracy": correct / max(total, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": optimizer.param_groups[-1]["lr"],
+            "seconds": time.perf_counter() - started,
+            "images_per_second": total / max(train_seconds, 1e-9),
+        }
+        improved = chosen.record(row, model)
+        _log_epoch(job, row, improved)
+        state = EpochEnd(epoch + 1, model, improved, partial(_resume_point, optimizer, scheduler, chosen, callbacks, epoch + 1))
+        run_callbacks(callbacks, row, state)
+        if state.stop_reason:
+            job.log(f"  early stop: {state.stop_reason}")
+            break
+    return chosen.history, chosen.state
+
+
+def _forward_passes(job: NetworkTraining, world: int) -> tuple[nn.Module, Forward, Forward]:
+    """(the network in training mode, DDP-wrapped across processes; its training forward pass, through
+    the frozen stages' ONNX session where it applies; the validation forward pass)."""
+    model = job.model
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[job.device.index] if job.device.type == "cuda" else None)
+    frozen = frozen_prefix(job, world)
+    if frozen is None:
+        return net, net, model
+    prefix, tail = frozen
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return tail(prefix(x).to(memory_format=torch.channels_last))
+
+    return net, forward, forward
