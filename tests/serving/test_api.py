@@ -125,3 +125,27 @@ def test_api_docs_work_without_internet(client: TestClient) -> None:
     script = client.get("/docs-assets/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.content) > 100_000
     assert client.get("/openapi.json").json()["info"]["title"] == "vitrina"
+
+
+def test_the_server_and_vitrina_predict_flag_the_same_photos(client: TestClient, runs, tmp_path: Path) -> None:
+    """One decision rule: /v1/predict/batch and `vitrina predict` (same model, same backend) give the same flags."""
+    import csv
+
+    from vitrina import api
+
+    photos = [path for label in ("dress", "hat", "pants", "shoes", "shirt") for path in demo_photos(label)[:2]]
+    served = client.post("/v1/predict/batch", files=[("image", upload(p)) for p in photos]).json()["results"]
+    api.predict(runs.main, photos, out=tmp_path / "p.csv", backend="torch", progress=False, workers=0)
+    with open(tmp_path / "p.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [Path(row["path"]).name for row in rows] == [r["filename"] for r in served]
+    for row, answer in zip(rows, served):
+        assert row["uncertain"] == str(answer["uncertain"]).lower(), answer["filename"]
+        assert row["unknown"] == str(answer["unknown"]).lower(), answer["filename"]
+        assert row["label_1"] == answer["predicted"]
+
+
+def test_check_answers_carry_the_unknown_flags(client: TestClient, confident_shoe: Path) -> None:
+    check = client.post("/v1/check", files={"image": upload(confident_shoe)}, data={"category": "shoes"}).json()
+    assert check["unknown"] is False and check["unknown_threshold"] > 0
+    assert check["photos"][0]["unknown"] is False and check["photos"][0]["unknown_score"] <= check["unknown_threshold"]

@@ -52,7 +52,9 @@ class PhotoResult(BaseModel):
     sha256: str = Field(description="SHA-256 of the uploaded bytes")
     predicted: str
     confidence: float
-    uncertain: bool = Field(description="the confidence is below the model's calibrated threshold")
+    uncertain: bool = Field(description="the confidence is below the model's threshold, or the photo is unknown")
+    unknown: bool | None = Field(None, description="the photo looks unlike every training photo (null: the model has no detector)")
+    unknown_score: float | None = Field(None, description="the unknown-photo score; above the model's threshold a photo is unknown")
     top: list[Label]
 
 
@@ -72,6 +74,8 @@ class CheckResponse(BaseModel):
     predicted: str = Field(description="the category the listing's photos show (mean of their probabilities)")
     confidence: float
     threshold: float | None = Field(description="confidence below which the verdict is uncertain")
+    unknown: bool | None = Field(None, description="the photos' mean unknown-photo score is above the model's threshold: uncertain")
+    unknown_threshold: float | None = Field(None, description="the unknown-photo score above which photos are unknown")
     verdict: Verdict
     suggestion: str | None = Field(description="the category to use instead, on a mismatch")
     photos: list[PhotoResult]
