@@ -230,3 +230,8 @@ def _horizontal_first(size_in: tuple[int, int], size_out: tuple[int, int]) -> bo
     and two sizes this calls alike are then alike too)."""
     shrink_h = size_in[1] - size_out[1]
     return not (shrink_h > 0 and shrink_h > (size_in[0] - size_out[0]) * 2)
+
+
+def mirror_images(images: np.ndarray) -> np.ndarray:
+    """uint8 N x H x W x C images flipped left to right (the mirror average's second pass)."""
+    return np.ascontiguousarray(np.asarray(images)[:, :, ::-1])

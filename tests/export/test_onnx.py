@@ -311,3 +311,37 @@ def test_a_model_with_a_mirror_average_exports_and_predicts_the_same_everywhere(
     onnx_probs, onnx_scores = load_predictor(result.onnx_path).predict_scored(images)
     np.testing.assert_allclose(onnx_probs, expected, atol=1e-4)
     np.testing.assert_allclose(onnx_scores, scores, atol=1e-4)
+
+
+def test_an_adaptive_mirror_average_is_the_same_in_every_runtime(cnn_export, tmp_path: Path) -> None:
+    """The mirror pass for the unsure photos only: ONNX file, PyTorch and evaluation apply one policy."""
+    import torch
+
+    from vitrina.description import MirrorAverage, top_margin
+    from vitrina.evaluation.evaluate import predict_probabilities
+    from vitrina.export.loading import load_predictor
+    from vitrina.models.checkpoint import load_model, save_model
+    from vitrina.preprocess import mirror_images
+
+    run, _, _ = cnn_export
+    plain = load_predictor(run, "torch")
+    photos = sorted((DEMO / "test").rglob("*.jpg"))[:40]
+    images = np.stack([plain.load(p) for p in photos])
+    first, scores = plain.predict_scored(images)
+    margin = float(np.median(top_margin(first)))
+    unsure = top_margin(first) < margin
+    expected = first.copy()
+    expected[unsure] = (first[unsure] + plain.predict_scored(mirror_images(images[unsure]))[0]) / 2
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard", "*.onnx"))
+    model, meta = load_model(copy)
+    save_model(copy, model, meta.with_changes(mirror=MirrorAverage(margin, passes=1.5)))
+    for predictor in (load_predictor(copy, "torch"), load_predictor(api.export(copy, log=quiet).onnx_path)):
+        probs, got_scores = predictor.predict_scored(images)
+        np.testing.assert_allclose(probs, expected, atol=1e-4)
+        np.testing.assert_allclose(got_scores, scores, atol=1e-4)  # the score reads the photos as given
+        assert predictor.passes_per_photo == pytest.approx(1.0 + unsure.mean())
+    assert "mirror" in export_graph.read_description(copy / "model.onnx").to_dict()
+    evaluated = predict_probabilities(model, images, plain.preprocess, torch.device("cpu"), mirror=load_model(copy)[1].mirror)
+    np.testing.assert_allclose(evaluated, expected, atol=1e-4)

@@ -8,11 +8,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vitrina.description import MirrorAverage
 from vitrina.evaluation.metrics import classification_metrics, softmax
 from vitrina.inference.decide import DecisionRule
 from vitrina.models.runtime import predict_logits
 from vitrina.models.unknown import UnknownScore, penultimate_features, score_features
-from vitrina.preprocess import Preprocess
+from vitrina.preprocess import Preprocess, mirror_images
 
 
 def predict_probabilities(
@@ -23,9 +24,17 @@ def predict_probabilities(
     precision: str = "fp32",
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
+    mirror: MirrorAverage | None = None,
 ) -> np.ndarray:
-    """Class probabilities for uint8 images (through ONNX Runtime where that is faster, see predict_logits)."""
-    return softmax(predict_logits(model, images, preprocess, device, precision, cache_dir, batch_size=batch_size))
+    """Class probabilities for uint8 images (through ONNX Runtime where that is faster, see predict_logits),
+    with the model's mirror average where it has one, as `vitrina predict` applies it."""
+    def run(batch: np.ndarray) -> np.ndarray:
+        return softmax(predict_logits(model, batch, preprocess, device, precision, cache_dir, batch_size=batch_size))
+
+    probs = run(images)
+    if mirror is not None:
+        probs, _ = mirror.apply(probs, lambda rows: run(mirror_images(np.asarray(images[rows]))))
+    return probs
 
 
 def evaluate_images(
@@ -39,9 +48,10 @@ def evaluate_images(
     split: str = "test",
     n_skipped: int = 0,
     cache_dir: str | Path | None = None,
+    mirror: MirrorAverage | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Metrics for one split, and the probabilities they came from."""
-    probs = predict_probabilities(model, images, preprocess, device, precision, cache_dir=cache_dir)
+    probs = predict_probabilities(model, images, preprocess, device, precision, cache_dir=cache_dir, mirror=mirror)
     return evaluate_probabilities(probs, labels, classes, split, n_skipped), probs
 
 

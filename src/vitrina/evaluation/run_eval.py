@@ -234,7 +234,7 @@ def evaluate_run(
     net.to(device)
     metrics, probs = evaluate_images(
         net, decoded.images, labels, classes, preprocess, device, precision, split=split,
-        n_skipped=len(decoded.skipped), cache_dir=cache_dir,
+        n_skipped=len(decoded.skipped), cache_dir=cache_dir, mirror=meta.mirror,
     )
     coarse = coarse_accuracy(kept, [classes[i] for i in probs.argmax(axis=1)], {**meta.coarse_of, **dataset.coarse_of})
     if coarse is not None:

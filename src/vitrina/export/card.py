@@ -41,6 +41,17 @@ def _per_class_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _mirror_text(description: ModelDescription) -> str:
+    mirror = description.mirror
+    if mirror is None:
+        return ""
+    which = ("every photo's probabilities" if not math.isfinite(mirror.margin)
+             else f"the probabilities of a photo whose top two probabilities differ by less than {mirror.margin:.4f}")
+    cost = f" ({mirror.passes:.2f} network passes per photo on the validation photos)" if mirror.passes else ""
+    return (f" vitrina's predictors (and the server) average {which} with its mirror image's{cost}; "
+            "the graph itself runs one pass.")
+
+
 def model_card(description: ModelDescription, int8: dict[str, Any] | None = None, int8_file: Path | None = None) -> str:
     """Markdown: intended use, data, preprocessing, metrics per class, export checks and limits."""
     metrics = dict(description.metrics)
@@ -83,7 +94,8 @@ def model_card(description: ModelDescription, int8: dict[str, Any] | None = None
            f"{neighbours.k} most similar of {neighbours.bank_size} training photos (weight {neighbours.weight:g}), "
            "whose features the file holds." if neighbours else "")
         + (" Each photo's probabilities are averaged with its mirror image's (the graph runs the network twice)."
-           if description.flip_average else ""),
+           if description.flip_average else "")
+        + _mirror_text(description),
         "",
         f"Preprocessing: {_preprocessing_text(preprocess)}.",
         "",

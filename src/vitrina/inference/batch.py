@@ -29,7 +29,7 @@ import numpy as np
 from vitrina.data.images import DEFAULT_MAX_PIXELS, is_image_file
 from vitrina.errors import ConfigError, DataError
 from vitrina.inference.decide import top_k as top_k_of
-from vitrina.inference.predictor import OnnxBackend, Predictor, decode_batch, default_threads
+from vitrina.inference.predictor import OnnxBackend, Predictor, decode_batch, default_threads, onnx_predictor
 from vitrina.preprocess import Preprocess
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -53,6 +53,7 @@ class PredictSummary:
     precision: str
     batch_size: int
     workers: int
+    passes_per_photo: float = 1.0  # network passes per photo predicted (above 1 with the mirror average)
 
     @property
     def images_per_second(self) -> float:
@@ -121,19 +122,23 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- decoding
-_worker_backend: OnnxBackend | None = None
+_worker_predictor: Predictor | None = None
+WorkerResult = tuple[np.ndarray, "np.ndarray | None", int]  # probabilities, unknown scores, photos mirrored
 
 
 def _start_model_worker(model_file: Path, threads: int) -> None:
-    global _worker_backend
-    _worker_backend = OnnxBackend.from_file(model_file, threads)
+    global _worker_predictor
+    _worker_predictor = onnx_predictor(model_file, threads)
 
 
-def _score_batch(paths: list[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[tuple[np.ndarray, np.ndarray | None] | None, list[str | None]]:
-    """In a model worker: decode, resize, run the model -> ((probabilities, unknown scores) of the readable files or None, errors)."""
-    assert _worker_backend is not None, "model worker not started"
+def _score_batch(paths: list[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[WorkerResult, list[str | None]]:
+    """In a model worker: decode, resize and predict (the model's whole predictor, mirror average included)
+    -> ((probabilities, unknown scores, photos mirrored) of the readable files, per-file errors)."""
+    assert _worker_predictor is not None, "model worker not started"
     images, errors = decode_batch(paths, preprocess, max_pixels)
-    return (_worker_backend.scored(preprocess.normalize(images)) if len(images) else None), errors
+    before = _worker_predictor.mirrored_photos
+    probs, scores = _worker_predictor.predict_scored(images)
+    return (probs, scores, _worker_predictor.mirrored_photos - before), errors
 
 
 # ----------------------------------------------------------------------------- output
@@ -290,6 +295,7 @@ def predict_catalogue(
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     started = time.perf_counter()
+    photos_before, mirrored_before = predictor.photos, predictor.mirrored_photos
     out_path = Path(out) if out is not None else None
     top_k = min(top_k, len(predictor.classes))
     rule = predictor.rule()
@@ -336,6 +342,7 @@ def predict_catalogue(
         out=out_path, n_inputs=len(paths), n_predicted=n_predicted, n_errors=n_errors, n_resumed=n_resumed,
         seconds=time.perf_counter() - started, backend=predictor.backend_name, precision=predictor.precision,
         batch_size=batch_size, workers=workers,
+        passes_per_photo=1.0 + (predictor.mirrored_photos - mirrored_before) / max(1, predictor.photos - photos_before),
     )
 
 
@@ -382,10 +389,8 @@ def _scored_batches(
             submit_next()
             if model_file is None:
                 probs, scores = predictor.predict_scored(result)
-            elif result is None:  # nothing readable in this batch
-                probs, scores = np.zeros((0, len(predictor.classes)), dtype=np.float32), (np.zeros(0) if predictor.detects_unknown else None)
             else:
-                probs, scores = result
-                if scores is None and predictor.detects_unknown:  # an "msp" score: from the probabilities
-                    scores = 1.0 - probs.max(axis=1)
+                probs, scores, mirrored = result
+                predictor.photos += len(probs)  # the workers' counts, so the summary tells passes per photo
+                predictor.mirrored_photos += mirrored
             yield chunk, probs, scores, errors

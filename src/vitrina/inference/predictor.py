@@ -19,7 +19,7 @@ from PIL import Image
 from vitrina.data.images import DEFAULT_MAX_PIXELS, _to_mode, decode
 from vitrina.description import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SCORE_OUTPUT, ModelDescription
 from vitrina.errors import ImageError, ModelError
-from vitrina.preprocess import Preprocess
+from vitrina.preprocess import Preprocess, mirror_images
 from vitrina.inference.decide import DecisionRule
 
 # efficientnet_lite0 at 224 px on 2 CPU cores: images/s is flat from batch 8 to 64 within noise,
@@ -161,6 +161,8 @@ class Predictor:
         self.preprocess = description.preprocess
         self.classes: list[str] = list(description.classes)
         self.batch_size = batch_size
+        self.photos = 0  # predicted so far, and of those, how many also took the mirror pass
+        self.mirrored_photos = 0
 
     @property
     def backend_name(self) -> str:
@@ -188,13 +190,7 @@ class Predictor:
     # --------------------------------------------------------------- predictions
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """uint8 N x H x W x C images at the input size -> float32 N x classes probabilities."""
-        if len(images) == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        parts = [
-            self.backend(self.preprocess.normalize(images[start : start + self.batch_size]))
-            for start in range(0, len(images), self.batch_size)
-        ]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return self.predict_scored(images)[0]
 
     @property
     def detects_unknown(self) -> bool:
@@ -211,19 +207,39 @@ class Predictor:
         return DecisionRule.for_model(self.description, detects_unknown=self.detects_unknown, confidence=confidence)
 
     def predict_scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Like :meth:`predict_arrays`, plus each image's unknown-photo score (None: not available)."""
+        """Probabilities (float32 N x classes) of uint8 N x H x W x C images at the input size, and
+        each image's unknown-photo score (None: not available).
+
+        A model with a mirror average (``description.mirror``) runs a second pass on the mirror
+        images of the photos its first pass is unsure of; the unknown score reads the photos as given.
+        """
         if len(images) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32), (np.zeros(0) if self.detects_unknown else None)
-        if not self.detects_unknown:
-            return self.predict_arrays(images), None
-        scored = getattr(self.backend, "scored", None)
         probs, scores = [], []
         for start in range(0, len(images), self.batch_size):
-            batch = self.preprocess.normalize(images[start : start + self.batch_size])
-            p, s = scored(batch) if scored is not None else (self.backend(batch), None)
+            p, s = self._batch(images[start : start + self.batch_size])
             probs.append(p)
-            scores.append(s if s is not None else 1.0 - p.max(axis=1))  # "msp" from the probabilities
-        return np.concatenate(probs).astype(np.float32, copy=False), np.concatenate(scores).astype(np.float64)
+            scores.append(s)
+        joined = None if scores[0] is None else np.concatenate(scores).astype(np.float64)
+        return np.concatenate(probs).astype(np.float32, copy=False), joined
+
+    def _batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        scored = getattr(self.backend, "scored", None)
+        batch = self.preprocess.normalize(images)
+        probs, scores = scored(batch) if scored is not None else (self.backend(batch), None)
+        self.photos += len(images)
+        if self.detects_unknown and scores is None:
+            scores = 1.0 - probs.max(axis=1)  # "msp" from the probabilities
+        mirror = self.description.mirror
+        if mirror is not None:
+            probs, n = mirror.apply(probs, lambda rows: self.backend(self.preprocess.normalize(mirror_images(images[rows]))))
+            self.mirrored_photos += n
+        return probs, scores if self.detects_unknown else None
+
+    @property
+    def passes_per_photo(self) -> float:
+        """Network passes per photo predicted so far (above 1 where the mirror average ran)."""
+        return 1.0 + self.mirrored_photos / max(1, self.photos)
 
     def predict_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Decoded images (PIL or uint8 arrays, any size) -> N x classes probabilities."""

@@ -10,7 +10,7 @@ import torch
 
 from vitrina.errors import ConfigError
 from vitrina.models.onnx_graph import OnnxFeatureExtractor
-from vitrina.preprocess import Preprocess
+from vitrina.preprocess import Preprocess, mirror_images
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -69,11 +69,6 @@ def forward_uint8(
     if not outputs:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(outputs)
-
-
-def mirror_images(images: np.ndarray) -> np.ndarray:
-    """uint8 N x H x W x C images flipped left to right (what ``VitrinaNet.flip_average`` averages with)."""
-    return np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
 
 
 # Exporting a body to ONNX costs about 15 s (efficientnet_lite0); eager PyTorch runs about 40 images/s

@@ -2,8 +2,9 @@
 unknown-photo detector, the neighbour vote and the mirror-image average."""
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,11 +14,12 @@ from torch import nn
 
 from vitrina.config import Config
 from vitrina.data.cache import DecodedImages
+from vitrina.description import MirrorAverage, top_margin
 from vitrina.models.neighbours import fit_vote
-from vitrina.models.runtime import mirror_images
 from vitrina.models.unknown import MAX_BANK, UnknownScore, default_k, fit_unknown, penultimate_features
 from vitrina.training.calibration import ACCEPT_RATE
 from vitrina.training.features import BackboneFeatures
+from vitrina.preprocess import mirror_images
 from vitrina.training.plan import Plan
 
 Log = Callable[[str], None]
@@ -26,7 +28,7 @@ Log = Callable[[str], None]
 @dataclass
 class Extras:
     """The post-fit extras: the unknown-photo scorer, the description fields they add (``unknown``,
-    ``neighbours``, ``flip_average``), the validation photos' features, and the validation logits of
+    ``neighbours``, ``mirror``), the validation photos' features, and the validation logits of
     the model as it now answers (after the mirror-image average, where used)."""
 
     scorer: UnknownScore
@@ -68,26 +70,68 @@ def fit_neighbour_vote(
     return {"neighbours": model.vote.describe()}
 
 
-def choose_flip_average(
+# The rule every extra that multiplies prediction cost must pass: costing c passes of the network
+# per photo, it must gain at least 0.5 x (c - 1) points of validation accuracy and at least 3 photos.
+POINTS_PER_EXTRA_PASS = 0.5
+MIN_GAIN_PHOTOS = 3
+UNSURE_SHARES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)  # the mirror pass for this share of the least sure photos
+
+
+def pays_for_itself(gain_photos: int, n_photos: int, passes: float) -> bool:
+    """Whether an extra costing ``passes`` network passes per photo gains enough validation photos."""
+    return gain_photos >= MIN_GAIN_PHOTOS and 100.0 * gain_photos / max(1, n_photos) >= POINTS_PER_EXTRA_PASS * (passes - 1.0)
+
+
+@dataclass(frozen=True)
+class MirrorOption:
+    policy: MirrorAverage
+    probs: np.ndarray
+    gain_photos: int
+
+    def net_points(self, n_photos: int) -> float:
+        return 100.0 * self.gain_photos / max(1, n_photos) - POINTS_PER_EXTRA_PASS * ((self.policy.passes or 1.0) - 1.0)
+
+
+def mirror_options(plain: np.ndarray, flipped: np.ndarray, labels: np.ndarray) -> list[MirrorOption]:
+    """The mirror average for every photo, and for the least sure shares of them (margin thresholds)."""
+    n = len(labels)
+    right_plain = int((plain.argmax(1) == labels).sum())
+    margins = np.sort(top_margin(plain))
+    cuts = sorted({float(margins[min(n - 1, int(np.ceil(share * n)))]) for share in UNSURE_SHARES}) if n else []
+    options = []
+    for margin in [*cuts, math.inf]:
+        probs, mirrored = MirrorAverage(margin).apply(plain, lambda rows: flipped[rows])
+        gain = int((probs.argmax(1) == labels).sum()) - right_plain
+        options.append(MirrorOption(MirrorAverage(margin, passes=1.0 + mirrored / max(1, n), gain_points=100.0 * gain / max(1, n)), probs, gain))
+    full = options[-1].policy.gain_points
+    return [MirrorOption(replace(o.policy, full_gain_points=full), o.probs, o.gain_photos) for o in options]
+
+
+def choose_mirror_average(
     model: nn.Module, plan: Plan, val_images: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
     device: torch.device, precision: str, cache_dir: Path | None, log: Log,
-) -> np.ndarray:
-    """Set ``model.flip_average`` when averaging each validation photo's probabilities with its
-    mirror image's gets at least one more of them right; returns the validation probabilities the
-    model now gives (features of the photos as given: ``val_features``).
-    """
+) -> tuple[MirrorAverage | None, np.ndarray]:
+    """The mirror average that pays for itself best on the validation photos (or none), and the
+    validation probabilities the model then gives (features of the photos as given: ``val_features``)."""
     mirrored_features = penultimate_features(model, mirror_images(val_images), plan.preprocess, device, precision, cache_dir)
     with torch.inference_mode():
         plain = model.classify(torch.from_numpy(val_features).to(device))[0].float().cpu().numpy()
         flipped = model.classify(torch.from_numpy(mirrored_features).to(device))[0].float().cpu().numpy()
-    averaged = (plain + flipped) / 2
-    right_plain = int((plain.argmax(1) == val_labels).sum())
-    right_averaged = int((averaged.argmax(1) == val_labels).sum())
-    model.flip_average = right_averaged > right_plain
-    n = max(1, len(val_labels))
-    log(f"  mirror-image average: {'used' if model.flip_average else 'not used'} (validation accuracy "
-        f"{right_plain / n:.4f} -> {right_averaged / n:.4f})")
-    return averaged if model.flip_average else plain
+    n = len(val_labels)
+    options = mirror_options(plain, flipped, val_labels)
+    kept = [o for o in options if pays_for_itself(o.gain_photos, n, o.policy.passes or 1.0)]
+    best = max(kept, key=lambda o: (o.net_points(n), -(o.policy.passes or 1.0)), default=None)
+    log(f"  mirror-image average (kept only if it gains >= {POINTS_PER_EXTRA_PASS:g} x (passes - 1) points and >= "
+        f"{MIN_GAIN_PHOTOS} validation photos): " + "; ".join(
+            f"{'every photo' if not math.isfinite(o.policy.margin) else f'margin < {o.policy.margin:.3f}'} "
+            f"{o.policy.passes:.2f} passes {o.gain_photos:+d} photos" for o in options))
+    if best is None:
+        log(f"  mirror-image average: not used (validation accuracy {(plain.argmax(1) == val_labels).mean():.4f})")
+        return None, plain
+    log(f"  mirror-image average: {best.policy.passes:.2f} passes per photo, validation accuracy "
+        f"{(plain.argmax(1) == val_labels).mean():.4f} -> {(best.probs.argmax(1) == val_labels).mean():.4f} "
+        f"({best.policy.gain_points:+.2f} points; every photo mirrored: {best.policy.full_gain_points:+.2f})")
+    return best.policy, best.probs
 
 
 def fit_extras(
@@ -109,8 +153,8 @@ def fit_extras(
     if t.neighbour_vote:
         extras.fields.update(fit_neighbour_vote(model, bank, bank_labels, val_features, val_logits, labels["val"], device, log))
     if t.flip_average:
-        val_probs = choose_flip_average(model, plan, decoded["val"].images, val_features, labels["val"], device, precision, cache_dir, log)
-        if model.flip_average:
-            extras.fields["flip_average"] = True
+        mirror, val_probs = choose_mirror_average(model, plan, decoded["val"].images, val_features, labels["val"], device, precision, cache_dir, log)
+        if mirror is not None:
+            extras.fields["mirror"] = mirror
             extras.val_logits = np.log(np.clip(val_probs, 1e-12, None))
     return extras

@@ -122,7 +122,7 @@ def evaluate_splits(result: TrainResult, dataset: Dataset, config: Config) -> di
             split_metrics[split], probs = evaluate_images(
                 result.model, decoded.images, result.labels[split], dataset.classes, description.preprocess, device,
                 description.precision, split=split, n_skipped=len(decoded.skipped),
-                cache_dir=default_cache_dir(config.train.cache_dir),
+                cache_dir=default_cache_dir(config.train.cache_dir), mirror=description.mirror,
             )
         samples = dataset.splits[split]
         write_predictions(

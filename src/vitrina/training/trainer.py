@@ -209,9 +209,10 @@ def _head_logits(run: _Run, model: nn.Module, features: np.ndarray) -> np.ndarra
         return model.forward_head(torch.from_numpy(features).to(run.device)).float().cpu().numpy()
 
 
-def _split_logits(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], body: BackboneFeatures | None) -> dict[str, np.ndarray]:
+def _split_logits(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], body: BackboneFeatures | None,
+                  mirrored: bool) -> dict[str, np.ndarray]:
     """Bottleneck without the mirror-image average: every evaluation split's logits from the cached features."""
-    if body is None or model.flip_average:
+    if body is None or mirrored:
         return {}
     return {split: _head_logits(run, model, body(decoded[split])) for split in decoded if split != "train"}
 
@@ -271,8 +272,9 @@ def train(
                             precision=run.precision, cache_dir=run.cache_dir, log=log)
         fields.update(extras.fields)
         val_logits = extras.val_logits
-    split_logits = _split_logits(run, model, decoded, body)
-    if extras is not None and model.vote is not None and not model.flip_average:
+    mirrored = "mirror" in fields
+    split_logits = _split_logits(run, model, decoded, body, mirrored)
+    if extras is not None and model.vote is not None and not mirrored:
         val_logits = _head_logits(run, model, extras.val_features)  # what the model now answers: head and vote
     fields["thresholds"] = confidence_threshold(val_logits, ACCEPT_RATE)
     description = model_meta(plan, dataset, config, **fields)
