@@ -112,11 +112,21 @@ class TrainConfig:
 
 
 @dataclass
+class ExportConfig:
+    """How `vitrina export` chooses the precision it writes."""
+
+    # int8 is written as the model when it loses at most this many points of validation accuracy
+    # against fp32 (the mirror average and the vote included); the other precision goes beside it.
+    int8_tolerance: float = 0.5
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,7 +14,7 @@ import pytest
 
 from vitrina import api
 from vitrina.config import resolve
-from vitrina.errors import ModelError
+from vitrina.errors import ConfigError, ModelError
 from vitrina.export import checks as export_checks
 from vitrina.export import graph as export_graph
 from vitrina.export import run as export_run
@@ -42,7 +42,7 @@ def cnn_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportRe
         **{"train.mode": "scratch", "model.name": "cnn1", "model.input_size": 32, "train.epochs": 3, "train.patience": 0},
     )
     lines: list[str] = []
-    result = api.export(run, int8=True, log=lines.append)
+    result = api.export(run, log=lines.append)
     return run, result, lines
 
 
@@ -83,12 +83,12 @@ def test_onnx_files_mark_the_same_photos_unknown_as_pytorch(cnn_export) -> None:
     noise = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(8)]  # unlike any product photo
     images = [torch_predictor.load(p) for p in photos] + noise
     expected_probs, expected = torch_predictor.predict_scored(np.stack(images))
-    for path, tolerance in ((result.onnx_path, 1e-3), (result.int8_path, 0.05)):
+    for path, tolerance in ((result.fp32_path, 1e-3), (result.int8_path, 0.05)):
         predictor = load_predictor(path)
         assert predictor.detects_unknown, path
         _, scores = predictor.predict_scored(np.stack(images))
         np.testing.assert_allclose(scores, expected, atol=tolerance)
-        if path == result.onnx_path:
+        if path == result.fp32_path:
             assert (predictor.rule().unknown(scores) == torch_predictor.rule().unknown(expected)).all()
     quantized = onnx.load(str(result.int8_path)).graph
     score_nodes = [node for node in quantized.node if node.name in set(export_graph._score_only_nodes(quantized))]
@@ -106,14 +106,15 @@ def test_metadata_round_trips_labels_preprocessing_and_metrics(cnn_export) -> No
     assert description.metrics["accuracy"] == metrics["accuracy"]
     assert description.metrics["per_class"].keys() == metrics["per_class"].keys()
     assert description.export is not None and description.export.vitrina_version
-    assert description.export.precision == "fp32"
+    assert description.export.precision == result.precision and description.export.checks["choice"]["chosen"] == result.precision
     assert description.export.checks["parity"]["max_abs_diff"] <= 1e-4
     assert description.weights_digest == meta["weights_digest"]
 
 
 def test_int8_export_reports_accuracy_change_and_speed(cnn_export) -> None:
     run, result, lines = cnn_export
-    assert result.int8_path == run / "model.int8.onnx" and result.int8_path.is_file()
+    other = run / ("model.fp32.onnx" if result.precision == "int8" else "model.int8.onnx")
+    assert {result.int8_path, result.fp32_path} == {run / "model.onnx", other} and other.is_file()
     report = result.int8
     for key in ("fp32_accuracy", "int8_accuracy", "accuracy_change_points", "within_tolerance", "top1_agreement", "fp32_images_per_second", "int8_images_per_second", "calibration_images"):
         assert key in report, key
@@ -147,7 +148,7 @@ def test_thresholds_travel_in_the_metadata(cnn_export, tmp_path: Path, monkeypat
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.onnx", "tensorboard"))
     meta = json.loads((copy / "model.json").read_text())
     (copy / "model.json").write_text(json.dumps({**meta, "thresholds": {"confidence": 0.6}}))
-    graph = onnx.load(str(result.onnx_path))
+    graph = onnx.load(str(result.fp32_path))
     monkeypatch.setattr(export_run, "to_onnx", lambda model, preprocess, scorer=None: graph)  # the graph is unchanged; skip re-exporting
     exported = api.export(copy, out=tmp_path / "out" / "shop.onnx", log=quiet)
     assert exported.onnx_path == tmp_path / "out" / "shop.onnx"
@@ -157,7 +158,7 @@ def test_thresholds_travel_in_the_metadata(cnn_export, tmp_path: Path, monkeypat
 
 def test_a_parity_failure_refuses_the_export(cnn_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run, result, _ = cnn_export
-    graph = onnx.load(str(result.onnx_path))
+    graph = onnx.load(str(result.fp32_path))
     monkeypatch.setattr(export_run, "to_onnx", lambda model, preprocess, scorer=None: graph)
     monkeypatch.setattr(export_run, "PARITY_TOLERANCE", -1.0)
     with pytest.raises(ModelError, match="disagrees with PyTorch"):
@@ -195,34 +196,58 @@ def test_checks_use_the_listed_images_when_the_data_moved(cnn_export, tmp_path: 
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.onnx", "tensorboard"))
     splits = json.loads((copy / "splits.json").read_text())
     (copy / "splits.json").write_text(json.dumps({**splits, "source": str(tmp_path / "moved")}))
-    graph = onnx.load(str(result.onnx_path))
+    graph = onnx.load(str(result.fp32_path))
     monkeypatch.setattr(export_run, "to_onnx", lambda model, preprocess, scorer=None: graph)
     exported = api.export(copy, log=quiet)
     assert exported.parity["n_images"] == len(splits["splits"]["val"])
     assert "unlabelled" in export_graph.read_description(exported.onnx_path).export.checks["check_images"]
     with pytest.raises(ModelError, match="labelled validation images"):
-        api.export(copy, int8=True, log=quiet)
-    with_data = api.export(copy, int8=True, calibration=DEMO, log=quiet)
+        api.export(copy, precision="int8", log=quiet)
+    with_data = api.export(copy, precision="int8", calibration=DEMO, log=quiet)
     assert with_data.int8["n_images"] > 0
 
 
-def test_a_run_folder_predicts_with_its_int8_export_only_when_it_kept_the_accuracy(cnn_export, tmp_path: Path) -> None:
+def test_the_export_writes_the_precision_its_tolerance_allows_and_the_other_beside_it(cnn_export, tmp_path: Path) -> None:
     from vitrina.export.loading import load_predictor
 
-    run, _, _ = cnn_export
+    run, result, lines = cnn_export
+    change = result.int8["accuracy_change_points"]
+    assert result.precision == ("int8" if change >= -0.5 else "fp32") and any(line.startswith("chose ") for line in lines)
     copy = tmp_path / "run"
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard"))
-    int8_file = copy / "model.int8.onnx"
-    def mark_int8(within: bool) -> None:
-        description = export_graph.read_description(int8_file)
-        checks = {**description.export.checks, "int8": {**description.export.int8, "within_tolerance": within}}
-        changed = description.with_changes(export=replace(description.export, checks=checks))
-        export_graph.save_onnx(onnx.load(str(int8_file)), int8_file, changed)
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard", "*.onnx", "*.md"))
+    lenient = api.export(copy, config=resolve(overrides={"export.int8_tolerance": 100}), log=quiet)
+    assert lenient.precision == "int8" and lenient.fp32_path == copy / "model.fp32.onnx" and "within" in lenient.choice["reason"]
+    assert load_predictor(copy).precision == "int8"  # a run folder predicts with the chosen file
+    assert "Precision of this model: int8" in lenient.card_path.read_text()
+    strict = api.export(copy, out=copy / "strict.onnx", config=resolve(overrides={"export.int8_tolerance": 0}), log=quiet)
+    assert strict.precision == ("int8" if change >= 0 else "fp32")
+    forced = api.export(copy, out=copy / "forced.onnx", precision="fp32", log=quiet)
+    assert forced.precision == "fp32" and forced.int8_path is None and not (copy / "forced.int8.onnx").exists()
+    with pytest.raises(ConfigError, match="int8_tolerance"):
+        api.export(copy, config=resolve(overrides={"export.int8_tolerance": -1}), log=quiet)
 
+
+def test_a_run_folder_exported_by_0_1_0_predicts_with_its_int8_file_only_when_it_kept_the_accuracy(cnn_export, tmp_path: Path) -> None:
+    from vitrina.export.loading import load_predictor
+
+    run, result, _ = cnn_export
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard", "*.onnx"))
+    fp32_file, int8_file = copy / "model.onnx", copy / "model.int8.onnx"
+
+    def write(source: Path, target: Path, within: bool | None = None) -> None:  # the metadata 0.1.0 wrote: no choice
+        description = export_graph.read_description(source)
+        checks = {k: v for k, v in description.export.checks.items() if k != "choice"}
+        if within is not None:
+            checks["int8"] = {**checks["int8"], "within_tolerance": within}
+        precision = "int8" if within is not None else "fp32"
+        export_graph.save_onnx(onnx.load(str(source)), target, description.with_changes(export=replace(description.export, precision=precision, checks=checks)))
+
+    write(result.fp32_path, fp32_file)
     for within in (True, False):
-        mark_int8(within)
+        write(result.int8_path, int8_file, within)
         assert load_predictor(copy).precision == ("int8" if within else "fp32")
-    mark_int8(True)
+    write(result.int8_path, int8_file, True)
     weights_time = (copy / "model.safetensors").stat().st_mtime
     os.utime(int8_file, (weights_time - 60, weights_time - 60))  # made from older weights
     assert load_predictor(copy).precision == "fp32"
@@ -255,12 +280,12 @@ def test_a_model_with_a_neighbour_vote_exports_and_predicts_the_same_everywhere(
     # the photos are in the bank: their nearest photo is themselves, so the vote pulls toward their labels
     rows, true = np.arange(len(labels)), labels.numpy()
     assert probs[rows, true].mean() > plain.predict_scored(images)[0][rows, true].mean()
-    result = api.export(copy, int8=True, calibration=DEMO, log=quiet)
+    result = api.export(copy, precision="int8", calibration=DEMO, log=quiet)
     assert result.parity["max_abs_diff"] <= 1e-4 and result.parity["top1_identical"]
     assert "a vote of the 5 most similar of 40 training photos" in result.card_path.read_text()
-    onnx_probs, _ = load_predictor(result.onnx_path).predict_scored(images)
+    onnx_probs, _ = load_predictor(result.fp32_path).predict_scored(images)
     np.testing.assert_allclose(onnx_probs, probs, atol=1e-4)
-    vote_nodes = export_graph._vote_nodes(onnx.load(str(result.onnx_path)).graph)
+    vote_nodes = export_graph._vote_nodes(onnx.load(str(result.fp32_path)).graph)
     assert vote_nodes, "the fp32 graph names the vote's nodes"
     int8_graph = onnx.load(str(result.int8_path)).graph
     quantized = {name for node in int8_graph.node if node.op_type == "QuantizeLinear" for name in node.input}
@@ -305,7 +330,7 @@ def test_a_model_with_a_mirror_average_exports_and_predicts_the_same_everywhere(
     logits = runtime.predict_logits(model, images, preprocess, torch.device("cpu"), "fp32", tmp_path / "cache")
     np.testing.assert_allclose(np.exp(logits), expected, atol=1e-4)
 
-    result = api.export(copy, int8=False, calibration=DEMO, log=quiet)
+    result = api.export(copy, precision="fp32", calibration=DEMO, log=quiet)
     assert result.parity["max_abs_diff"] <= 1e-4 and result.parity["top1_identical"]
     assert "averaged with its mirror image" in result.card_path.read_text()
     onnx_probs, onnx_scores = load_predictor(result.onnx_path).predict_scored(images)
@@ -337,7 +362,7 @@ def test_an_adaptive_mirror_average_is_the_same_in_every_runtime(cnn_export, tmp
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard", "*.onnx"))
     model, meta = load_model(copy)
     save_model(copy, model, meta.with_changes(mirror=MirrorAverage(margin, passes=1.5)))
-    for predictor in (load_predictor(copy, "torch"), load_predictor(api.export(copy, log=quiet).onnx_path)):
+    for predictor in (load_predictor(copy, "torch"), load_predictor(api.export(copy, precision="fp32", log=quiet).onnx_path)):
         probs, got_scores = predictor.predict_scored(images)
         np.testing.assert_allclose(probs, expected, atol=1e-4)
         np.testing.assert_allclose(got_scores, scores, atol=1e-4)  # the score reads the photos as given

@@ -31,7 +31,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "train.patience": 0, "train.workers": 1, "train.cache_dir": str(tmp_path_factory.getbasetemp() / "vitrina-cache"),
     }
     run = api.train(DEMO, resolve(overrides=settings), out=tmp_path_factory.mktemp("batch") / "run", progress=False, log=lambda _: None).run_dir
-    return api.export(run, log=lambda _: None).onnx_path
+    return api.export(run, precision="fp32", log=lambda _: None).onnx_path  # fp32: compared with PyTorch
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,9 @@ def test_onnx_file_alone_describes_itself(run_dir: Path, onnx_alone: Path) -> No
 
 
 def test_onnx_and_torch_backends_agree(run_dir: Path, onnx_alone: Path) -> None:
-    onnx_probs, onnx_errors = load_predictor(onnx_alone).predict_paths(TEST_IMAGES)
+    fp32 = next(path for path in (run_dir / "model.fp32.onnx", run_dir / "model.onnx") if path.is_file())  # the export chose one
+    assert load_predictor(fp32).precision == "fp32"
+    onnx_probs, onnx_errors = load_predictor(fp32).predict_paths(TEST_IMAGES)
     torch_probs, torch_errors = load_predictor(run_dir, backend="torch").predict_paths(TEST_IMAGES)
     assert onnx_errors == torch_errors == [None] * len(TEST_IMAGES)
     assert np.abs(onnx_probs - torch_probs).max() <= 1e-4
@@ -138,5 +140,6 @@ def test_run_without_its_images_falls_back_to_torch(run_dir: Path, tmp_path: Pat
 def test_predict_api_accepts_a_loaded_predictor(onnx_alone: Path, tmp_path: Path) -> None:
     image = tmp_path / "one.png"
     Image.open(TEST_IMAGES[0]).save(image)
-    summary = api.predict(load_predictor(onnx_alone), [image], out=tmp_path / "out.csv", top_k=2, progress=False)
-    assert (summary.n_predicted, summary.n_errors, summary.backend, summary.precision) == (1, 0, "onnx", "fp32")
+    predictor = load_predictor(onnx_alone)
+    summary = api.predict(predictor, [image], out=tmp_path / "out.csv", top_k=2, progress=False)
+    assert (summary.n_predicted, summary.n_errors, summary.backend, summary.precision) == (1, 0, "onnx", predictor.precision)

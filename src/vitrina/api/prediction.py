@@ -4,6 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from vitrina import config as config_lib
+from vitrina.api.settings import resolve_config
+from vitrina.config import Config
 from vitrina.errors import ConfigError
 from vitrina.export.loading import BackendName, load_predictor
 from vitrina.inference.batch import PredictSummary, predict_catalogue
@@ -17,22 +20,27 @@ def export(
     run: str | Path,
     out: str | Path | None = None,
     *,
-    int8: bool = False,
+    precision: str = "auto",
+    config: Config | str | Path | None = None,
     calibration: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export a run folder to a self-describing ONNX file plus a model card beside it.
 
     The export is checked against PyTorch on the run's validation images (largest probability
-    difference at most 1e-4, identical top-1) and refused otherwise. ``int8`` also writes
-    ``<name>.int8.onnx`` (static quantisation calibrated on training images) and reports its
-    accuracy change on the validation split and its speed. ``calibration``: a dataset to use for
-    these checks instead of the run's own data (e.g. when the data moved).
+    difference at most 1e-4, identical top-1) and refused otherwise. ``precision="auto"`` also
+    quantises to int8 and writes int8 at ``out`` (default ``RUN/model.onnx``) when it changes
+    validation accuracy by at most ``export.int8_tolerance`` points (``config``: 0.5 by
+    default), else fp32, with the other precision beside it; "fp32" or "int8" force one.
+    ``calibration``: a dataset to use for these checks instead of the run's own data.
     """
     # lazy: PyTorch and the ONNX exporter load only to export, never to predict from an .onnx file
     from vitrina.export.run import export_run
 
-    return export_run(run, out, int8=int8, calibration=calibration, log=log)
+    saved = Path(run) / "config.yaml"  # the run's own settings, unless others are given
+    settings = resolve_config(config) if config is not None else config_lib.resolve(saved if saved.is_file() else None)
+    tolerance = settings.export.int8_tolerance
+    return export_run(run, out, precision=precision, int8_tolerance=tolerance, calibration=calibration, log=log)  # type: ignore[arg-type]
 
 
 def predict(

@@ -67,11 +67,14 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    result = api.export(args.run, args.out, int8=args.int8, calibration=args.calibration)
-    print(f"ONNX model: {result.onnx_path}")
+    precision = "int8" if args.int8 else "fp32" if args.fp32 else "auto"
+    config = resolved_config(args) if args.config or config_overrides(args) else None  # else the run's own settings
+    result = api.export(args.run, args.out, precision=precision, config=config, calibration=args.calibration)
+    print(f"ONNX model: {result.onnx_path} ({result.precision}: {result.choice['reason'] if result.choice else ''})")
+    other = result.fp32_path if result.precision == "int8" else result.int8_path
+    if other is not None:
+        print(f"other precision: {other}")
     print(f"model card: {result.card_path}")
-    if result.int8_path is not None:
-        print(f"int8 model: {result.int8_path}")
     return 0
 
 

@@ -258,13 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="export a trained run to a self-describing ONNX file with a model card",
         description="Export RUN to ONNX (dynamic batch; labels, preprocessing, thresholds and metrics in its metadata) "
-        "and write a Markdown model card beside it. The export is checked against PyTorch on real validation images.",
+        "and write a Markdown model card beside it. The export is checked against PyTorch on real validation images. "
+        "int8 is written as the model when it changes validation accuracy by at most export.int8_tolerance points "
+        "(default 0.5; --set export.int8_tolerance=1), else fp32; the other precision is written beside it.",
     )
     p.add_argument("run", metavar="RUN", help="a run folder made by `vitrina train`")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
-    p.add_argument("--out", metavar="FILE", help="output .onnx file (default: RUN/model.onnx)")
-    p.add_argument("--int8", action="store_true", help="also write an int8-quantised model and report its accuracy change")
+    p.add_argument("--out", metavar="FILE", help="output .onnx file (default: RUN/model.onnx); the other precision goes beside it")
+    forced = p.add_mutually_exclusive_group()
+    forced.add_argument("--int8", action="store_true", help="write int8 at --out whatever its accuracy change")
+    forced.add_argument("--fp32", action="store_true", help="write fp32 only (no int8 quantisation)")
     p.add_argument("--calibration", metavar="DATA", help="data for the parity check and int8 calibration (default: the run's own)")
+    _add_common(p)
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser(

@@ -52,6 +52,32 @@ def _mirror_text(description: ModelDescription) -> str:
             "the graph itself runs one pass.")
 
 
+def _export_check_lines(export: ExportInfo, int8: dict[str, Any] | None, int8_file: Path | None) -> list[str]:
+    """The model card's export checks: the precision chosen and why, parity with PyTorch, int8's accuracy change."""
+    lines: list[str] = []
+    choice = export.checks.get("choice")
+    if choice:
+        others = [f"`{name}` ({precision})" for precision, name in choice.get("files", {}).items() if precision != choice["chosen"]]
+        lines.append(f"- Precision of this model: {choice['chosen']}, because {choice['reason']}"
+                     + (f"; the other precision is beside it: {', '.join(others)}." if others else "."))
+    parity = export.checks.get("parity")
+    if parity:
+        lines.append(
+            f"- ONNX fp32 against PyTorch on {parity['n_images']} real validation images: largest probability "
+            f"difference {parity['max_abs_diff']:.2e} (limit {parity['tolerance']:.0e}); top-1 identical on "
+            f"{parity['top1_agreement']:.1%}."
+        )
+    if int8:
+        verdict = "within" if int8.get("within_tolerance") else "OUTSIDE"
+        lines.append(
+            f"- int8 ({int8_file.name if int8_file else 'quantised file'}, calibrated on {int8['calibration_images']} "
+            f"training images): validation accuracy {int8['fp32_accuracy']:.4f} -> {int8['int8_accuracy']:.4f} "
+            f"({int8['accuracy_change_points']:+.2f} points, {verdict} the {int8['tolerance_points']:g}-point tolerance); "
+            f"{int8['fp32_images_per_second']:.0f} -> {int8['int8_images_per_second']:.0f} images/s model-only at batch 32."
+        )
+    return lines
+
+
 def model_card(description: ModelDescription, int8: dict[str, Any] | None = None, int8_file: Path | None = None) -> str:
     """Markdown: intended use, data, preprocessing, metrics per class, export checks and limits."""
     metrics = dict(description.metrics)
@@ -112,21 +138,7 @@ def model_card(description: ModelDescription, int8: dict[str, Any] | None = None
         "## Export checks",
         "",
     ]
-    parity = export.checks.get("parity")
-    if parity:
-        lines.append(
-            f"- ONNX fp32 against PyTorch on {parity['n_images']} real validation images: largest probability "
-            f"difference {parity['max_abs_diff']:.2e} (limit {parity['tolerance']:.0e}); top-1 identical on "
-            f"{parity['top1_agreement']:.1%}."
-        )
-    if int8:
-        verdict = "within" if int8["within_tolerance"] else "OUTSIDE"
-        lines.append(
-            f"- int8 ({int8_file.name if int8_file else 'quantised file'}, calibrated on {int8['calibration_images']} "
-            f"training images): validation accuracy {int8['fp32_accuracy']:.4f} -> {int8['int8_accuracy']:.4f} "
-            f"({int8['accuracy_change_points']:+.2f} points, {verdict} the {int8['tolerance_points']:g}-point limit); "
-            f"{int8['fp32_images_per_second']:.0f} -> {int8['int8_images_per_second']:.0f} images/s model-only at batch 32."
-        )
+    lines += _export_check_lines(export, int8, int8_file)
     if thresholds:
         lines += ["", f"Decision thresholds: {thresholds} (predictions below them are marked uncertain)."]
     lines += [

@@ -1,15 +1,18 @@
 """Opening a model for prediction: an exported ``.onnx`` file, or a run folder through its exports.
 
-A run folder is predicted with ONNX Runtime on its validated int8 export when `vitrina export
---int8` kept the accuracy change within the limit, else on its fp32 ``model.onnx`` (exported and
-checked on first use, and again whenever the weights change), else with PyTorch when ONNX
-Runtime is missing or the run's images for the export check are gone.
+A run folder is predicted with ONNX Runtime on its ``model.onnx``: the precision `vitrina export`
+chose (int8 where it kept the validation accuracy within ``export.int8_tolerance``, else fp32),
+exported and checked on first use and again whenever the weights change; with PyTorch when
+ONNX Runtime is missing or the run's images for the export check are gone. (An export of vitrina
+0.1.0, an fp32 ``model.onnx`` without a recorded choice, gives way to its ``model.int8.onnx``
+when that one was validated.)
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Literal
 
+from vitrina import config as config_lib
 from vitrina.description import META_FILE, WEIGHTS_FILE
 from vitrina.errors import ModelError
 from vitrina.export.checks import NoReferenceImages
@@ -32,13 +35,18 @@ def cached_onnx(run_dir: Path, log: Callable[[str], None] | None = None) -> Path
         # lazy: PyTorch and the ONNX exporter load only when a run folder must be exported
         from vitrina.export.run import export_run
 
-        export_run(run_dir, path, log=log or (lambda _: None))
+        saved = run_dir / "config.yaml"
+        tolerance = config_lib.resolve(saved if saved.is_file() else None).export.int8_tolerance
+        export_run(run_dir, path, int8_tolerance=tolerance, log=log or (lambda _: None))
     return path
 
 
-def _validated_int8(run_dir: Path, threads: int | None) -> Predictor | None:
-    """The run's ``model.int8.onnx`` if `vitrina export --int8` made it from the current weights
-    and found its validation accuracy within the allowed change; else None."""
+def _legacy_int8(run_dir: Path, chosen: Predictor, threads: int | None) -> Predictor | None:
+    """For an export of vitrina 0.1.0 (no recorded choice): its ``model.int8.onnx`` if `vitrina export
+    --int8` made it from the current weights and found its accuracy within the allowed change."""
+    export = chosen.description.export
+    if export is not None and "choice" in export.checks:
+        return None
     path = int8_path_for(default_onnx_path(run_dir))
     if not path.is_file() or path.stat().st_mtime < _model_time(run_dir):
         return None
@@ -53,7 +61,8 @@ def _run_predictor(run_dir: Path, use_onnx: bool, onnx_required: bool, threads: 
     if not use_onnx:
         return torch_predictor(run_dir)
     try:
-        return _validated_int8(run_dir, threads) or onnx_predictor(cached_onnx(run_dir, log), threads)
+        chosen = onnx_predictor(cached_onnx(run_dir, log), threads)
+        return _legacy_int8(run_dir, chosen, threads) or chosen
     except NoReferenceImages as exc:
         if onnx_required:
             raise
