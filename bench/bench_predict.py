@@ -1,393 +1,250 @@
-"""Prediction speed on the Freiburg grocery photos: `vitrina predict` against a naive loop.
+"""The prediction speed and memory users get, from the models `vitrina train` and `vitrina export` make by default.
 
-Builds efficientnet_lite0 at 224 px for the 25 Freiburg classes (ImageNet backbone with an
-untrained head: speed does not depend on the weights' values; ``--train`` fits the head on
-official split 0 first so the accuracy figures mean something), exports it with vitrina
-(fp32 and int8), then prints from this one run:
+Models (trained once with no flag but the dataset's, then reused from ``--runs``): avito
+(``--holdout validation``) and freiburg official split 0, each in the default mode and with
+``--mode bottleneck``. Each is exported with ``vitrina export RUN`` and no other flag. Then, per
+model, in fresh processes on the 4,947 freiburg photos:
 
-- the CPU's fp32 matrix-multiply peak (torch and numpy SGEMM 2048x2048),
-- a naive loop: per batch of 32, PIL decode + torchvision transforms + eager PyTorch fp32,
-- the model alone: eager PyTorch fp32, ONNX Runtime fp32 and int8, at several batch sizes,
-- single-image latency (already decoded, model only) p50/p99 for fp32 and int8 (a run folder
-  whose int8 export kept its accuracy within 1 point is predicted and served in int8),
-- ``vitrina predict`` end to end over every image (read, decode, preprocess, model, write a CSV)
-  in a fresh process, with its peak memory (all its processes together), for fp32 and int8, and
-  for the other pipeline layout (decoding workers beside one multi-threaded model) for comparison,
-- the accuracy of the default JPEG draft decoding against full-size decoding on every image,
-- the ratios between them and the fraction of the matmul peak the model reaches.
+- ``vitrina predict RUN IMAGES`` end to end (interpreter start, model load, decoding, the model,
+  the CSV): images/s, network passes per photo (the adaptive mirror average), CPU seconds per
+  photo, peak memory of the largest process and of the whole process tree;
+- the model's accuracy on its own test split as shipped, against its slowest variant (the fp32
+  file with the mirror average on every photo);
+- single-photo latency, already decoded, with the shipped file at its input size (p50, p99),
+  beside the same figure for efficientnet_lite0 at 224 px;
+and once: timm's baseline (bench/timm_baseline.py) on the same photos, and ``vitrina predict``
+over 98,940 inputs (the photos 20 times under other names) with memory after the first 10,000
+rows and at the end.
 
-Usage::
-
-    python bench/bench_predict.py [--limit N] [--naive-images N] [--train]
+    python bench/bench_predict.py [--runs DIR] [--only avito-finetune,...] [--skip-flat]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import math
 import os
-import resource
-import subprocess
+import re
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from proc_sampler import measure
+
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
-IMAGES = DATASETS / "freiburg-groceries" / "images"
+SHARED = REPO.parent / "shared" / "datasets"
+IMAGES = SHARED / "freiburg-groceries" / "images"
 SPLIT0 = REPO / "examples" / "freiburg-split0.yaml"
-MODEL = "efficientnet_lite0"
-STATED_GFLOP = 0.77  # efficientnet_lite0 at 224 px, as usually quoted; the bench also counts it
-
-# Run in a fresh interpreter so its memory and start-up are measured alone. "decoders" is the
-# other pipeline layout, for comparison: workers only decode, this process runs a 2-thread model.
-PREDICT_CHILD = """
-import json, sys, time
-started = time.perf_counter()
-from vitrina.api.prediction import predict
-from vitrina.export.loading import load_predictor
-model, images, out, layout = sys.argv[1:5]
-predictor = load_predictor(model)
-if layout == "decoders":
-    predictor.backend.file = None
-summary = predict(predictor, [images], out=out, progress=False)
-print(json.dumps({"seconds": time.perf_counter() - started, "n": summary.n_predicted + summary.n_errors,
-                  "errors": summary.n_errors, "workers": summary.workers, "batch_size": summary.batch_size}))
-"""
+MODELS = {
+    "avito-finetune": (SHARED / "avito", ["--holdout", "validation"]),
+    "freiburg-finetune": (SPLIT0, []),
+    "avito-bottleneck": (SHARED / "avito", ["--holdout", "validation", "--mode", "bottleneck"]),
+    "freiburg-bottleneck": (SPLIT0, ["--mode", "bottleneck"]),
+}
+VITRINA = [sys.executable, "-m", "vitrina"]
+TARGETS = {"images_per_second": 250.0, "times_timm": 5.0, "peak_mb": 1024.0, "accuracy_points": 0.5,
+           "p50_ms": 6.0, "p99_ms": 12.0, "gain_share": 0.7, "passes": 1.2, "flat": 0.10}
 
 
-def load_average() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+def check(ok: bool, text: str) -> str:
+    return f"  [{'met' if ok else 'NOT MET'}] {text}"
 
 
-def best_rate(work, repeats: int = 5) -> float:
-    """Highest calls per second over ``repeats`` timed calls after one warm-up."""
-    work()
-    best = float("inf")
-    for _ in range(repeats):
+def train_or_reuse(name: str, runs: Path) -> Path:
+    run = runs / name
+    if (run / "metrics.json").is_file():
+        print(f"[{name}] reusing {run}", flush=True)
+        return run
+    data, flags = MODELS[name]
+    print(f"[{name}] vitrina train {data} {' '.join(flags)}", flush=True)
+    done = measure([*VITRINA, "train", str(data), *flags, "--out", str(run), "--quiet"])
+    if done.returncode != 0:
+        raise SystemExit(f"[{name}] training failed:\n{done.stderr[-3000:]}")
+    return run
+
+
+def export(name: str, run: Path) -> dict:
+    done = measure([*VITRINA, "export", str(run)])
+    if done.returncode != 0:
+        raise SystemExit(f"[{name}] export failed:\n{done.stderr[-3000:]}{done.stdout[-2000:]}")
+    chose = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("chose ", "int8 on "))]
+    for line in chose:
+        print(f"[{name}]   {line}")
+    return json.loads((run / "model.json").read_text())
+
+
+def predict_end_to_end(name: str, run: Path, work: Path) -> dict:
+    out = work / f"{name}.csv"
+    done = measure([*VITRINA, "predict", str(run), str(IMAGES), "--out", str(out), "--quiet"])
+    if done.returncode != 0:
+        raise SystemExit(f"[{name}] predict failed:\n{done.stderr[-3000:]}")
+    rows = sum(1 for _ in open(out)) - 1
+    passes = re.search(r"([\d.]+) passes per photo", done.stderr)
+    return {"rows": rows, "images_per_second": rows / done.wall, "cpu_ms_per_photo": 1000 * done.cpu / rows,
+            "peak_process_mb": done.peak_process_mb, "peak_tree_mb": done.peak_tree_mb,
+            "passes": float(passes.group(1)) if passes else 1.0, "summary": done.stderr.strip().splitlines()[-1]}
+
+
+def test_split(run: Path) -> tuple[list[str], list[str]]:
+    """The paths and true labels of the split a run reports (its own test or holdout split)."""
+    split = json.loads((run / "metrics.json").read_text())["split"]
+    with open(run / f"predictions_{split}.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [r["path"] for r in rows], [r["label"] for r in rows]
+
+
+def accuracy_as_shipped(run: Path) -> dict:
+    """Accuracy of the shipped file and of the slowest variant (fp32, mirror on every photo) on the run's test split."""
+    from vitrina.description import MirrorAverage
+    from vitrina.export.loading import load_predictor
+    from vitrina.inference.predictor import onnx_predictor
+
+    paths, labels = test_split(run)
+    shipped = load_predictor(run)
+    fp32_file = run / "model.fp32.onnx" if shipped.precision == "int8" else run / "model.onnx"
+    slowest = onnx_predictor(fp32_file)
+    slowest.description = slowest.description.with_changes(mirror=MirrorAverage(math.inf))
+    figures = {"precision": shipped.precision}
+    for key, predictor in (("shipped", shipped), ("slowest", slowest)):
+        probs, errors = predictor.predict_paths(paths)
+        predicted = [predictor.classes[i] if e is None else None for i, e in zip(probs.argmax(1), errors)]
+        figures[key] = float(np.mean([p == t for p, t in zip(predicted, labels)]))
+    figures["n"] = len(labels)
+    return figures
+
+
+def latency(model_file_or_run: Path, photos: list[Path], runs: int = 300) -> tuple[float, float]:
+    """p50 and p99 milliseconds of one already decoded photo through the shipped predictor (mirror pass included)."""
+    from vitrina.export.loading import load_predictor
+
+    predictor = load_predictor(model_file_or_run)
+    images = [predictor.load(p) for p in photos]
+    for image in images[:20]:
+        predictor.predict_scored(image[None])
+    times = []
+    for i in range(runs):
         started = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - started)
-    return 1.0 / best
+        predictor.predict_scored(images[i % len(images)][None])
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def matmul_peak() -> tuple[float, float]:
-    """fp32 GFLOP/s of a 2048x2048 matrix product in torch and in numpy."""
-    import torch
-
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch_rate = best_rate(lambda: a @ b) * 2 * n**3 / 1e9
-    x, y = a.numpy(), b.numpy()
-    numpy_rate = best_rate(lambda: x @ y) * 2 * n**3 / 1e9
-    return torch_rate, numpy_rate
-
-
-def model_gflop(model, size: int) -> float:
-    """Forward FLOPs of one image, counted by torch (multiply and add counted separately)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() / 1e9
-
-
-def build_run(folder: Path, train: bool) -> Path:
-    """A run folder: trained on split 0 (``train``), or the ImageNet backbone with a fresh head."""
+def reference_224(work: Path) -> Path:
+    """efficientnet_lite0 at 224 px (ImageNet backbone, a fresh head), exported as vitrina exports: the 224 px latency reference."""
     from vitrina import api
-    from vitrina.config import resolve
     from vitrina.description import ModelDescription
     from vitrina.models.checkpoint import save_model
     from vitrina.models.registry import create_model, default_preprocess
 
-    if train:
-        overrides = {"model.name": MODEL, "train.mode": "bottleneck", "train.precision": "fp32"}
-        print("training the head on split 0 (bottleneck; features are cached for later runs)...")
-        run = api.train(SPLIT0, resolve(overrides=overrides), out=folder / "run", progress=False, log=lambda _: None)
-        print(f"  {run.metrics['split']} accuracy {run.metrics['accuracy']:.4f}")
-        return run.run_dir
     classes = sorted(p.name for p in IMAGES.iterdir() if p.is_dir())
-    model = create_model(MODEL, len(classes), pretrained=True)
-    description = ModelDescription(MODEL, tuple(classes), default_preprocess(MODEL), mode="finetune", dropout=0.2)
-    save_model(folder / "run", model.eval(), description)
-    return folder / "run"
+    model = create_model("efficientnet_lite0", len(classes), pretrained=True, input_size=224).eval()
+    run = work / "lite0-224"
+    save_model(run, model, ModelDescription("efficientnet_lite0", tuple(classes), default_preprocess("efficientnet_lite0", input_size=224)))
+    (run / "splits.json").write_text(json.dumps({"source": str(SPLIT0), "splits": {}}))
+    return api.export(run, precision="int8", calibration=SPLIT0, log=lambda _: None).onnx_path
 
 
-def naive_loop(model, paths: list[str], out: Path, batch_size: int = 32) -> float:
-    """Images/s of the obvious loop: PIL + torchvision transforms + eager PyTorch, one batch at a time."""
-    import torch
-    from PIL import Image
-    from torchvision import transforms
-
-    transform = transforms.Compose([
-        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(224),
-        transforms.ToTensor(),
-        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ])
-    started = time.perf_counter()
-    with open(out, "w", newline="") as fh, torch.inference_mode():
-        writer = csv.writer(fh)
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in chunk])
-            top = torch.softmax(model(batch), dim=1).topk(5)
-            for path, probs, labels in zip(chunk, top.values.tolist(), top.indices.tolist()):
-                writer.writerow([path, *labels, *probs])
-    return len(paths) / (time.perf_counter() - started)
+def timm_baseline(work: Path) -> dict:
+    done = measure([sys.executable, str(REPO / "bench" / "timm_baseline.py"), str(IMAGES), str(work / "timm.csv")])
+    if done.returncode != 0:
+        raise SystemExit(f"timm baseline failed:\n{done.stderr[-3000:]}")
+    own = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"images_per_second": own["images"] / done.wall, "own_rate": own["images_per_second"], "peak_process_mb": done.peak_process_mb}
 
 
-def model_only(run, batch: np.ndarray, windows: int = 4, window_seconds: float = 0.75) -> float:
-    """Images/s of ``run`` on one normalised batch: the best of a few short windows, so that
-    other programs on the machine disturb the figure less."""
-    run(batch)
-    best = 0.0
-    for _ in range(windows):
-        done, started = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < window_seconds or done < 2 * len(batch):
-            run(batch)
-            done += len(batch)
-        best = max(best, done / elapsed)
-    return best
+def flat_memory(run: Path, work: Path, copies: int = 20) -> dict:
+    """``vitrina predict`` over the photos ``copies`` times under other names: memory after 10,000 rows and at the end."""
+    names = []
+    for k in range(copies):
+        link = work / f"copy{k:02d}"
+        if not link.exists():
+            link.symlink_to(IMAGES, target_is_directory=True)
+        names += [str(link / p.relative_to(IMAGES)) for p in sorted(IMAGES.rglob("*.jpg"))]
+    listing = work / "catalogue.txt"
+    listing.write_text("\n".join(names) + "\n")
+    out = work / "flat.csv"
+    marks: dict[str, float] = {}
+
+    def watch(sample: tuple[float, float, float]) -> None:
+        if "first" not in marks and out.is_file() and out.stat().st_size > 10_000 * 60:  # rows are ~60+ bytes: check by count
+            if sum(1 for _ in open(out)) > 10_000:
+                marks["first"] = sample[2]
+        marks["last"] = sample[2]
+
+    done = measure([*VITRINA, "predict", str(run), str(listing), "--out", str(out), "--quiet"], interval=1.0, on_sample=watch)
+    if done.returncode != 0:
+        raise SystemExit(f"flat-memory predict failed:\n{done.stderr[-3000:]}")
+    steady = [s[2] for s in done.samples[-10:]]
+    return {"inputs": len(names), "after_10000_mb": marks.get("first", float("nan")), "end_mb": float(np.median(steady)),
+            "peak_tree_mb": done.peak_tree_mb, "images_per_second": len(names) / done.wall}
 
 
-def latency_ms(run, image: np.ndarray, runs: int = 200, trials: int = 3) -> tuple[float, float]:
-    """p50 and p99 milliseconds of one already-decoded, normalised image through ``run``
-    (``runs`` calls; of ``trials`` such series, the one with the lowest p50)."""
-    single = image[None]
-    for _ in range(10):
-        run(single)
-    series = []
-    for _ in range(trials):
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            run(single)
-            times.append((time.perf_counter() - started) * 1000)
-        series.append((float(np.percentile(times, 50)), float(np.percentile(times, 99))))
-    return min(series)
-
-
-def draft_decoding_effect(model_file: Path, predictions_csv: Path) -> dict[str, float]:
-    """Top-1 accuracy of `vitrina predict`'s rows (JPEG draft decoding) and of the same model on
-    fully decoded files; the true label is each photo's class folder."""
-    from vitrina.data.images import decode
-    from vitrina.export.loading import load_predictor
-
-    predictor = load_predictor(model_file)
-    with open(predictions_csv, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if not r["error"]]
-    paths = [r["path"] for r in rows]
-    truth = np.array([Path(p).resolve().parent.name for p in paths])
-    drafted = np.array([r["label_1"] for r in rows])
-    full = []
-    for start in range(0, len(paths), 64):
-        images = np.stack([predictor.preprocess.to_uint8(decode(p, predictor.preprocess.mode)) for p in paths[start : start + 64]])
-        full += [predictor.classes[i] for i in predictor.backend(predictor.preprocess.normalize(images)).argmax(1)]
-    full_top1 = np.array(full)
-    return {"n": len(paths), "draft": float((drafted == truth).mean()), "full": float((full_top1 == truth).mean()),
-            "agree": float((drafted == full_top1).mean())}
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MB."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                parent = int(fh.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/statm") as fh:
-                rss[int(entry)] = int(fh.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        total += rss.get(current, 0)
-        stack.extend(children.get(current, []))
-    return total * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-def predict_in_child(model: Path, images: Path, out: Path, layout: str = "default") -> dict:
-    """Run `vitrina predict` in a fresh process; add its wall time and peak memory."""
-    out.unlink(missing_ok=True)
-    started = time.perf_counter()
-    cpu_before = children_cpu_seconds()
-    command = [sys.executable, "-c", PREDICT_CHILD, str(model), str(images), str(out), layout]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    peak = 0.0
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not stop.wait(0.05):
-            peak = max(peak, tree_rss_mb(child.pid))
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    output, _ = child.communicate()
-    stop.set()
-    watcher.join()
-    if child.returncode != 0:
-        raise SystemExit(f"vitrina predict failed (exit {child.returncode})")
-    result = json.loads(output.strip().splitlines()[-1])
-    result["wall_seconds"] = time.perf_counter() - started
-    result["cpu_seconds"] = children_cpu_seconds() - cpu_before
-    result["peak_tree_mb"] = peak
-    return result
-
-
-def children_cpu_seconds() -> float:
-    """CPU time (user + system) of every finished child process and their children."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def measure(paths: list[str], args: argparse.Namespace, work: Path) -> None:
-    """Every figure, printed as it is measured; ``work`` holds the run folder and outputs."""
-
-    import torch
-
-    from vitrina.api.prediction import export
-    from vitrina.export.loading import load_predictor
-    from vitrina.inference.predictor import OnnxBackend, TorchBackend
-    from vitrina.models.checkpoint import load_model
-
-    for path in paths:  # warm the file cache: every figure below reads from memory
-        Path(path).read_bytes()
-    print(f"{len(paths):,} images from {IMAGES}")
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads; {load_average()}")
-
-    torch_peak, numpy_peak = matmul_peak()
-    peak = max(torch_peak, numpy_peak)
-    print(f"\nfp32 matmul 2048x2048: torch {torch_peak:.0f} GFLOP/s, numpy {numpy_peak:.0f} GFLOP/s")
-
-    run = build_run(work, args.train)
-    print("\nexport (vitrina export RUN --int8):")
-    result = export(run, int8=True, calibration=SPLIT0, log=lambda line: print(f"  {line}"))
-    model, _ = load_model(run)
-    gflop = model_gflop(model, 224)
-    print(f"model cost: {gflop:.2f} GFLOP per image counted by torch (usually quoted: {STATED_GFLOP})")
-
-    predictor = load_predictor(result.onnx_path)
-    images = np.stack([predictor.load(p) for p in paths[:64]])
-    batch32, batch64 = predictor.preprocess.normalize(images[:32]), predictor.preprocess.normalize(images)
-    fp32 = OnnxBackend.from_file(result.onnx_path)
-    int8 = OnnxBackend.from_file(result.int8_path)
-    eager = TorchBackend(model)
-
-    shipped = load_predictor(run).precision  # what `vitrina predict RUN` and `vitrina serve RUN` use
-    time.sleep(5)  # let the export's worker threads wind down: latency is a quiet-machine figure
-    print(f"\nsingle image, model only, already decoded (200 runs, the best of 3 series); a run folder is "
-          f"served in {shipped}; {load_average()}")
-    latency = {}
-    for name, backend in (("fp32", fp32), ("int8", int8)):
-        latency[name] = latency_ms(backend, batch32[0])
-        print(f"  ORT {name}{' (default)' if name == shipped else '':<10} p50 {latency[name][0]:.2f} ms   p99 {latency[name][1]:.2f} ms")
-
-    print(f"\nmodel only (already decoded and normalised images), images/s, best of 4 windows; ORT with "
-          f"{fp32.session.get_session_options().intra_op_num_threads} threads unless said; {load_average()}")
-    figures: dict[str, float] = {"eager torch fp32 b32": model_only(eager, batch32)}
-    figures["ORT fp32 1 thread b32"] = model_only(OnnxBackend.from_file(result.onnx_path, threads=1), batch32)
-    for name, backend in (("ORT fp32", fp32), ("ORT int8", int8)):
-        for size in (1, 8, 32, 64):
-            figures[f"{name} b{size}"] = model_only(backend, batch64[:size])
-    for name, value in figures.items():
-        share = "" if "int8" in name else f"   {value * gflop / peak:5.1%} of the fp32 matmul peak"
-        print(f"  {name:<22} {value:7.1f}{share}")
-
-    naive_paths = paths[: args.naive_images]
-    print(f"\nnaive loop over {len(naive_paths)} images (PIL + torchvision + eager PyTorch fp32, batch 32)...")
-    naive = naive_loop(model.eval(), naive_paths, work / "naive.csv")
-    print(f"  {naive:.1f} images/s")
-
-    del eager, fp32, int8, predictor
-    images_arg = IMAGES if args.limit is None else work / "subset"
-    if args.limit is not None:
-        (work / "subset").mkdir()
-        for i, p in enumerate(paths):
-            os.symlink(p, work / "subset" / f"{i:06d}.jpg")
-    print(f"\nvitrina predict end to end over {len(paths):,} images (fresh process, default settings, CSV out):")
-    print(f"  {load_average()}")
-    cases = {
-        "fp32": (result.onnx_path, "default"),
-        "int8": (result.int8_path, "default"),
-        "fp32, decoders + 2-thread model": (result.onnx_path, "decoders"),
-    }
-    e2e = {name: predict_in_child(model_file, images_arg, work / f"e2e{i}.csv", layout) for i, (name, (model_file, layout)) in enumerate(cases.items())}
-    cores = os.cpu_count() or 1
-    for name, r in e2e.items():
-        rate = r["n"] / r["seconds"]
-        cpu_ms = r["cpu_seconds"] / r["n"] * 1000
-        print(
-            f"  {name}: {rate:.1f} images/s ({r['n']} rows, {r['errors']} errors, {r['seconds']:.1f} s from model load to last row; "
-            f"{r['wall_seconds']:.1f} s with interpreter start), batch {r['batch_size']}, {r['workers']} worker(s), "
-            f"peak memory {r['peak_tree_mb']:.0f} MB (all processes); {cpu_ms:.1f} CPU-ms per image, "
-            f"so {cores / cpu_ms * 1000:.0f} images/s if it had the {cores} cores to itself"
-        )
-
-    draft = draft_decoding_effect(result.int8_path if shipped == "int8" else result.onnx_path, work / ("e2e1.csv" if shipped == "int8" else "e2e0.csv"))
-    print(f"\nJPEG draft decoding (the default) against full-size decoding, {shipped}, all {draft['n']:,} images "
-          f"(training photos included): top-1 accuracy {draft['draft']:.4f} vs {draft['full']:.4f} "
-          f"({(draft['draft'] - draft['full']) * 100:+.2f} points), same top-1 on {draft['agree']:.1%}")
-
-    rate = e2e["fp32"]["n"] / e2e["fp32"]["seconds"]
-    int8_rate = e2e["int8"]["n"] / e2e["int8"]["seconds"]
-    default_rate = int8_rate if shipped == "int8" else rate
-    report = result.int8 or {}
-    print("\nsummary")
-    print(f"  vitrina predict fp32      {rate:7.1f} images/s = {rate / naive:.1f}x the naive loop ({naive:.1f}), "
-          f"{rate * gflop / peak:.0%} of the matmul peak ({peak:.0f} GFLOP/s)")
-    print(f"  vitrina predict int8      {int8_rate:7.1f} images/s = {int8_rate / naive:.1f}x the naive loop")
-    print(f"  ORT fp32 / eager torch    {figures['ORT fp32 b32'] / figures['eager torch fp32 b32']:.1f}x (model only, batch 32)")
-    print(f"  ORT int8 / ORT fp32       {figures['ORT int8 b32'] / figures['ORT fp32 b32']:.1f}x (model only, batch 32)")
-    print(f"  end to end / model only   {rate / figures['ORT fp32 b32']:.0%} (fp32, batch 32)")
-    other = e2e["fp32, decoders + 2-thread model"]
-    print(f"  model workers / decoders  {rate / (other['n'] / other['seconds']):.2f}x (the two pipeline layouts, fp32)")
-    if report:
-        print(f"  int8 accuracy change      {report['accuracy_change_points']:+.2f} points on {report['n_images']} validation images "
-              f"({report['fp32_accuracy']:.4f} -> {report['int8_accuracy']:.4f})"
-              + ("" if args.train else "; untrained head: run with --train for a meaningful figure"))
-    targets = [
-        (f"end to end >= 150 images/s ({shipped}, the default)", default_rate >= 150),
-        (f"end to end >= 4x the naive loop ({shipped})", default_rate >= 4 * naive),
-        ("peak memory <= 1.5 GB (fp32 and int8)", max(e2e["fp32"]["peak_tree_mb"], e2e["int8"]["peak_tree_mb"]) <= 1500),
-        (f"single image p50 <= 5 ms ({shipped})", latency[shipped][0] <= 5),
-        (f"single image p99 <= 10 ms ({shipped})", latency[shipped][1] <= 10),
+def report_model(name: str, run: Path, work: Path, timm_rate: float, latency_photos: list[Path]) -> list[str]:
+    meta = export(name, run)
+    e2e = predict_end_to_end(name, run, work)
+    acc = accuracy_as_shipped(run)
+    p50, p99 = latency(run, latency_photos)
+    mirror = meta.get("mirror")
+    size = meta["preprocess"]["input_size"]
+    print(f"[{name}] {acc['precision']} at {size} px, mirror {json.dumps(mirror)}")
+    print(f"[{name}]   end to end {e2e['images_per_second']:.1f} images/s ({e2e['images_per_second'] / timm_rate:.1f}x timm), "
+          f"{e2e['passes']:.2f} passes per photo, {e2e['cpu_ms_per_photo']:.2f} CPU-ms per photo, peak {e2e['peak_process_mb']:.0f} MB "
+          f"largest process, {e2e['peak_tree_mb']:.0f} MB process tree")
+    print(f"[{name}]   {e2e['summary']}")
+    print(f"[{name}]   accuracy on its test split ({acc['n']} photos): shipped {acc['shipped']:.4f}, slowest variant "
+          f"(fp32, mirror on every photo) {acc['slowest']:.4f}")
+    print(f"[{name}]   single photo, decoded, shipped file at {size} px: p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
+    lines = [
+        check(e2e["images_per_second"] >= TARGETS["images_per_second"], f"{name}: {e2e['images_per_second']:.0f} images/s >= 250"),
+        check(e2e["images_per_second"] >= TARGETS["times_timm"] * timm_rate, f"{name}: {e2e['images_per_second'] / timm_rate:.1f}x timm >= 5x"),
+        check(e2e["peak_process_mb"] <= TARGETS["peak_mb"], f"{name}: peak {e2e['peak_process_mb']:.0f} MB <= 1 GB (largest process)"),
+        check(acc["shipped"] >= acc["slowest"] - TARGETS["accuracy_points"] / 100,
+              f"{name}: accuracy {acc['shipped']:.4f} within 0.5 points of the slowest variant {acc['slowest']:.4f}"),
+        check(p50 <= TARGETS["p50_ms"] and p99 <= TARGETS["p99_ms"], f"{name}: single photo p50 {p50:.2f} <= 6 ms, p99 {p99:.2f} <= 12 ms"),
     ]
-    for name, met in targets:
-        print(f"  [{'met' if met else 'MISSED'}] {name}")
-    print(f"  {load_average()}")
+    if mirror:
+        share = mirror["gain_points"] / mirror["full_gain_points"] if mirror.get("full_gain_points") else float("nan")
+        lines.append(check(share >= TARGETS["gain_share"] and mirror["passes"] <= TARGETS["passes"],
+                           f"{name}: adaptive mirror keeps {share:.0%} of the full mirror's validation gain "
+                           f"({mirror['gain_points']:+.2f} of {mirror['full_gain_points']:+.2f} points) at {mirror['passes']:.2f} passes "
+                           f"(validation); {e2e['passes']:.2f} passes on the freiburg photos"))
+    return lines
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, default=None, help="use the first N images (default: all 4,947)")
-    parser.add_argument("--naive-images", type=int, default=640, help="images timed in the naive loop (default 640)")
-    parser.add_argument("--train", action="store_true", help="fit the head on split 0 first (meaningful accuracy figures)")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=None, help="train into / reuse run folders here (default: a temporary folder)")
+    parser.add_argument("--only", default=",".join(MODELS), help="models to measure")
+    parser.add_argument("--skip-flat", action="store_true", help="skip the 98,940-input memory run (about 6 minutes)")
     args = parser.parse_args()
     if not IMAGES.is_dir():
-        print(f"Freiburg images not found at {IMAGES}; nothing to measure.")
-        return 0
-    paths = [str(p) for p in sorted(IMAGES.glob("*/*.jpg"))[: args.limit]]
-    if not paths:
-        print(f"No JPEG files under {IMAGES}; nothing to measure.")
-        return 0
-    with tempfile.TemporaryDirectory(prefix="vitrina-bench-") as work:
-        measure(paths, args, Path(work))
-    return 0
+        raise SystemExit(f"{IMAGES} not found: the prediction benchmark needs ../shared/datasets; nothing measured.")
+    work = Path(tempfile.mkdtemp(prefix="vitrina-bench-predict-"))
+    runs = args.runs or work / "runs"
+    names = [n for n in args.only.split(",") if n]
+    trained = {name: train_or_reuse(name, runs) for name in names}
+    timm = timm_baseline(work)
+    print(f"timm baseline (tf_efficientnet_lite0, timm transforms, 2-worker DataLoader, channels_last): "
+          f"{timm['images_per_second']:.1f} images/s end to end ({timm['own_rate']:.1f} by its own clock), peak {timm['peak_process_mb']:.0f} MB")
+    photos = sorted(IMAGES.rglob("*.jpg"))[::50]
+    p50, p99 = latency(reference_224(work), photos)
+    print(f"reference: efficientnet_lite0 at 224 px, int8, single photo decoded: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    lines = []
+    for name, run in trained.items():
+        lines += report_model(name, run, work, timm["images_per_second"], photos)
+    if not args.skip_flat:
+        flat = flat_memory(trained[names[0]], work)
+        growth = flat["end_mb"] / flat["after_10000_mb"] - 1
+        print(f"{flat['inputs']:,} inputs ({names[0]}): process tree {flat['after_10000_mb']:.0f} MB after 10,000 rows, "
+              f"{flat['end_mb']:.0f} MB at the end, peak {flat['peak_tree_mb']:.0f} MB; {flat['images_per_second']:.0f} images/s")
+        lines.append(check(abs(growth) <= TARGETS["flat"], f"memory over {flat['inputs']:,} inputs: {growth:+.1%} (within 10%)"))
+    one, five, _ = os.getloadavg()
+    print("summary\n" + "\n".join(lines) + f"\n  load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -117,8 +118,14 @@ def train_demo_model(folder: Path) -> Path:
     return run.run_dir
 
 
-def offline_throughput(model: Path, photos: list[Photo], folder: Path) -> tuple[float, int, str]:
-    """Images/s of `vitrina predict` over copies of the photos (files on disk, CSV output)."""
+def cpu_seconds() -> float:
+    """User + system seconds of this process and of the children it has waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def offline_throughput(model: Path, photos: list[Photo], folder: Path) -> tuple[float, int, str, float]:
+    """Images/s of `vitrina predict` over copies of the photos (files on disk, CSV output), and its CPU seconds per photo."""
     from vitrina.api.prediction import predict
 
     copies = -(-OFFLINE_MIN_IMAGES // len(photos))
@@ -128,8 +135,10 @@ def offline_throughput(model: Path, photos: list[Photo], folder: Path) -> tuple[
             target = images / f"{copy}" / f"{i:05d}.jpg"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(photo.path, target)
+    before = cpu_seconds()
     summary = predict(model, [images], out=folder / "predictions.csv", progress=False)
-    return summary.images_per_second, summary.n_predicted, summary.backend
+    cpu = (cpu_seconds() - before) / max(1, summary.n_predicted)
+    return summary.images_per_second, summary.n_predicted, summary.backend, cpu
 
 
 # ----------------------------------------------------------------------------- the server
@@ -166,6 +175,11 @@ class Server:
             except OSError:
                 time.sleep(0.1)
         raise SystemExit("the server did not become ready in time")
+
+    def cpu_seconds(self) -> float:
+        """User + system seconds the server process (all its threads) has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
         text = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -243,17 +257,17 @@ async def run_load(port: int, requests: list[bytes], clients: int, seconds: floa
     return result
 
 
-def measure(model: Path, photos: list[Photo], folder: Path, name: str, extra: list[str], clients: int, seconds: float) -> tuple[LoadResult, float, float]:
-    """Start a server, warm it up, load it for ``seconds``; (result, RSS before, RSS after)."""
+def measure(model: Path, photos: list[Photo], folder: Path, name: str, extra: list[str], clients: int, seconds: float) -> tuple[LoadResult, float, float, float]:
+    """Start a server, warm it up, load it for ``seconds``; (result, RSS before, RSS after, server CPU seconds per check)."""
     print(f"\n[{name}] starting the server ({' '.join(extra) or 'default settings'})...", flush=True)
     server = Server(model, folder / f"moderation-{name.replace(' ', '-')}.db", extra)
     try:
         requests = [check_request(server.port, photo) for photo in photos]
         asyncio.run(run_load(server.port, requests, clients, WARMUP_SECONDS))
         before = server.rss_mb()
-        cpu_before = os.times()
+        cpu_before, server_before = os.times(), server.cpu_seconds()
         result = asyncio.run(run_load(server.port, requests, clients, seconds))
-        cpu_after = os.times()
+        cpu_after, server_after = os.times(), server.cpu_seconds()
         after = server.rss_mb()
     finally:
         server.stop()
@@ -264,8 +278,10 @@ def measure(model: Path, photos: list[Photo], folder: Path, name: str, extra: li
           f"{', ' + result.failures[0] if result.failures else ''})")
     print(f"  verdicts: {dict(sorted(result.verdicts.items()))}")
     print(f"  server memory (VmRSS): {before:.0f} MB after warm-up, {after:.0f} MB after the load ({after - before:+.1f} MB)")
-    print(f"  load generator CPU: {generator_cpu:.1f} s ({generator_cpu / result.seconds * 100:.0f}% of one core)")
-    return result, before, after
+    per_check = (server_after - server_before) / max(1, result.ok)
+    print(f"  server CPU: {server_after - server_before:.1f} s = {per_check * 1000:.2f} CPU-ms per check; "
+          f"load generator CPU: {generator_cpu:.1f} s ({generator_cpu / result.seconds * 100:.0f}% of one core)")
+    return result, before, after, per_check
 
 
 def main() -> None:
@@ -284,16 +300,17 @@ def main() -> None:
         print(f"model: {model}")
         print(f"photos: {len(photos)} from {photos[0].path.parent.parent}, {np.mean([len(p.data) for p in photos]) / 1024:.0f} KB on average")
 
-        offline_before, n_offline, backend = offline_throughput(model, photos, folder / "before")
-        print(f"\noffline `vitrina predict` ({backend}): {n_offline} images at {offline_before:.1f} images/s")
+        offline_before, n_offline, backend, cpu_before = offline_throughput(model, photos, folder / "before")
+        print(f"\noffline `vitrina predict` ({backend}): {n_offline} images at {offline_before:.1f} images/s, {cpu_before * 1000:.2f} CPU-ms per photo")
 
-        on, on_before, on_after = measure(model, photos, folder, "micro-batching on", [], args.clients, args.seconds)
-        off, _, _ = measure(model, photos, folder, "micro-batching off", ["--max-batch", "1"], args.clients, args.seconds)
+        on, on_before, on_after, on_cpu = measure(model, photos, folder, "micro-batching on", [], args.clients, args.seconds)
+        off, _, _, _ = measure(model, photos, folder, "micro-batching off", ["--max-batch", "1"], args.clients, args.seconds)
 
         # Measured again after the servers: other work on the machine changes its speed over a run.
-        offline_after, _, _ = offline_throughput(model, photos, folder / "after")
-        offline = (offline_before + offline_after) / 2
-        print(f"\noffline `vitrina predict` again: {offline_after:.1f} images/s (mean of both: {offline:.1f})")
+        offline_after, _, _, cpu_after = offline_throughput(model, photos, folder / "after")
+        offline, offline_cpu = (offline_before + offline_after) / 2, (cpu_before + cpu_after) / 2
+        print(f"\noffline `vitrina predict` again: {offline_after:.1f} images/s, {cpu_after * 1000:.2f} CPU-ms per photo "
+              f"(mean of both: {offline:.1f} images/s, {offline_cpu * 1000:.2f} CPU-ms per photo)")
 
         print("\nsummary")
         print(f"  {args.clients} clients, {args.seconds:g} s per setting, {load_average()}")
@@ -304,6 +321,9 @@ def main() -> None:
         print(f"  on / off throughput: {on.rate / off.rate:.2f}x")
         print(f"  server (batching on) / offline `vitrina predict` (mean of the runs before and after): "
               f"{on.rate:.1f} / {offline:.1f} = {on.rate / offline:.2f} (target >= 0.7)")
+        ratio = on_cpu / offline_cpu
+        print(f"  [{'met' if ratio <= 1.3 else 'NOT MET'}] server CPU per check / offline CPU per photo: "
+              f"{on_cpu * 1000:.2f} / {offline_cpu * 1000:.2f} ms = {ratio:.2f} (target <= 1.3)")
         print(f"  server memory during the batching-on load: {on_before:.0f} -> {on_after:.0f} MB ({on_after - on_before:+.1f} MB)")
 
 

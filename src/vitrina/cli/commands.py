@@ -88,7 +88,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(
         f"{summary.n_predicted} images predicted, {summary.n_errors} unreadable"
         + (f", {summary.n_resumed} already in the output" if summary.n_resumed else "")
-        + f" in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s, {summary.backend}); rows: {where}",
+        + f" in {summary.seconds:.1f} s ({summary.images_per_second:.0f} images/s, {summary.backend} {summary.precision}"
+        + (f", {summary.passes_per_photo:.2f} passes per photo with the mirror average" if summary.passes_per_photo > 1 else "")
+        + f"); rows: {where}",
         file=sys.stderr,
     )
     return 0
