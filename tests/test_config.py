@@ -63,3 +63,21 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     path = config_lib.save(cfg, tmp_path)
     again = config_lib.from_dict(yaml.safe_load(path.read_text()))
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("train.epochs", 0), ("train.epochs", -1), ("train.batch_size", 0), ("train.lr", 0), ("train.lr", -0.1),
+     ("model.input_size", 100_000), ("model.dropout", 1.0), ("data.val_fraction", 1.5), ("augment.hflip", 2),
+     ("export.int8_tolerance", -1), ("train.label_smoothing", 1)],
+)
+def test_numbers_out_of_range_are_clear_errors(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"{key} must be between"):
+        resolve(overrides={key: value})
+
+
+def test_the_cli_refuses_zero_epochs_before_training(tmp_path: Path) -> None:
+    from vitrina.cli import main
+
+    assert main(["train", str(tmp_path / "nowhere"), "--epochs", "0", "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()

@@ -182,6 +182,33 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+INF = float("inf")
+# The range of every numeric setting: (lowest, highest) allowed, both included.
+RANGES: dict[str, tuple[float, float]] = {
+    "data.val_fraction": (0.01, 0.9), "data.test_fraction": (0.01, 0.9), "data.split_seed": (0, 2**32 - 1),
+    "data.max_pixels": (1, 10**10),
+    "model.input_size": (8, 2048), "model.hidden": (1, 65_536), "model.dropout": (0.0, 0.99),
+    "augment.hflip": (0.0, 1.0), "augment.rotation": (0.0, 180.0), "augment.shift": (0.0, 0.5),
+    "augment.shear": (0.0, 45.0), "augment.zoom": (0.0, 0.9), "augment.color_jitter": (0.0, 1.0), "augment.blur": (0.0, 1.0),
+    "augment.erasing": (0.0, 1.0), "augment.randaugment": (0, 16), "augment.randaugment_magnitude": (0, 30),
+    "train.epochs": (1, 10_000), "train.batch_size": (1, 65_536), "train.lr": (1e-9, 10.0), "train.body_lr_scale": (0.0, 10.0),
+    "train.weight_decay": (0.0, 10.0), "train.warmup_epochs": (0.0, 1000.0), "train.label_smoothing": (0.0, 0.99),
+    "train.patience": (0, 10_000), "train.unfreeze_blocks": (-1, 1000), "train.feature_copies": (0, 100),
+    "train.workers": (-1, 256), "train.seed": (0, 2**32 - 1), "train.unknown_k": (1, 10_000),
+    "export.int8_tolerance": (0.0, 100.0),
+}
+
+
+def check_range(key: str, value: Any, origin: str = "setting") -> None:
+    """ConfigError unless a numeric setting lies within :data:`RANGES` (None means "automatic" and passes)."""
+    if key not in RANGES or value is None or isinstance(value, bool):
+        return
+    low, high = RANGES[key]
+    if not low <= value <= high:
+        span = f"at least {low:g}" if high == INF else f"between {low:g} and {high:g}"
+        raise ConfigError(f"{origin}: {key} must be {span}, got {value:g}")
+
+
 def _field_types(obj: Any) -> dict[str, Any]:
     return typing.get_type_hints(type(obj))
 
@@ -212,7 +239,9 @@ def apply(config: Config, overrides: dict[str, Any], origin: str = "override") -
             raise ConfigError(
                 f"{origin}: unknown setting {key!r}; {parts[0]} has: {', '.join(hints)}"
             )
-        setattr(section, parts[1], _coerce(value, hints[parts[1]], f"{origin}: {key}"))
+        coerced = _coerce(value, hints[parts[1]], f"{origin}: {key}")
+        check_range(key, coerced, origin)
+        setattr(section, parts[1], coerced)
     return config
 
 

@@ -219,6 +219,11 @@ class ExportInfo:
                    {k: v for k, v in data.items() if k not in known})
 
     @property
+    def weights_digest(self) -> str | None:
+        """sha256 of the file's initializers, recorded at export (see :mod:`vitrina.inference.integrity`)."""
+        return self.checks.get("weights_digest")
+
+    @property
     def int8(self) -> Mapping[str, Any] | None:
         """The int8 export's accuracy report, in a quantised file."""
         return self.checks.get("int8")

@@ -143,3 +143,47 @@ def test_predict_api_accepts_a_loaded_predictor(onnx_alone: Path, tmp_path: Path
     predictor = load_predictor(onnx_alone)
     summary = api.predict(predictor, [image], out=tmp_path / "out.csv", top_k=2, progress=False)
     assert (summary.n_predicted, summary.n_errors, summary.backend, summary.precision) == (1, 0, "onnx", predictor.precision)
+
+
+def test_a_damaged_onnx_file_is_refused_with_a_clear_error(onnx_alone: Path, tmp_path: Path) -> None:
+    """Bytes of the weights overwritten: the file still loads in ONNX Runtime, but its digest says no."""
+    import onnx
+
+    weights = max(onnx.load(str(onnx_alone)).graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    data = bytearray(onnx_alone.read_bytes())
+    start = data.find(weights) + len(weights) // 4
+    data[start : start + len(weights) // 2] = bytes(b ^ 0x5A for b in data[start : start + len(weights) // 2])
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="damaged"):
+        load_predictor(damaged)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(onnx_alone.read_bytes()[: len(data) // 2])
+    with pytest.raises(ModelError, match="not a readable ONNX model"):
+        load_predictor(truncated)
+
+
+def test_metadata_that_contradicts_the_graph_is_a_clear_error(onnx_alone: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from vitrina.export.graph import read_description, save_onnx
+
+    description = read_description(onnx_alone)
+    wrong_size = tmp_path / "size.onnx"
+    save_onnx(onnx.load(str(onnx_alone)), wrong_size, description.with_changes(preprocess=description.preprocess.with_overrides(input_size=64)))
+    with pytest.raises(ModelError, match="takes input"):
+        load_predictor(wrong_size)
+    wrong_classes = tmp_path / "classes.onnx"
+    save_onnx(onnx.load(str(onnx_alone)), wrong_classes, description.with_changes(classes=description.classes + ("extra",)))
+    with pytest.raises(ModelError, match="class probabilities"):
+        load_predictor(wrong_classes)
+
+
+def test_a_damaged_weights_file_in_a_run_folder_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("*.onnx")))
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5000:-4000] = bytes(1000)
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="damaged"):
+        load_predictor(copy, backend="torch")

@@ -172,7 +172,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     changed = _cli("train", str(data), "--out", str(tmp_path / "killed"), "--resume", *common, "--lr", "0.5", cwd=tmp_path)
     output = changed.communicate(timeout=120)[0]
     assert changed.returncode == 2
-    assert "different config" in output
+    assert "other settings" in output and "train.lr: None -> 0.5" in output
     assert "Traceback" not in output
 
 
@@ -180,6 +180,46 @@ def test_resume_with_a_different_config_is_refused(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
     api.train(data, scratch_config(tmp_path, **{"train.epochs": 1}), out=tmp_path / "run", progress=False, log=quiet)
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match=r"other settings .*train\.lr: .* -> 0\.3"):
         api.train(data, scratch_config(tmp_path, **{"train.epochs": 1, "train.lr": 0.3}), out=tmp_path / "run", resume=True, progress=False, log=quiet)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_resume_on_other_data_is_refused_and_names_the_difference(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
+    config = scratch_config(tmp_path, **{"train.epochs": 1})
+    api.train(data, config, out=tmp_path / "run", progress=False, log=quiet)
+    splits = (tmp_path / "run" / "splits.json").read_bytes()
+    other = make_shapes_dataset(tmp_path / "other", per_class=7)
+    with pytest.raises(ConfigError, match=r"other data .*new \(first: .*other"):
+        api.train(other, config, out=tmp_path / "run", resume=True, progress=False, log=quiet)
+    moved = next((data / "disc").iterdir())
+    moved.rename(data / "bar" / moved.name)  # one photo relabelled
+    with pytest.raises(ConfigError, match=r"other data .*relabelled|other data .*new"):
+        api.train(data, config, out=tmp_path / "run", resume=True, progress=False, log=quiet)
+    assert (tmp_path / "run" / "splits.json").read_bytes() == splits, "a refused resume writes nothing"
+
+
+class Payload:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("touch /tmp/vitrina-pickle-ran",))
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "pickled state", "truncated weights"])
+def test_damaged_resume_files_are_clear_errors(tmp_path: Path, damage: str) -> None:
+    import pickle
+
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
+    config = scratch_config(tmp_path, **{"train.epochs": 2})
+    api.train(data, config, out=tmp_path / "run", progress=False, log=quiet)
+    state, weights = tmp_path / "run" / "train_state.pt", tmp_path / "run" / "last.safetensors"
+    if damage == "truncated state":
+        state.write_bytes(state.read_bytes()[:200])
+    elif damage == "pickled state":  # a payload that would run code if unpickled freely
+        state.write_bytes(pickle.dumps(Payload()))
+    else:
+        weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelError) as error:
+        api.train(data, config, out=tmp_path / "run", resume=True, progress=False, log=quiet)
+    assert "start a new run" in str(error.value) and "weights_only" not in str(error.value)
+    assert not Path("/tmp/vitrina-pickle-ran").exists()

@@ -67,6 +67,9 @@ def predict(
     per core. ``threads``: ONNX Runtime threads of a model loaded here (default: all cores).
     ``log`` receives messages about the model (a run folder is exported to ONNX on first use).
     """
+    for name, value, low in (("--workers", workers, 0), ("--threads", threads, 1)):
+        if value is not None and value < low:
+            raise ConfigError(f"{name} must be at least {low}, got {value}")
     predictor = model if isinstance(model, Predictor) else load_predictor(model, backend, threads=threads, log=log)
     if batch_size is not None:
         if batch_size < 1:

@@ -75,6 +75,10 @@ def tune(
     total; ``minutes`` bounds this call. The best configuration is written to
     ``OUT/best_config.yaml``, ready for ``vitrina train --config``.
     """
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    if minutes is not None and not minutes > 0:
+        raise ConfigError(f"--minutes must be more than 0, got {minutes}")
     if resume:
         if out is None or not (Path(out) / STUDY_FILE).is_file():
             raise VitrinaError(f"--resume needs --out pointing at a tune folder with {STUDY_FILE}")

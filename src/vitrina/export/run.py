@@ -27,6 +27,7 @@ from vitrina.export.checks import (
 )
 from vitrina.export.graph import OPSET, describe, quantize_int8, save_onnx, to_onnx
 from vitrina.export.paths import default_onnx_path, precision_path_for
+from vitrina.inference.integrity import onnx_weights_digest
 from vitrina.inference.predictor import OnnxBackend, Predictor
 from vitrina.models.checkpoint import load_model
 from vitrina.models.unknown import load_unknown
@@ -197,7 +198,8 @@ def _write(
     protos = {chosen: chosen_proto, **({other[0]: other[1]} if other else {})}
     for name, proto in protos.items():
         assert description.export is not None
-        checks = {**description.export.checks, "choice": choice, **({"int8": int8_report} if int8_report else {})}
+        checks = {**description.export.checks, "choice": choice, **({"int8": int8_report} if int8_report else {}),
+                  "weights_digest": onnx_weights_digest(proto.graph)}
         save_onnx(proto, files[name], description.with_changes(export=replace(description.export, precision=name, checks=checks)))
         log(f"wrote {files[name]} ({files[name].stat().st_size / 1e6:.1f} MB, {name}{', the model' if name == chosen else ''})")
     log(f"chose {chosen}: {choice['reason']}")

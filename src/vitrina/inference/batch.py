@@ -128,7 +128,7 @@ WorkerResult = tuple[np.ndarray, "np.ndarray | None", int]  # probabilities, unk
 
 def _start_model_worker(model_file: Path, threads: int) -> None:
     global _worker_predictor
-    _worker_predictor = onnx_predictor(model_file, threads)
+    _worker_predictor = onnx_predictor(model_file, threads, verify=False)  # the main process checked the file
 
 
 def _score_batch(paths: list[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[WorkerResult, list[str | None]]:

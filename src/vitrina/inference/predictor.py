@@ -21,6 +21,7 @@ from vitrina.description import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SCORE_OUT
 from vitrina.errors import ImageError, ModelError
 from vitrina.preprocess import Preprocess, mirror_images
 from vitrina.inference.decide import DecisionRule
+from vitrina.inference.integrity import verify_onnx_file
 
 # efficientnet_lite0 at 224 px on 2 CPU cores: images/s is flat from batch 8 to 64 within noise,
 # batch 1 is slower; at 32 a single-threaded session holds about 420 MB (at 64, 750 MB).
@@ -277,10 +278,34 @@ def parse_onnx_metadata(metadata: dict[str, str], path: str | Path) -> ModelDesc
     return ModelDescription.from_dict(data, f"{path} (vitrina metadata)")
 
 
-def onnx_predictor(path: str | Path, threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
-    """A predictor on an exported ``.onnx`` file alone (its metadata carries classes and preprocessing)."""
+def _check_interface(backend: OnnxBackend, description: ModelDescription, path: str | Path) -> None:
+    """ModelError when the graph's input or output shape contradicts its metadata (classes, preprocessing)."""
+    inputs = {i.name: i.shape for i in backend.session.get_inputs()}
+    outputs = {o.name: o.shape for o in backend.session.get_outputs()}
+    pre = description.preprocess
+    expected_in, expected_out = [pre.channels, pre.input_size, pre.input_size], description.num_classes
+    shape_in, shape_out = inputs.get(INPUT_NAME), outputs.get(OUTPUT_NAME)
+    if shape_in is None or shape_out is None:
+        raise ModelError(f"{path}: the graph lacks its '{INPUT_NAME}' input or '{OUTPUT_NAME}' output")
+    fixed_in = [d for d in shape_in[1:] if isinstance(d, int)]
+    if len(shape_in) != 4 or (len(fixed_in) == 3 and fixed_in != expected_in):
+        raise ModelError(f"{path}: the graph takes input {shape_in}, its metadata describes N x {' x '.join(map(str, expected_in))}")
+    if len(shape_out) != 2 or (isinstance(shape_out[1], int) and shape_out[1] != expected_out):
+        raise ModelError(f"{path}: the graph gives {shape_out[1] if len(shape_out) == 2 else shape_out} class probabilities, "
+                         f"its metadata names {expected_out} classes")
+
+
+def onnx_predictor(path: str | Path, threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, *, verify: bool = True) -> Predictor:
+    """A predictor on an exported ``.onnx`` file alone (its metadata carries classes and preprocessing).
+
+    ``verify`` checks the file's weights against the digest its export recorded (ModelError if damaged).
+    """
     backend = OnnxBackend.from_file(path, threads)
-    return Predictor(backend, parse_onnx_metadata(backend.metadata(), path), path, batch_size)
+    description = parse_onnx_metadata(backend.metadata(), path)
+    _check_interface(backend, description, path)
+    if verify:
+        verify_onnx_file(path, description.export.weights_digest if description.export else None)
+    return Predictor(backend, description, path, batch_size)
 
 
 def torch_predictor(run_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:

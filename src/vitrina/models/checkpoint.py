@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from vitrina.models.network import VitrinaNet
 from vitrina.models.registry import create_model
 from vitrina.version import __version__
 
+log = logging.getLogger("vitrina")
 __all__ = ["META_FILE", "WEIGHTS_FILE", "build_from_meta", "file_digest", "load_model", "read_meta", "save_model"]
 
 
@@ -35,6 +37,17 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def verify_weights(path: Path, recorded: str | None) -> None:
+    """ModelError when a weights file no longer matches the digest its description recorded
+    (a warning for models saved before digests existed)."""
+    if recorded is None:
+        log.warning("%s: saved before weight digests existed; it cannot be checked for damage", path)
+        return
+    if file_digest(path) != recorded:
+        raise ModelError(f"{path}: the weights file is damaged (it does not match the digest in its description); "
+                         "train or copy it again")
 
 
 def save_model(folder: str | Path, model: torch.nn.Module, description: ModelDescription, stem: str = "model") -> Path:
@@ -88,6 +101,7 @@ def load_model(path: str | Path, stem: str = "model") -> tuple[VitrinaNet, Model
     weights = folder / f"{stem}.safetensors"
     if not weights.is_file():
         raise ModelError(f"{folder}: model weights {weights.name} missing")
+    verify_weights(weights, description.weights_digest)
     model = build_from_meta(description)
     try:
         state = load_file(str(weights))

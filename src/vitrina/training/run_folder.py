@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file
 from torch import nn
 
@@ -17,7 +18,7 @@ from vitrina.artifact import write_json
 from vitrina.config import Config
 from vitrina.data.samples import Dataset
 from vitrina.description import ModelDescription
-from vitrina.errors import ConfigError, VitrinaError
+from vitrina.errors import ConfigError, ModelError, VitrinaError
 from vitrina.models.checkpoint import save_model
 from vitrina.training.plan import Plan
 
@@ -25,11 +26,30 @@ TRAIN_STATE = "train_state.pt"  # optimizer, schedule, history and counters of t
 LAST_STEM = "last"  # last.safetensors / last.json: the weights after the last finished epoch
 
 
+NOT_COMPUTED = ("train.device", "train.workers", "train.cache_dir")  # where or how fast, not what training computes
+
+
+def relevant_settings(config: Config | dict[str, Any]) -> dict[str, Any]:
+    """The settings that change what training computes, as flat ``section.key`` pairs."""
+    data = config.to_dict() if isinstance(config, Config) else config
+    return {f"{section}.{key}": value for section, values in data.items() if isinstance(values, dict)
+            for key, value in values.items() if f"{section}.{key}" not in NOT_COMPUTED}
+
+
 def config_digest(config: Config) -> str:
     """A short digest of the settings that change what training computes (not where or how fast)."""
     relevant = config.to_dict()
-    relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in ("device", "workers", "cache_dir")}
+    relevant["train"] = {k: v for k, v in relevant["train"].items() if f"train.{k}" not in NOT_COMPUTED}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_digest(dataset: Dataset) -> str:
+    """A digest of every split's files and labels: a resumed run must train on the same photos."""
+    digest = hashlib.sha256()
+    for name in sorted(dataset.splits):
+        for sample in dataset.splits[name]:
+            digest.update(f"{name}\t{sample.path}\t{sample.label}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def model_meta(plan: Plan, dataset: Dataset, config: Config, **extra: Any) -> ModelDescription:
@@ -50,6 +70,8 @@ def write_splits(run_dir: Path, dataset: Dataset) -> None:
             "classes": dataset.classes,
             "carved": {k: {kk: vv for kk, vv in v.items() if kk != "paths"} for k, v in dataset.carved.items() if isinstance(v, dict)},
             "splits": {name: [s.path for s in samples] for name, samples in dataset.splits.items()},
+            "labels": {name: [s.label for s in samples] for name, samples in dataset.splits.items()},
+            "data_digest": data_digest(dataset),
         },
     )
 
@@ -93,20 +115,59 @@ def save_resume_point(run_dir: Path, model: nn.Module, description: ModelDescrip
     os.replace(tmp, run_dir / TRAIN_STATE)
 
 
-def load_resume_state(run_dir: Path, digest: str) -> dict[str, Any]:
-    """The interrupted run's ``train_state.pt``; refused when missing or saved under other settings."""
+def load_resume_state(run_dir: Path, config: Config, dataset: Dataset) -> dict[str, Any]:
+    """The interrupted run's ``train_state.pt``; refused (naming what differs) when missing, damaged,
+    or saved for other settings or other data."""
     state_path = run_dir / TRAIN_STATE
     if not state_path.is_file():
-        raise VitrinaError(f"{run_dir}: nothing to resume (no train_state.pt); start a new run instead")
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    if state.get("config_digest") != digest:
-        raise ConfigError(
-            f"{run_dir}: --resume with a different config than the interrupted run; "
-            "resume with the same settings (see its config.yaml) or start a new run"
-        )
+        raise VitrinaError(f"{run_dir}: nothing to resume (no {TRAIN_STATE}); start a new run instead")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated files, pickled code and other damage raise many types
+        kind = "it holds objects other than tensors and numbers" if "weights_only" in str(exc) else "it is damaged or truncated"
+        raise ModelError(f"{state_path}: cannot resume from this file: {kind}; start a new run instead") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{state_path}: not a vitrina training state; start a new run instead")
+    if state.get("config_digest") != config_digest(config):
+        raise ConfigError(f"{run_dir}: --resume with other settings than the interrupted run ({_settings_changes(run_dir, config)}); "
+                          "resume with the same settings (see its config.yaml) or start a new run")
+    _check_same_data(run_dir, dataset)
     return state
+
+
+def _settings_changes(run_dir: Path, config: Config) -> str:
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return "its config.yaml is gone"
+    saved = relevant_settings(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
+    now = relevant_settings(config)
+    changed = [f"{key}: {saved.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+    return "; ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "") if changed else "the settings file was changed"
+
+
+def _check_same_data(run_dir: Path, dataset: Dataset) -> None:
+    """ConfigError naming the first differences when ``dataset`` is not the data the run started on."""
+    path = run_dir / "splits.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if saved.get("data_digest") in (None, data_digest(dataset)):
+        return
+    differences = []
+    for name in sorted(set(saved.get("splits", {})) | set(dataset.splits)):
+        before = dict(zip(saved.get("splits", {}).get(name, []), saved.get("labels", {}).get(name, [])))
+        after = {s.path: s.label for s in dataset.splits.get(name, [])}
+        added, removed = sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys())
+        relabelled = sorted(p for p in after.keys() & before.keys() if after[p] != before[p])
+        for what, paths in (("new", added), ("missing", removed), ("relabelled", relabelled)):
+            if paths:
+                differences.append(f"{name}: {len(paths)} {what} (first: {paths[0]})")
+    raise ConfigError(f"{run_dir}: --resume with other data than the interrupted run ({'; '.join(differences) or 'the file lists differ'}); "
+                      "resume with the same data or start a new run")
 
 
 def load_last_weights(run_dir: Path, model: nn.Module) -> None:
     """Load the interrupted run's last weights (``last.safetensors``) into ``model``."""
-    model.load_state_dict(load_file(str(run_dir / f"{LAST_STEM}.safetensors")))
+    path = run_dir / f"{LAST_STEM}.safetensors"
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as exc:  # noqa: BLE001 - safetensors and torch raise several types for damaged files
+        raise ModelError(f"{path}: cannot resume from these weights ({str(exc).splitlines()[0][:200]}); start a new run instead") from None

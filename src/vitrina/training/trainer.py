@@ -243,7 +243,7 @@ def train(
     config = with_recommended_settings(dataset, config)
     run = _resolve_run(dataset, config, run_dir, progress, log)
     plan = run.plan
-    resume_state = load_resume_state(run_dir, config_digest(config)) if resume else None
+    resume_state = load_resume_state(run_dir, config, dataset) if resume else None
     if run.main:
         config_lib.save(config, run_dir)
         write_splits(run_dir, dataset)
