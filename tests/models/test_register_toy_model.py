@@ -24,7 +24,7 @@ from vitrina.models.registry import (
 )
 from vitrina.preprocess import Preprocess
 
-BUILTINS = ["cnn1", "cnn2", "cnn3", "ad_cnn64", "fmnist_cnn", "efficientnet_lite0", "efficientnet_lite2"]
+BUILTINS = ["cnn1", "cnn2", "cnn3", "ad_cnn64", "fmnist_cnn", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 # Unlike any builtin's, so the test sees that it is this model's preprocessing that travels.
 TOY_PREPROCESS = Preprocess(
     input_size=40, mean=(0.4, 0.45, 0.5), std=(0.25, 0.25, 0.25), channels=3,

@@ -27,7 +27,7 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
 
 def test_registry_lists_the_named_models() -> None:
     assert MODEL_NAMES == [
-        "cnn1", "cnn2", "cnn3", "ad_cnn64", "fmnist_cnn", "efficientnet_lite0", "efficientnet_lite2"
+        "cnn1", "cnn2", "cnn3", "ad_cnn64", "fmnist_cnn", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
     ]
     families = {spec.name: spec.family for spec in list_models()}
     assert families["cnn2"] == "scratch" and families["efficientnet_lite0"] == "pretrained"
@@ -113,7 +113,7 @@ def test_bad_head_and_class_count() -> None:
 
 def test_unknown_name_lists_and_suggests() -> None:
     with pytest.raises(ModelError) as info:
-        create_model("efficientnet_lite1", 3)
+        create_model("efficientnet_lite3", 3)
     message = str(info.value)
     assert "Did you mean" in message and "efficientnet_lite0" in message
     assert "fmnist_cnn" in message and "timm:NAME" in message

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILTINS = ["cnn1", "cnn2", "cnn3", "ad_cnn64", "fmnist_cnn", "efficientnet_lite0", "efficientnet_lite2"]
+BUILTINS = ["cnn1", "cnn2", "cnn3", "ad_cnn64", "fmnist_cnn", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 
 def run_python(code: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:

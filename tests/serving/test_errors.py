@@ -126,7 +126,7 @@ def test_api_keys_are_required_when_configured(
     assert_error(client.get("/v1/model", headers={"X-API-Key": "wrong"}), 401, "unauthorized", "not valid")
     assert client.get("/v1/model", headers={"X-API-Key": "beta-key"}).status_code == 200
     assert client.get("/v1/model", headers={"Authorization": "Bearer gamma-key"}).status_code == 200
-    for open_path in ("/healthz", "/readyz", "/metrics", "/", "/docs"):
+    for open_path in ("/healthz", "/readyz", "/", "/docs"):
         assert client.get(open_path).status_code == 200, open_path
 
 
@@ -167,3 +167,29 @@ def test_a_full_queue_answers_503_with_retry_after(make_client: Callable[..., Te
     assert_error(refused, 503, "overloaded", "limit 2")
     assert refused.headers["retry-after"] == "1"
     assert "vitrina_overload_rejections_total" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/checks?before=9223372036854775808",
+        "/v1/checks?before=99999999999999999999",
+        "/v1/checks?before=0",
+        "/v1/checks?limit=-1",
+        "/v1/checks?limit=0",
+        "/v1/checks?limit=99999999999999999999",
+        "/v1/checks/99999999999999999999/photos/0",
+        "/v1/checks/9223372036854775808/photos/0",
+        "/v1/checks/1/photos/9223372036854775808",
+        "/v1/checks/1/photos/-1",
+        "/v1/checks/-5/photos/0",
+    ],
+)
+def test_out_of_range_integers_are_422_not_500(client: TestClient, url: str) -> None:
+    assert_error(client.get(url), 422, "invalid_request")
+
+
+def test_the_largest_ids_are_still_valid(client: TestClient) -> None:
+    largest = 2**63 - 1
+    assert client.get(f"/v1/checks?before={largest}").json() == {"checks": [], "next_before": None}
+    assert_error(client.get(f"/v1/checks/{largest}/photos/0"), 404, "not_found")

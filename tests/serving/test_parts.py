@@ -131,3 +131,56 @@ def test_the_model_version_follows_the_file_content(tmp_path: Path) -> None:
     first = files_version([model])
     model.write_bytes(b"two")
     assert files_version([model]) != first and len(first) == 12
+
+
+def test_the_decode_budget_admits_by_pixels() -> None:
+    from vitrina.serving.admission import DecodeBudget
+    from vitrina.serving.errors import Overloaded, PayloadTooLarge
+
+    metrics = ServiceMetrics()
+    budget = DecodeBudget(100, metrics)
+    budget.reserve(60)
+    budget.reserve(40)
+    with pytest.raises(Overloaded, match="100 pixels in progress") as busy:
+        budget.reserve(1)
+    assert busy.value.headers == {"Retry-After": "1"}
+    budget.release(40)
+    budget.reserve(30)
+    with pytest.raises(PayloadTooLarge, match="101 pixels"):
+        budget.reserve(101)  # more than the whole budget: never admitted, so 413 rather than 503
+    budget.release(60)
+    budget.release(30)
+    assert budget.in_flight == 0 and b"vitrina_decode_pixels_in_flight 0.0" in metrics.exposition()
+
+
+def test_a_busy_log_is_retried_until_the_deadline(tmp_path: Path) -> None:
+    import sqlite3
+    import threading
+    import time
+
+    from vitrina.serving.errors import LogUnavailable
+
+    log = ModerationLog(tmp_path / "log.db")
+    check = CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PhotoRecord("ab" * 32, "shoes", 0.9)])
+    locker = sqlite3.connect(tmp_path / "log.db", isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    with pytest.raises(LogUnavailable, match="locked") as refused:
+        log.record(check, deadline=time.monotonic() + 0.5)
+    assert 0.4 < time.monotonic() - started < 3 and refused.value.headers["Retry-After"]
+    threading.Timer(0.5, lambda: locker.execute("COMMIT")).start()
+    assert log.record(check, deadline=time.monotonic() + 5) == 1  # stored once the lock is gone
+    assert len(log.recent()) == 1
+    locker.close()
+    log.close()
+
+
+def test_the_server_limits_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from vitrina.cli.parser import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--header-timeout", "--body-timeout", "--max-connections", "--max-decode-pixels", "--trusted-proxies",
+                 "--metrics-public", "--db-timeout"):
+        assert flag in text, flag

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.helpers import DEMO, make_shapes_dataset, quiet, scratch_config

@@ -1,6 +1,7 @@
 """The public API of serving: the REST API and the upload-check page over HTTP."""
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import uvicorn
 from vitrina.errors import ConfigError
 from vitrina.inference.predictor import default_threads
 from vitrina.serving.app import SETTINGS_ENV, create_app
+from vitrina.serving.connections import GuardedProtocol
 from vitrina.serving.security import load_api_keys
 from vitrina.serving.model import load_model
 from vitrina.serving.settings import ServeSettings
@@ -64,7 +66,8 @@ def serve(
     """Serve a run folder or exported ``.onnx`` model over HTTP until interrupted.
 
     ``options`` are :class:`~vitrina.serving.settings.ServeSettings` fields (``database``,
-    ``api_keys_file``, ``rate_limit``, ``max_batch``, ``reload_interval``, ...). The model is
+    ``api_keys_file``, ``rate_limit``, ``max_batch``, ``reload_interval``, ``header_timeout``,
+    ``max_connections``, ``trusted_proxies``, ...). The model is
     loaded before the port opens, so a bad model fails here with a clear error; ``on_ready`` then
     receives the URL to open. ``port=0`` picks a free port. Ctrl+C or SIGTERM stop the server once
     the requests in flight are answered. With ``workers`` above 1, each worker process has its own
@@ -85,6 +88,10 @@ def serve(
     common: dict[str, Any] = {
         "host": host, "port": port, "log_level": log_level, "access_log": False,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        # Header deadline and connection limit; a partial (not a subclass made here) so worker processes can unpickle it.
+        "http": functools.partial(GuardedProtocol, header_timeout=settings.header_timeout, max_connections=settings.max_connections),
+        # X-Forwarded-For is believed only from --trusted-proxies, by the app itself (uvicorn would trust any local peer).
+        "proxy_headers": False,
     }
 
     def ready(bound_port: int) -> None:

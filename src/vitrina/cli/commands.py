@@ -213,7 +213,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             database=args.db, store_images=args.store_images, api_keys_file=args.api_keys, rate_limit=args.rate_limit,
             rate_burst=args.burst, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_photos=args.max_photos,
             batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, queue_limit=args.queue_limit,
-            reload_interval=args.reload_interval, confidence=args.confidence,
+            reload_interval=args.reload_interval, confidence=args.confidence, max_decode_pixels=args.max_decode_pixels,
+            db_timeout=args.db_timeout, metrics_public=args.metrics_public, trusted_proxies=args.trusted_proxies,
+            header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_connections=args.max_connections,
         )
     print("vitrina serve: stopped", flush=True)
     return 0

@@ -239,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-limit", type=int, default=256, metavar="N", help="photos in progress before new requests get 503 (default 256)")
     p.add_argument("--reload-interval", type=float, default=2.0, metavar="S", help="seconds between looks at the model files for a new version; 0: never reload (default 2)")
     p.add_argument("--confidence", type=float, metavar="P", help="confidence below which a verdict is uncertain (default: the threshold calibrated with the model)")
+    p.add_argument("--max-decode-pixels", type=int, metavar="N", help="pixels being decoded at once, all requests together; "
+                   "beyond, requests get 503 (default 4 x --max-pixels)")
+    p.add_argument("--db-timeout", type=float, default=10.0, metavar="S", help="seconds a check waits for a busy moderation log "
+                   "before 503; a verdict is only given once it is logged (default 10)")
+    p.add_argument("--metrics-public", action="store_true", help="with API keys, serve /metrics without a key (default: it needs one)")
+    p.add_argument("--trusted-proxies", metavar="ADDRS", help="comma-separated addresses or networks (CIDR) of reverse proxies "
+                   "whose X-Forwarded-For names the client (default: none; the peer's address counts)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S", help="seconds for a request's line and headers to "
+                   "arrive; slower connections are closed (default 10)")
+    p.add_argument("--body-timeout", type=float, default=60.0, metavar="S", help="seconds for a request's body to arrive once its "
+                   "headers have; slower requests get 408 (default 60)")
+    p.add_argument("--max-connections", type=int, default=1000, metavar="N", help="open connections per server process; more are "
+                   "answered 503 (default 1000)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser(

@@ -1,11 +1,13 @@
 """The HTTP layer: routes, request parsing and validation, JSON errors, the web pages.
 
 Handlers only parse and validate; the work happens in :class:`~vitrina.serving.service.Service`.
-Every error is JSON ``{"error": code, "detail": message}`` with its status (401, 413, 415, 422,
-429, 503), and every response carries the model version in ``X-Model-Version``.
+Every error is JSON ``{"error": code, "detail": message}`` with its status (401, 408, 413, 415,
+422, 429, 503, and 500 for a fault of the server), and every response carries the model version
+in ``X-Model-Version``.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +27,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from vitrina.serving.errors import PayloadTooLarge, ServingError, UnsupportedMediaType
 from vitrina.serving.model import LoadedModel
@@ -39,6 +42,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 Verdict = Literal["match", "mismatch", "uncertain"]
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many labels to return")]
 Photos = Annotated[list[UploadFile], File(description="one or more photos (repeat the field)")]
+# Ids are 64-bit in every database the log may live in; larger numbers are a 422, not a database error.
+MAX_ID = 2**63 - 1
 
 
 # ----------------------------------------------------------------------------- response schemas
@@ -91,7 +96,9 @@ class ModelResponse(BaseModel):
     mode: str | None
     backend: str
     loaded_at: str
-    limits: dict[str, float] = Field(description="max_photos a request, max_upload_mb a photo, max_pixels a photo")
+    limits: dict[str, float] = Field(
+        description="max_photos a request, max_upload_mb a photo, max_pixels a photo, max_decode_pixels all requests at once"
+    )
 
 
 class LoggedPhoto(BaseModel):
@@ -127,11 +134,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
         401: "API key missing or invalid (when keys are configured)",
+        408: "the request body did not arrive in time (--body-timeout)",
         413: "upload too large, or too many photos",
         415: "not a multipart form, or not a supported photo format",
         422: "missing field, corrupt or non-image data, too many pixels, unknown category",
-        429: "rate limit exceeded (see Retry-After)",
-        503: "queue full or not ready (see Retry-After)",
+        429: "rate limit exceeded, or too many failed authentications (see Retry-After)",
+        503: "queue or decode budget full, moderation log busy, or not ready (see Retry-After)",
     }.items()
 }
 
@@ -142,16 +150,22 @@ def error_body(code: str, detail: str) -> dict[str, str]:
 
 
 class RequestEnvelope:
-    """ASGI middleware around every request: body size limit, metrics, the model version header."""
+    """ASGI middleware around every request: body size limit and timeout, metrics, the model version header."""
 
     def __init__(self, app: ASGIApp, service: Service):
         self.app = app
         self.service = service
         self.max_body = service.settings.max_request_bytes
+        self.body_timeout = service.settings.body_timeout
 
     def _too_large(self) -> JSONResponse:
         limit = self.max_body / MEBIBYTE
-        return JSONResponse(error_body("payload_too_large", f"the request is larger than this server's {limit:.3g} MB limit"), 413)
+        detail = f"the request is larger than this server's {limit:.3g} MB limit"
+        return JSONResponse(error_body("payload_too_large", detail), 413, {"Connection": "close"})
+
+    def _too_slow(self) -> JSONResponse:
+        detail = f"the request body did not arrive within {self.body_timeout:g} s"
+        return JSONResponse(error_body("request_timeout", detail), 408, {"Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -159,46 +173,61 @@ class RequestEnvelope:
             return
         started = time.perf_counter()
         status = 500
-        length = Headers(scope=scope).get("content-length")
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        has_body = "transfer-encoding" in headers or (length is not None and length.strip() != "0")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             status = 413
             await self._too_large()(scope, receive, send)
             self._observe(scope, status, started)
             return
         received = 0
-        overflowed = responded = False
+        cut_off: JSONResponse | None = None  # replaces the app's answer to a body cut off (too large, too slow)
+        responded = body_complete = False
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout
 
         async def limited_receive() -> Message:
-            nonlocal received, overflowed
-            message = await receive()
+            nonlocal received, cut_off, body_complete
+            if body_complete or responded:
+                return await receive()  # e.g. listening for the client to disconnect: no deadline
+            try:
+                message = await asyncio.wait_for(receive(), body_deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                cut_off = self._too_slow()
+                return {"type": "http.disconnect"}  # stops the form parser; the 408 replaces its answer
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
-            if received > self.max_body and not responded:
-                overflowed = True
+            if received > self.max_body:
+                cut_off = self._too_large()
                 return {"type": "http.disconnect"}  # stops the form parser; the 413 replaces its answer
             return message
 
         async def send_with_version(message: Message) -> None:
             nonlocal status, responded
-            if overflowed:
-                return  # the app's answer to a cut-off body is replaced by the 413 below
+            if cut_off is not None:
+                return  # the app's answer to a cut-off body is replaced below
             if message["type"] == "http.response.start":
                 status, responded = message["status"], True
+                extra = []
                 version = scope.get("state", {}).get("model_version")
                 if version is None and self.service.holder.current is not None:
                     version = self.service.holder.current.version
                 if version is not None:
-                    message["headers"] = [*message.get("headers", []), (b"x-model-version", version.encode())]
+                    extra.append((b"x-model-version", version.encode()))
+                if has_body and not body_complete:  # answered before the body was read (401, 429, 405...): never read it
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
             await self.app(scope, limited_receive, send_with_version)
         except Exception:
-            if not overflowed:
+            if cut_off is None:
                 self._observe(scope, status, started)
                 raise
-        if overflowed:
-            status = 413
-            await self._too_large()(scope, receive, send)
+        if cut_off is not None:
+            status = cut_off.status_code
+            await cut_off(scope, receive, send)
         self._observe(scope, status, started)
 
     def _observe(self, scope: Scope, status: int, started: float) -> None:
@@ -250,8 +279,11 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
     app.include_router(api_router(service, keys))
     add_health_routes(app, service)
     add_pages(app)
-    app.add_middleware(AccessGate, keys=keys, limiter=RateLimiter(settings.rate_limit, settings.rate_burst))
+    app.add_middleware(AccessGate, keys=keys, limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
+                       metrics_public=settings.metrics_public)
     app.add_middleware(RequestEnvelope, service=service)
+    if settings.proxies:  # the client address of a request from a trusted proxy is the one it forwards
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.proxies)
     return app
 
 
@@ -295,6 +327,10 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def server_fault(_: Request, exc: Exception) -> JSONResponse:  # the last resort: still JSON, no traceback
+        return JSONResponse(error_body("internal_error", "the server failed to answer this request; it has been logged"), 500)
 
 
 def api_router(service: Service, keys: ApiKeys) -> APIRouter:
@@ -347,13 +383,15 @@ def add_moderation_routes(v1: APIRouter, service: Service) -> None:
     async def checks(
         verdict: Annotated[Verdict | None, Query(description="only checks with this verdict")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        before: Annotated[int | None, Query(ge=1, description="only checks older than this id (paging)")] = None,
+        before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="only checks older than this id (paging)")] = None,
     ) -> dict[str, Any]:
         return await service.recent_checks(verdict, limit, before)
 
     @v1.get("/checks/{check_id}/photos/{position}", summary="A photo kept in the moderation log",
             responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}})
-    async def logged_photo(check_id: Annotated[int, PathParam(ge=1)], position: Annotated[int, PathParam(ge=0)]) -> Response:
+    async def logged_photo(
+        check_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], position: Annotated[int, PathParam(ge=0, le=MAX_ID)]
+    ) -> Response:
         stored = await service.stored_photo(check_id, position)
         if stored is None:
             raise HTTPException(404, "no stored photo here (the server keeps photos only with --store-images)")

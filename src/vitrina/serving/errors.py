@@ -38,3 +38,7 @@ class Overloaded(ServingError):
 
 class NotReady(ServingError):
     status, code = 503, "not_ready"
+
+
+class LogUnavailable(ServingError):
+    status, code = 503, "log_unavailable"

@@ -27,7 +27,10 @@ class ServiceMetrics:
             "vitrina_inference_seconds", "Model time per batch", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
-        self.overloaded = Counter("vitrina_overload_rejections", "Requests answered 503 because the queue was full", registry=r)
+        self.overloaded = Counter(
+            "vitrina_overload_rejections", "Requests answered 503 because the queue or the decode budget was full", registry=r
+        )
+        self.decode_pixels = Gauge("vitrina_decode_pixels_in_flight", "Pixels being decoded (bounded by the decode budget)", registry=r)
         self.reloads = Counter("vitrina_model_reloads", "Model reloads after the files changed, by result", ["result"], registry=r)
         self.model = Gauge("vitrina_model_info", "The model being served (value 1)", ["name", "version"], registry=r)
 

@@ -8,10 +8,12 @@ in an embedded SQLite file by default; any database URL SQLAlchemy understands w
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -28,10 +30,21 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from vitrina.errors import ConfigError
+from vitrina.serving.errors import LogUnavailable
+
+T = TypeVar("T")
+# A busy database (another writer holds the lock) is retried: SQLite's own busy wait of at most
+# MAX_BUSY_WAIT seconds an attempt, then a pause doubling from FIRST_PAUSE to LAST_PAUSE, until the deadline.
+MAX_BUSY_WAIT = 2.0
+FIRST_PAUSE, LAST_PAUSE = 0.05, 1.0
+# Seconds a call waits for a busy database when its caller sets no deadline.
+DEFAULT_WAIT = 5.0
+# Seconds a client is told to wait after the log was unavailable.
+RETRY_AFTER = "2"
 
 
 metadata = MetaData()
@@ -111,9 +124,18 @@ class ModerationLog:
         except (SQLAlchemyError, ImportError) as exc:
             raise ConfigError(f"moderation database {url.render_as_string(hide_password=True)}: {exc}") from None
 
-    def record(self, check: CheckRecord) -> int:
-        """Store one check with its photos; returns its id."""
+    def record(self, check: CheckRecord, deadline: float | None = None) -> int:
+        """Store one check with its photos in one transaction; returns its id.
+
+        While the database is busy or unreachable the write is retried until ``deadline`` (a
+        ``time.monotonic()`` value; default: ``DEFAULT_WAIT`` seconds from now); then :class:`LogUnavailable`. So a check is
+        either stored or refused, never half-stored.
+        """
+        return self._retrying(lambda wait: self._insert(check, wait), deadline, "the check was not recorded")
+
+    def _insert(self, check: CheckRecord, wait: float) -> int:
         with self.engine.begin() as connection:
+            self._busy_wait(connection, wait)
             check_id = connection.execute(
                 insert(checks_table).values(
                     time=_now(), declared=check.declared, predicted=check.predicted, confidence=check.confidence,
@@ -133,14 +155,19 @@ class ModerationLog:
             )
         return int(check_id)
 
-    def recent(self, verdict: str | None = None, limit: int = 50, before_id: int | None = None) -> list[dict[str, Any]]:
+    def recent(self, verdict: str | None = None, limit: int = 50, before_id: int | None = None,
+               deadline: float | None = None) -> list[dict[str, Any]]:
         """Checks newest first, optionally of one verdict and older than ``before_id`` (paging)."""
+        return self._retrying(lambda wait: self._recent(verdict, limit, before_id, wait), deadline, "the log cannot be read")
+
+    def _recent(self, verdict: str | None, limit: int, before_id: int | None, wait: float) -> list[dict[str, Any]]:
         query = select(checks_table).order_by(checks_table.c.id.desc()).limit(limit)
         if verdict is not None:
             query = query.where(checks_table.c.verdict == verdict)
         if before_id is not None:
             query = query.where(checks_table.c.id < before_id)
         with self.engine.connect() as connection:
+            self._busy_wait(connection, wait)
             rows = [dict(row._mapping) for row in connection.execute(query)]
             if not rows:
                 return []
@@ -162,19 +189,54 @@ class ModerationLog:
             row["photos"] = photos.get(row["id"], [])
         return rows
 
-    def photo(self, check_id: int, position: int) -> tuple[bytes, str | None] | None:
+    def photo(self, check_id: int, position: int, deadline: float | None = None) -> tuple[bytes, str | None] | None:
         """A stored photo's bytes and media type, or None when absent or not kept."""
         query = select(photos_table.c.image, photos_table.c.media_type).where(
             photos_table.c.check_id == check_id, photos_table.c.position == position
         )
-        with self.engine.connect() as connection:
-            row = connection.execute(query).first()
+
+        def read(wait: float) -> Any:
+            with self.engine.connect() as connection:
+                self._busy_wait(connection, wait)
+                return connection.execute(query).first()
+
+        row = self._retrying(read, deadline, "the photo cannot be read")
         if row is None or row.image is None:
             return None
         return bytes(row.image), row.media_type
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _busy_wait(self, connection: Connection, seconds: float) -> None:
+        """How long SQLite itself waits for another writer's lock in this attempt."""
+        if self.engine.dialect.name == "sqlite":
+            connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(min(seconds, MAX_BUSY_WAIT) * 1000)}")
+
+    def _retrying(self, attempt: Callable[[float], T], deadline: float | None, consequence: str) -> T:
+        """``attempt(seconds it may wait for a lock)``, again after a pause while the database is busy, until ``deadline``."""
+        deadline = time.monotonic() + DEFAULT_WAIT if deadline is None else deadline
+        pause = FIRST_PAUSE
+        while True:
+            try:
+                return attempt(max(0.0, deadline - time.monotonic()))
+            except OperationalError as exc:  # locked, busy, or the database server unreachable: may pass
+                reason = _reason(exc)
+            except SQLAlchemyError as exc:
+                raise LogUnavailable(f"the moderation log failed ({_reason(exc)}); {consequence}", {"Retry-After": RETRY_AFTER}) from None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LogUnavailable(
+                    f"the moderation log is busy or unreachable ({reason}); {consequence}: retry shortly", {"Retry-After": RETRY_AFTER}
+                )
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, LAST_PAUSE)
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's own message, without SQLAlchemy's statement and parameters."""
+    original = getattr(exc, "orig", None)
+    return str(original if original is not None else exc).splitlines()[0][:200]
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -1,11 +1,15 @@
 """Access to the API: optional API keys and a per-client rate limit.
 
 Keys come from the environment variable ``VITRINA_API_KEYS`` (comma-separated) and/or a file of
-one key per line (``#`` starts a comment). When any key is configured, every ``/v1/`` request
-must present one as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (401 otherwise). The
-rate limit is a token bucket per client (its API key, else its IP address): ``rate`` requests
-a second on average with bursts of ``burst`` (429 with ``Retry-After`` beyond). Both are checked
-before the request body is read, so a rejected upload costs almost nothing.
+one key per line (``#`` starts a comment). When any key is configured, every ``/v1/`` request,
+and ``/metrics`` unless it is made public, must present one as ``X-API-Key: KEY`` or
+``Authorization: Bearer KEY`` (401 otherwise); a client (address) that fails more than
+``FAILED_AUTHENTICATIONS_PER_MINUTE`` times a minute gets 429 until its failures age, whatever
+key it sends. The rate limit is a token bucket per client (its API key, else its IP address):
+``rate`` requests a second on average with bursts of ``burst`` (429 with ``Retry-After`` beyond).
+All are checked before the request body is read, so a rejected upload costs almost nothing.
+The address is the connection's peer; ``X-Forwarded-For`` counts only from trusted proxies
+(see :func:`~vitrina.serving.app.create_app`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ from vitrina.errors import ConfigError
 
 API_KEYS_ENV = "VITRINA_API_KEYS"
 PROTECTED_PREFIX = "/v1/"
+METRICS_PATH = "/metrics"
+# Failed authentications one address may make a minute (a token bucket: the burst, then one every 6 s).
+FAILED_AUTHENTICATIONS_PER_MINUTE = 10
 # Clients remembered by the rate limiter; the least recently seen are forgotten beyond this.
 MAX_TRACKED_CLIENTS = 10_000
 
@@ -88,12 +95,19 @@ class RateLimiter:
 
     def acquire(self, client: str, now: float | None = None) -> float:
         """Take a token: 0.0 when allowed, else the seconds until one is available."""
+        return self._take(client, now, take=True)
+
+    def waiting(self, client: str, now: float | None = None) -> float:
+        """The seconds until ``client`` has a token (0.0: it has one now), without taking it."""
+        return self._take(client, now, take=False)
+
+    def _take(self, client: str, now: float | None, take: bool) -> float:
         now = time.monotonic() if now is None else now
         tokens, updated = self._buckets.pop(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - updated) * self.rate)
         wait = 0.0
         if tokens >= 1.0:
-            tokens -= 1.0
+            tokens -= 1.0 if take else 0.0
         else:
             wait = (1.0 - tokens) / self.rate
         self._buckets[client] = (tokens, now)
@@ -111,31 +125,49 @@ def client_identity(key: str | None, scope: Scope) -> str:
 
 
 class AccessGate:
-    """ASGI middleware: 401 without a valid key (when keys are set), 429 over the rate limit."""
+    """ASGI middleware: 401 without a valid key (when keys are set), 429 after too many failures or over the rate limit."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys, limiter: RateLimiter):
+    def __init__(self, app: ASGIApp, keys: ApiKeys, limiter: RateLimiter, metrics_public: bool = False):
         self.app = app
         self.keys = keys
         self.limiter = limiter
+        self.protect_metrics = keys.enabled and not metrics_public
+        self.failures = RateLimiter(FAILED_AUTHENTICATIONS_PER_MINUTE / 60, FAILED_AUTHENTICATIONS_PER_MINUTE)
+
+    def _protected(self, scope: Scope) -> bool:
+        path = scope["path"]
+        return path.startswith(PROTECTED_PREFIX) or (self.protect_metrics and path.rstrip("/") == METRICS_PATH)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not self._protected(scope):
             await self.app(scope, receive, send)
             return
         key = presented_key(Headers(scope=scope))
-        if self.keys.enabled and not self.keys.valid(key):
-            message = "a valid API key is required: send it as X-API-Key or Authorization: Bearer"
-            if key is not None:
-                message = "this API key is not valid"
-            response = JSONResponse({"error": "unauthorized", "detail": message}, 401, {"WWW-Authenticate": "Bearer"})
-            await response(scope, receive, send)
-            return
-        if self.limiter.enabled:
+        refusal = self._authentication_refusal(key, scope) if self.keys.enabled else None
+        if refusal is None and self.limiter.enabled:
             wait = self.limiter.acquire(client_identity(key if self.keys.enabled else None, scope))
             if wait > 0:
                 retry_after = max(1, math.ceil(wait))
                 detail = f"rate limit of {self.limiter.rate:g} requests a second exceeded; retry in {retry_after} s"
-                response = JSONResponse({"error": "rate_limited", "detail": detail}, 429, {"Retry-After": str(retry_after)})
-                await response(scope, receive, send)
-                return
+                refusal = JSONResponse({"error": "rate_limited", "detail": detail}, 429, {"Retry-After": str(retry_after)})
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    def _authentication_refusal(self, key: str | None, scope: Scope) -> JSONResponse | None:
+        """None for a valid key; else 401, or 429 for an address with too many failures (whatever its key now)."""
+        address = client_identity(None, scope)
+        wait = self.failures.waiting(address)
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            detail = (f"too many failed authentications from this address (more than {FAILED_AUTHENTICATIONS_PER_MINUTE} "
+                      f"a minute); retry in {retry_after} s")
+            return JSONResponse({"error": "too_many_failed_authentications", "detail": detail}, 429, {"Retry-After": str(retry_after)})
+        if self.keys.valid(key):
+            return None
+        self.failures.acquire(address)
+        message = "a valid API key is required: send it as X-API-Key or Authorization: Bearer"
+        if key is not None:
+            message = "this API key is not valid"
+        return JSONResponse({"error": "unauthorized", "detail": message}, 401, {"WWW-Authenticate": "Bearer"})

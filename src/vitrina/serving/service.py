@@ -6,6 +6,7 @@ them into predictions and listing verdicts, and records every check in the moder
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from vitrina.inference.decide import VERDICTS
+from vitrina.serving.admission import LARGE_PHOTO_PIXELS, DecodeBudget
 from vitrina.serving.answers import CHECK_TOP_K, check_answer, photo_results
 from vitrina.serving.batcher import MicroBatcher
 from vitrina.serving.errors import NotReady, PayloadTooLarge, UnknownCategory
@@ -21,7 +23,13 @@ from vitrina.serving.model import LoadedModel
 from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord
 from vitrina.serving.reload import ModelHolder
 from vitrina.serving.settings import MEBIBYTE, ServeSettings
-from vitrina.serving.uploads import Photo, Upload, check_media_type, read_photo
+from vitrina.serving.uploads import (
+    Photo,
+    Upload,
+    check_media_type,
+    decode_cost,
+    read_photo,
+)
 
 
 class Service:
@@ -35,7 +43,10 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.moderation: ModerationLog | None = None
         self.draining = False
+        self.budget = DecodeBudget(settings.decode_budget, self.metrics)
         self._decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="vitrina-decode")
+        # Large photos decode in their own threads: ordinary ones never wait behind them.
+        self._large_decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="vitrina-decode-large")
         self._database = ThreadPoolExecutor(1, thread_name_prefix="vitrina-moderation")
         self._watcher: asyncio.Task | None = None
 
@@ -60,6 +71,7 @@ class Service:
         if self.batcher is not None:
             await self.batcher.stop()
         self._decoders.shutdown(wait=True)
+        self._large_decoders.shutdown(wait=True)
         if self.moderation is not None:
             await self._in_database(self.moderation.close)
         self._database.shutdown(wait=True)
@@ -82,6 +94,10 @@ class Service:
     async def _in_database(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._database, function, *args)
 
+    def _database_deadline(self) -> float:
+        """The ``time.monotonic()`` until which a request waits for a busy moderation log."""
+        return time.monotonic() + self.settings.db_timeout
+
     # --------------------------------------------------------------- predictions
     async def _classify(self, uploads: Sequence[Upload]) -> tuple[LoadedModel, list[Photo], np.ndarray, np.ndarray | None]:
         """Decode the uploads and run them through the model the request started with."""
@@ -96,13 +112,30 @@ class Service:
                 )
             check_media_type(upload)
         model = self.model
-        loop = asyncio.get_running_loop()
+        costs = [decode_cost(upload, model.predictor.preprocess, self.settings.max_pixels) for upload in uploads]
         with self.batcher.admit(len(uploads)) as admission:
-            photos = await asyncio.gather(
-                *(loop.run_in_executor(self._decoders, read_photo, upload, model.predictor, self.settings.max_pixels) for upload in uploads)
-            )
+            photos = await self._decode(uploads, costs, model)
             probs, scores = await self.batcher.submit(admission, model, np.stack([photo.pixels for photo in photos]))
-        return model, list(photos), probs, scores
+        return model, photos, probs, scores
+
+    async def _decode(self, uploads: Sequence[Upload], costs: list[int], model: LoadedModel) -> list[Photo]:
+        """Decode the uploads within the decode budget: reserved here, given back as each photo's decoding ends."""
+        self.budget.reserve(sum(costs))
+        loop = asyncio.get_running_loop()
+        pending = sum(costs)
+        futures = []
+        try:
+            for upload, cost in zip(uploads, costs):
+                pool = self._large_decoders if cost > LARGE_PHOTO_PIXELS else self._decoders
+                future = pool.submit(read_photo, upload, model.predictor, self.settings.max_pixels)
+                # Given back when the thread is done, even if this request has gone meanwhile.
+                future.add_done_callback(lambda _, cost=cost: loop.call_soon_threadsafe(self.budget.release, cost))
+                pending -= cost
+                futures.append(asyncio.wrap_future(future))
+        finally:
+            if pending:  # not submitted (shutting down)
+                self.budget.release(pending)
+        return list(await asyncio.gather(*futures))
 
     async def predict(self, uploads: Sequence[Upload], top_k: int) -> dict[str, Any]:
         """Top-k labels of each photo."""
@@ -127,7 +160,8 @@ class Service:
             [PhotoRecord(r["sha256"], r["predicted"], r["confidence"], p.media_type, u.data) for u, p, r in zip(uploads, photos, per_photo)],
         )
         assert self.moderation is not None
-        check_id = await self._in_database(self.moderation.record, record)
+        # The verdict is answered only once it is in the log; a log busy beyond --db-timeout means 503, no verdict.
+        check_id = await self._in_database(self.moderation.record, record, self._database_deadline())
         self.metrics.verdicts.labels(verdict.verdict).inc()
         return check_answer(check_id, model.version, declared, verdict, rule, per_photo)
 
@@ -153,15 +187,15 @@ class Service:
             "loaded_at": model.loaded_at,
             "limits": {
                 "max_photos": self.settings.max_photos, "max_upload_mb": self.settings.max_upload_mb,
-                "max_pixels": self.settings.max_pixels,
+                "max_pixels": self.settings.max_pixels, "max_decode_pixels": self.settings.decode_budget,
             },
         }
 
     async def recent_checks(self, verdict: str | None, limit: int, before: int | None) -> dict[str, Any]:
         assert self.moderation is not None and (verdict is None or verdict in VERDICTS)
-        checks = await self._in_database(self.moderation.recent, verdict, limit, before)
+        checks = await self._in_database(self.moderation.recent, verdict, limit, before, self._database_deadline())
         return {"checks": checks, "next_before": checks[-1]["id"] if len(checks) == limit else None}
 
     async def stored_photo(self, check_id: int, position: int) -> tuple[bytes, str | None] | None:
         assert self.moderation is not None
-        return await self._in_database(self.moderation.photo, check_id, position)
+        return await self._in_database(self.moderation.photo, check_id, position, self._database_deadline())

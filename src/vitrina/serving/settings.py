@@ -1,6 +1,7 @@
 """The server's settings: what one ``vitrina serve`` needs, checked once, passed to workers as JSON."""
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,13 @@ class ServeSettings:
     decode_threads: int = 2
     reload_interval: float = 2.0  # seconds between looks at the model files; 0: never reload
     confidence: float | None = None  # overrides the model's calibrated confidence threshold
+    max_decode_pixels: int | None = None  # pixels being decoded at once, all requests together (default 4 x max_pixels)
+    db_timeout: float = 10.0  # seconds a check waits for a busy moderation log before 503
+    metrics_public: bool = False  # with API keys, /metrics answers without one
+    trusted_proxies: str | None = None  # comma-separated addresses/networks whose X-Forwarded-For is believed
+    header_timeout: float = 10.0  # seconds for a request's line and headers to arrive
+    body_timeout: float = 60.0  # seconds for a request's body to arrive, once its headers have
+    max_connections: int = 1000  # open connections per server process; more are answered 503
 
     def __post_init__(self) -> None:
         checks = {
@@ -42,10 +50,24 @@ class ServeSettings:
             "queue_limit": self.queue_limit >= 1, "decode_threads": self.decode_threads >= 1,
             "reload_interval": self.reload_interval >= 0, "rate_limit": self.rate_limit >= 0,
             "confidence": self.confidence is None or 0.0 <= self.confidence <= 1.0,
+            "max_decode_pixels": self.max_decode_pixels is None or self.max_decode_pixels >= self.max_pixels,
+            "db_timeout": self.db_timeout >= 0, "header_timeout": self.header_timeout > 0,
+            "body_timeout": self.body_timeout > 0, "max_connections": self.max_connections >= 1,
+            "trusted_proxies": self.trusted_proxies is None or _networks(self.trusted_proxies) is not None,
         }
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
             raise ConfigError(f"invalid server settings: {', '.join(f'{name}={getattr(self, name)!r}' for name in wrong)}")
+
+    @property
+    def decode_budget(self) -> int:
+        """Pixels being decoded at once, all requests together: by default room for four of the largest photos."""
+        return self.max_decode_pixels if self.max_decode_pixels is not None else 4 * self.max_pixels
+
+    @property
+    def proxies(self) -> list[str]:
+        """The trusted proxies, one address or network each (empty: X-Forwarded-For is never believed)."""
+        return [str(network) for network in _networks(self.trusted_proxies or "") or []]
 
     @property
     def max_upload_bytes(self) -> int:
@@ -68,3 +90,11 @@ class ServeSettings:
     @classmethod
     def from_json(cls, text: str) -> "ServeSettings":
         return cls(**json.loads(text))
+
+
+def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """The addresses and networks (CIDR) of a comma-separated list; None when one is neither."""
+    try:
+        return [ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip()]
+    except ValueError:
+        return None

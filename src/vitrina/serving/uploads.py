@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
 from vitrina.data.images import decode
 from vitrina.errors import ImageError
 from vitrina.inference.predictor import Predictor
+from vitrina.preprocess import Preprocess
 from vitrina.serving.errors import InvalidImage, UnsupportedMediaType
 
 # Leading bytes of the formats the server decodes (with their media type), and of image formats it refuses (415).
@@ -70,6 +75,36 @@ def check_media_type(upload: Upload) -> None:
     refused = _signature(upload.data[:16], REFUSED_SIGNATURES)
     if refused is not None:
         raise UnsupportedMediaType(f"{upload.filename}: {refused} files are not supported; send a {ACCEPTED_FORMATS} image")
+
+
+def _too_many_pixels(upload: Upload, width: int, height: int, max_pixels: int) -> InvalidImage:
+    return InvalidImage(
+        f"{upload.filename}: too many pixels: {width}x{height} = {width * height:,}; this server accepts at most {max_pixels:,}"
+    )
+
+
+def decode_cost(upload: Upload, preprocess: Preprocess, max_pixels: int) -> int:
+    """The pixels decoding ``upload`` will produce, from its header alone (a JPEG at its draft size); 422 over ``max_pixels``.
+
+    0 when the header cannot be read: decoding then stops at once, and says why.
+    """
+    if _signature(upload.data[:16], ACCEPTED_SIGNATURES) is None:
+        return 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(upload.data)) as image:  # reads the header only
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise _too_many_pixels(upload, width, height, max_pixels)
+                if isinstance(image, JpegImageFile):  # decoded at 1/2, 1/4 or 1/8 of the size, as read_photo will
+                    image.draft("RGB" if preprocess.mode == "RGB" else "L", preprocess.draft_size())
+                    width, height = image.size
+                return max(0, width * height)
+    except InvalidImage:
+        raise
+    except Exception:  # noqa: BLE001 - an unreadable header: read_photo gives the reason
+        return 0
 
 
 def read_photo(upload: Upload, predictor: Predictor, max_pixels: int) -> Photo:
