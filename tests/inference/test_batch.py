@@ -204,3 +204,32 @@ def test_without_out_rows_go_to_standard_output(model: Path, capsys: pytest.Capt
     api.predict(model, images, top_k=1, progress=False, workers=0)
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["path"] for r in rows] == [str(p) for p in images]
+
+
+@pytest.mark.slow
+def test_a_killed_predict_resumes_to_the_same_rows(model: Path, catalogue: Path, tmp_path: Path) -> None:
+    """kill -9 of `vitrina predict` mid-catalogue, then --resume: every input once, the same rows as one uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    photos = sorted(str(p) for p in catalogue.rglob("item*.jpg"))
+    listing = tmp_path / "catalogue.txt"
+    listing.write_text("\n".join(photos * 40) + "\n")  # 1,200 inputs
+    command = [sys.executable, "-m", "vitrina", "predict", str(model), str(listing), "--batch-size", "8", "--workers", "1", "--quiet"]
+    full, killed = tmp_path / "full.csv", tmp_path / "killed.csv"
+    subprocess.run([*command, "--out", str(full)], check=True, capture_output=True, timeout=300)
+
+    process = subprocess.Popen([*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while (not killed.exists() or killed.stat().st_size < 20_000) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    rows_at_kill = len(read_csv(killed))
+    assert 0 < rows_at_kill < len(photos) * 40, "the kill should land mid-catalogue"
+
+    resumed = subprocess.run([*command, "--out", str(killed), "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert killed.read_text() == full.read_text()

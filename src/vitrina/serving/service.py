@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from vitrina.inference.decide import VERDICTS
-from vitrina.serving.admission import LARGE_PHOTO_PIXELS, DecodeBudget
+from vitrina.serving.admission import LARGE_PHOTO_PIXELS, DecodeBudget, lower_priority, timed
 from vitrina.serving.answers import CHECK_TOP_K, check_answer, photo_results
 from vitrina.serving.batcher import MicroBatcher
 from vitrina.serving.errors import NotReady, PayloadTooLarge, UnknownCategory
@@ -45,8 +45,9 @@ class Service:
         self.draining = False
         self.budget = DecodeBudget(settings.decode_budget, self.metrics)
         self._decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="vitrina-decode")
-        # Large photos decode in their own threads: ordinary ones never wait behind them.
-        self._large_decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="vitrina-decode-large")
+        # Large photos decode in one thread of their own at a lower CPU priority: ordinary photos
+        # never wait behind them, and a stream of them takes at most a core's idle time.
+        self._large_decoders = ThreadPoolExecutor(1, thread_name_prefix="vitrina-decode-large", initializer=lower_priority)
         self._database = ThreadPoolExecutor(1, thread_name_prefix="vitrina-moderation")
         self._watcher: asyncio.Task | None = None
 
@@ -120,14 +121,18 @@ class Service:
 
     async def _decode(self, uploads: Sequence[Upload], costs: list[int], model: LoadedModel) -> list[Photo]:
         """Decode the uploads within the decode budget: reserved here, given back as each photo's decoding ends."""
-        self.budget.reserve(sum(costs))
+        large = [cost > LARGE_PHOTO_PIXELS for cost in costs]
+        self.budget.reserve(sum(costs), large=any(large))
         loop = asyncio.get_running_loop()
         pending = sum(costs)
         futures = []
         try:
-            for upload, cost in zip(uploads, costs):
-                pool = self._large_decoders if cost > LARGE_PHOTO_PIXELS else self._decoders
-                future = pool.submit(read_photo, upload, model.predictor, self.settings.max_pixels)
+            for upload, cost, is_large in zip(uploads, costs, large):
+                if is_large:
+                    future = self._large_decoders.submit(timed, read_photo, upload, model.predictor, self.settings.max_pixels)
+                    future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._charge_large, f))
+                else:
+                    future = self._decoders.submit(read_photo, upload, model.predictor, self.settings.max_pixels)
                 # Given back when the thread is done, even if this request has gone meanwhile.
                 future.add_done_callback(lambda _, cost=cost: loop.call_soon_threadsafe(self.budget.release, cost))
                 pending -= cost
@@ -135,7 +140,12 @@ class Service:
         finally:
             if pending:  # not submitted (shutting down)
                 self.budget.release(pending)
-        return list(await asyncio.gather(*futures))
+        decoded = await asyncio.gather(*futures)
+        return [photo[0] if is_large else photo for photo, is_large in zip(decoded, large)]
+
+    def _charge_large(self, future: Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.budget.charge_large(future.result()[1])
 
     async def predict(self, uploads: Sequence[Upload], top_k: int) -> dict[str, Any]:
         """Top-k labels of each photo."""
