@@ -220,6 +220,15 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     return status, body, "connection: close" in head
 
 
+async def preflight(port: int, request: bytes) -> None:
+    """One check before the load: a model whose categories are not the photos' labels measures only 422s."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    status, body, _ = await exchange(reader, writer, request)
+    writer.close()
+    if status != 200:
+        raise SystemExit(f"the first check answered {status}: {body[:300]!r} (does --model know the photos' categories?)")
+
+
 async def run_load(port: int, requests: list[bytes], clients: int, seconds: float) -> LoadResult:
     """``clients`` connections posting checks back to back for ``seconds``."""
     result = LoadResult(seconds)
@@ -263,6 +272,7 @@ def measure(model: Path, photos: list[Photo], folder: Path, name: str, extra: li
     server = Server(model, folder / f"moderation-{name.replace(' ', '-')}.db", extra)
     try:
         requests = [check_request(server.port, photo) for photo in photos]
+        asyncio.run(preflight(server.port, requests[0]))
         asyncio.run(run_load(server.port, requests, clients, WARMUP_SECONDS))
         before = server.rss_mb()
         cpu_before, server_before = os.times(), server.cpu_seconds()

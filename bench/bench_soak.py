@@ -32,8 +32,8 @@ from bench_serve import (
     LoadResult,
     Server,
     check_request,
-    exchange,
     find_photos,
+    preflight,
     run_load,
     train_demo_model,
 )
@@ -77,15 +77,6 @@ async def soak(server: Server, requests: list[bytes], clients: int, seconds: flo
 
 async def under_attack(port: int, requests: list[bytes], attack: bytes, seconds: float) -> tuple[LoadResult, LoadResult]:
     return await asyncio.gather(run_load(port, requests, ORDINARY_CLIENTS, seconds), run_load(port, [attack], ATTACK_CONNECTIONS, seconds))
-
-
-async def preflight(port: int, request: bytes) -> None:
-    """One check before the load: a model whose categories are not the photos' labels measures only 422s."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    status, body, _ = await exchange(reader, writer, request)
-    writer.close()
-    if status != 200:
-        raise SystemExit(f"the first check answered {status}: {body[:300]!r} (does --model know the photos' categories?)")
 
 
 def describe(name: str, result: LoadResult) -> None:

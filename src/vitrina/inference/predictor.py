@@ -38,8 +38,14 @@ def default_threads() -> int:
 
 
 # ----------------------------------------------------------------------------- backends
+# Images per ONNX Runtime run: a few images' activations stay in the CPU caches and memory stays
+# small. The model alone, single-threaded, efficientnet_lite0 at 288 px: int8 6.7 ms per image at
+# 4, 7.3 at 32 (end to end the difference is within the noise of a 2-core machine).
+RUN_BATCH = 4
+
+
 class OnnxBackend:
-    """ONNX Runtime on CPU: normalised float32 NCHW batch -> probabilities."""
+    """ONNX Runtime on CPU: normalised float32 NCHW batch -> probabilities (run a few images at a time)."""
 
     name = "onnx"
 
@@ -61,6 +67,9 @@ class OnnxBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle threads sleep instead of spinning: a server's session waits between batches, and
+        # spinning threads would burn a core while it waits (and take it from decoding).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
     @classmethod
@@ -87,14 +96,20 @@ class OnnxBackend:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self._output], {self._input: batch})[0]
+        return self._run([self._output], batch)[0]
 
     def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and the unknown-photo score (None when the graph has no such output)."""
         if self.score_output is None:
             return self(batch), None
-        probs, scores = self.session.run([self._output, self.score_output], {self._input: batch})
+        probs, scores = self._run([self._output, self.score_output], batch)
         return probs, scores
+
+    def _run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
+        if len(batch) <= RUN_BATCH:
+            return self.session.run(outputs, {self._input: batch})
+        parts = [self.session.run(outputs, {self._input: batch[i : i + RUN_BATCH]}) for i in range(0, len(batch), RUN_BATCH)]
+        return [np.concatenate([part[k] for part in parts]) for k in range(len(outputs))]
 
 
 class TorchBackend:
