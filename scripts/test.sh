@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Set up .venv with the test tools and run the whole test suite; exits with pytest's result.
-# The browser tests drive Debian's Chromium: it is installed here when missing and this
-# machine allows it (root with apt-get); elsewhere those tests skip and say why.
+# The browser tests drive Debian's Chromium and the moderation-log tests start a real PostgreSQL
+# server: both are installed here when missing and this machine allows it (root with apt-get);
+# elsewhere those tests skip and say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Chromium for the browser tests (apt-get)"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "could not install Chromium: the browser tests will be skipped"
+fi
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing PostgreSQL for the moderation-log tests (apt-get)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+    || echo "could not install PostgreSQL: its tests will be skipped"
 fi
 bash scripts/setup.sh --dev
 set +e

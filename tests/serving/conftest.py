@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.helpers import DEMO
+from tests.serving.postgres import PostgresServer, find_postgres
 from vitrina import api
 from vitrina.config import resolve
 from vitrina.serving.app import create_app
@@ -162,3 +163,23 @@ def start_server() -> Iterator[Callable[..., RunningServer]]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.communicate()
+
+
+# ----------------------------------------------------------------------------- databases
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (skipped, saying why, where none can run)."""
+    binaries, why = find_postgres()
+    if binaries is None:
+        pytest.skip(f"PostgreSQL tests skipped: {why}")
+    server = PostgresServer(binaries)
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh moderation log: an SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "moderation.db")
+    return request.getfixturevalue("postgres").database()

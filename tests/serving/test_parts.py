@@ -11,7 +11,7 @@ from vitrina.errors import ConfigError
 from vitrina.serving.batcher import MicroBatcher
 from vitrina.serving.metrics import ServiceMetrics
 from vitrina.serving.model import files_version
-from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord, database_url
+from vitrina.serving.moderation import ModerationLog, database_url
 from vitrina.serving.security import ApiKeys, RateLimiter, load_api_keys
 from vitrina.serving.settings import ServeSettings
 
@@ -67,25 +67,6 @@ def test_batches_never_exceed_max_batch_and_one_photo_batches_turn_it_off() -> N
 
 
 # ----------------------------------------------------------------------------- moderation log
-def test_moderation_log_records_and_filters_checks(tmp_path: Path) -> None:
-    log = ModerationLog(f"sqlite:///{tmp_path / 'log.db'}", store_images=False)
-    photo = PhotoRecord("ab" * 32, "shoes", 0.9, "image/jpeg", b"jpeg bytes")
-    first = log.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [photo]))
-    second = log.record(CheckRecord("shoes", "shoes", 0.8, "match", "v1", [photo, photo]))
-    assert second == first + 1
-    assert [c["id"] for c in log.recent()] == [second, first]
-    mismatches = log.recent("mismatch")
-    assert [c["declared"] for c in mismatches] == ["hat"] and mismatches[0]["photos"][0]["sha256"] == "ab" * 32
-    assert len(log.recent("match")[0]["photos"]) == 2
-    assert log.photo(first, 0) is None  # images are kept only when configured
-    log.close()
-    kept = ModerationLog(tmp_path / "log.db", store_images=True)
-    third = kept.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v2", [photo]))
-    assert kept.photo(third, 0) == (b"jpeg bytes", "image/jpeg")
-    assert len(kept.recent()) == 3  # the same file, opened by path
-    kept.close()
-
-
 def test_database_targets_are_paths_or_urls(tmp_path: Path) -> None:
     assert database_url(tmp_path / "a.db") == f"sqlite:///{tmp_path / 'a.db'}"
     assert database_url("postgresql+psycopg://u@host/db") == "postgresql+psycopg://u@host/db"
@@ -151,28 +132,6 @@ def test_the_decode_budget_admits_by_pixels() -> None:
     budget.release(60)
     budget.release(30)
     assert budget.in_flight == 0 and b"vitrina_decode_pixels_in_flight 0.0" in metrics.exposition()
-
-
-def test_a_busy_log_is_retried_until_the_deadline(tmp_path: Path) -> None:
-    import sqlite3
-    import threading
-    import time
-
-    from vitrina.serving.errors import LogUnavailable
-
-    log = ModerationLog(tmp_path / "log.db")
-    check = CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PhotoRecord("ab" * 32, "shoes", 0.9)])
-    locker = sqlite3.connect(tmp_path / "log.db", isolation_level=None, check_same_thread=False)
-    locker.execute("BEGIN EXCLUSIVE")
-    started = time.monotonic()
-    with pytest.raises(LogUnavailable, match="locked") as refused:
-        log.record(check, deadline=time.monotonic() + 0.5)
-    assert 0.4 < time.monotonic() - started < 3 and refused.value.headers["Retry-After"]
-    threading.Timer(0.5, lambda: locker.execute("COMMIT")).start()
-    assert log.record(check, deadline=time.monotonic() + 5) == 1  # stored once the lock is gone
-    assert len(log.recent()) == 1
-    locker.close()
-    log.close()
 
 
 def test_the_server_limits_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,26 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    Column,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    event,
-    insert,
-    select,
-)
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import create_engine, event, insert, select
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from vitrina.errors import ConfigError
 from vitrina.serving.errors import LogUnavailable
+from vitrina.serving.schema import checks_table, migrate, photos_table
 
 T = TypeVar("T")
 # A busy database (another writer holds the lock) is retried: SQLite's own busy wait of at most
@@ -45,32 +32,9 @@ FIRST_PAUSE, LAST_PAUSE = 0.05, 1.0
 DEFAULT_WAIT = 5.0
 # Seconds a client is told to wait after the log was unavailable.
 RETRY_AFTER = "2"
-
-
-metadata = MetaData()
-checks_table = Table(
-    "checks",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("time", String(32), nullable=False),  # ISO 8601, UTC: sorts and reads well in any database
-    Column("declared", String(200), nullable=False),
-    Column("predicted", String(200), nullable=False),
-    Column("confidence", Float, nullable=False),
-    Column("verdict", String(16), nullable=False),
-    Column("model_version", String(64), nullable=False),
-    Index("ix_checks_verdict_id", "verdict", "id"),
-)
-photos_table = Table(
-    "check_photos",
-    metadata,
-    Column("check_id", Integer, ForeignKey("checks.id"), primary_key=True),
-    Column("position", Integer, primary_key=True),
-    Column("sha256", String(64), nullable=False, index=True),
-    Column("predicted", String(200), nullable=False),
-    Column("confidence", Float, nullable=False),
-    Column("media_type", String(100), nullable=True),
-    Column("image", LargeBinary, nullable=True),
-)
+# A database server: connections per server process (a bounded pool), and seconds to connect.
+POOL_SIZE, POOL_OVERFLOW = 4, 4
+CONNECT_TIMEOUT = 5
 
 
 @dataclass
@@ -117,10 +81,8 @@ class ModerationLog:
         if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine: Engine = create_engine(url)
-            if url.get_backend_name() == "sqlite":
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            metadata.create_all(self.engine)
+            self.engine: Engine = _engine(url)
+            migrate(self.engine)
         except (SQLAlchemyError, ImportError) as exc:
             raise ConfigError(f"moderation database {url.render_as_string(hide_password=True)}: {exc}") from None
 
@@ -231,6 +193,17 @@ class ModerationLog:
                 )
             time.sleep(min(pause, left))
             pause = min(2 * pause, LAST_PAUSE)
+
+
+def _engine(url: URL) -> Engine:
+    """SQLite with its pragmas, or a database server through a bounded pool that checks connections."""
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT} if url.get_backend_name() == "postgresql" else {}
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_timeout=DEFAULT_WAIT,
+                         pool_pre_ping=True, connect_args=connect_args)
 
 
 def _reason(exc: SQLAlchemyError) -> str:
