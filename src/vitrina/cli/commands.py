@@ -216,6 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             reload_interval=args.reload_interval, confidence=args.confidence, max_decode_pixels=args.max_decode_pixels,
             db_timeout=args.db_timeout, metrics_public=args.metrics_public, trusted_proxies=args.trusted_proxies,
             header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_connections=args.max_connections,
+            model_name=args.model_name,
         )
     print("vitrina serve: stopped", flush=True)
     return 0

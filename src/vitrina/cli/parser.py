@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "headers have; slower requests get 408 (default 60)")
     p.add_argument("--max-connections", type=int, default=1000, metavar="N", help="open connections per server process; more are "
                    "answered 503 (default 1000)")
+    p.add_argument("--model-name", default="vitrina", metavar="NAME", help="the model's name in the Open Inference Protocol "
+                   "routes, /v2/models/NAME (default vitrina)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser(

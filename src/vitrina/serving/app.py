@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from vitrina.serving.errors import PayloadTooLarge, ServingError, UnsupportedMediaType
+from vitrina.serving.inference_protocol import inference_protocol_router
 from vitrina.serving.model import LoadedModel
 from vitrina.serving.security import AccessGate, ApiKeys, RateLimiter, load_api_keys
 from vitrina.serving.service import Service
@@ -277,6 +278,7 @@ def create_app(settings: ServeSettings, model: LoadedModel | None = None) -> Fas
     app = new_app(service)
     add_error_handlers(app)
     app.include_router(api_router(service, keys))
+    app.include_router(inference_protocol_router(service))
     add_health_routes(app, service)
     add_pages(app)
     app.add_middleware(AccessGate, keys=keys, limiter=RateLimiter(settings.rate_limit, settings.rate_burst),

@@ -1,7 +1,7 @@
 """Access to the API: optional API keys and a per-client rate limit.
 
 Keys come from the environment variable ``VITRINA_API_KEYS`` (comma-separated) and/or a file of
-one key per line (``#`` starts a comment). When any key is configured, every ``/v1/`` request,
+one key per line (``#`` starts a comment). When any key is configured, every ``/v1/`` and ``/v2/models/`` request,
 and ``/metrics`` unless it is made public, must present one as ``X-API-Key: KEY`` or
 ``Authorization: Bearer KEY`` (401 otherwise); a client (address) that fails more than
 ``FAILED_AUTHENTICATIONS_PER_MINUTE`` times a minute gets 429 until its failures age, whatever
@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vitrina.errors import ConfigError
 
 API_KEYS_ENV = "VITRINA_API_KEYS"
-PROTECTED_PREFIX = "/v1/"
+PROTECTED_PREFIXES = ("/v1/", "/v2/models/")  # the Open Inference Protocol's health routes stay open, as /healthz
 METRICS_PATH = "/metrics"
 # Failed authentications one address may make a minute (a token bucket: the burst, then one every 6 s).
 FAILED_AUTHENTICATIONS_PER_MINUTE = 10
@@ -136,7 +136,7 @@ class AccessGate:
 
     def _protected(self, scope: Scope) -> bool:
         path = scope["path"]
-        return path.startswith(PROTECTED_PREFIX) or (self.protect_metrics and path.rstrip("/") == METRICS_PATH)
+        return path.startswith(PROTECTED_PREFIXES) or (self.protect_metrics and path.rstrip("/") == METRICS_PATH)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._protected(scope):

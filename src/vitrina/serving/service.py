@@ -147,6 +147,11 @@ class Service:
         if not future.cancelled() and future.exception() is None:
             self.budget.charge_large(future.result()[1])
 
+    async def probabilities(self, uploads: Sequence[Upload]) -> tuple[LoadedModel, np.ndarray, np.ndarray | None]:
+        """Every class's probability (and the unknown score) of each photo: the Open Inference Protocol's answer."""
+        model, _, probs, scores = await self._classify(uploads)
+        return model, probs, scores
+
     async def predict(self, uploads: Sequence[Upload], top_k: int) -> dict[str, Any]:
         """Top-k labels of each photo."""
         model, photos, probs, scores = await self._classify(uploads)

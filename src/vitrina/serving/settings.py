@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,9 +43,11 @@ class ServeSettings:
     header_timeout: float = 10.0  # seconds for a request's line and headers to arrive
     body_timeout: float = 60.0  # seconds for a request's body to arrive, once its headers have
     max_connections: int = 1000  # open connections per server process; more are answered 503
+    model_name: str = "vitrina"  # the model's name in the Open Inference Protocol (/v2/models/NAME)
 
     def __post_init__(self) -> None:
         checks = {
+            "model_name": bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.model_name)),
             "max_upload_mb": self.max_upload_mb > 0, "max_pixels": self.max_pixels > 0, "max_photos": self.max_photos >= 1,
             "top_k": self.top_k >= 1, "batch_window_ms": self.batch_window_ms >= 0, "max_batch": self.max_batch >= 1,
             "queue_limit": self.queue_limit >= 1, "decode_threads": self.decode_threads >= 1,
