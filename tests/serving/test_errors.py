@@ -191,5 +191,7 @@ def test_out_of_range_integers_are_422_not_500(client: TestClient, url: str) -> 
 
 def test_the_largest_ids_are_still_valid(client: TestClient) -> None:
     largest = 2**63 - 1
-    assert client.get(f"/v1/checks?before={largest}").json() == {"checks": [], "next_before": None}
+    assert client.get(f"/v1/checks?before={largest}").json() == {"checks": [], "next_before": None, "next_after": None}
+    assert client.get(f"/v1/checks?after={largest}").json() == {"checks": [], "next_before": None, "next_after": largest}
+    assert_error(client.get("/v1/checks?after=1&before=5"), 422, "invalid_request", "not both")
     assert_error(client.get(f"/v1/checks/{largest}/photos/0"), 404, "not_found")

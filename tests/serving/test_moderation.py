@@ -31,6 +31,8 @@ def test_the_log_records_and_filters_checks(log_target: str) -> None:
     assert [c["declared"] for c in mismatches] == ["hat"] and mismatches[0]["photos"][0]["sha256"] == "ab" * 32
     assert len(log.recent("match")[0]["photos"]) == 2
     assert [c["id"] for c in log.recent(before_id=second)] == [first]
+    assert [c["id"] for c in log.recent(after_id=0)] == [first, second]  # following the log: oldest first
+    assert [c["id"] for c in log.recent(after_id=first)] == [second] and log.recent(after_id=second) == []
     assert log.photo(first, 0) is None  # images are kept only when configured
     log.close()
     kept = ModerationLog(log_target, store_images=True)

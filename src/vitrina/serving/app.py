@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from vitrina.serving.errors import PayloadTooLarge, ServingError, UnsupportedMediaType
+from vitrina.serving.errors import InvalidQuery, PayloadTooLarge, ServingError, UnsupportedMediaType
 from vitrina.serving.inference_protocol import inference_protocol_router
 from vitrina.serving.model import LoadedModel
 from vitrina.serving.security import AccessGate, ApiKeys, RateLimiter, load_api_keys
@@ -124,6 +124,7 @@ class LoggedCheck(BaseModel):
 class ChecksResponse(BaseModel):
     checks: list[LoggedCheck]
     next_before: int | None = Field(description="pass as ?before= for the next page; null on the last")
+    next_after: int | None = Field(None, description="with ?after=: pass as ?after= to continue following the log")
 
 
 class ErrorResponse(BaseModel):
@@ -386,8 +387,12 @@ def add_moderation_routes(v1: APIRouter, service: Service) -> None:
         verdict: Annotated[Verdict | None, Query(description="only checks with this verdict")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="only checks older than this id (paging)")] = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="only checks newer than this id, oldest first "
+                                           "(following the log: every check once, in order)")] = None,
     ) -> dict[str, Any]:
-        return await service.recent_checks(verdict, limit, before)
+        if before is not None and after is not None:
+            raise InvalidQuery("pass ?before= (paging back) or ?after= (following the log), not both")
+        return await service.recent_checks(verdict, limit, before, after)
 
     @v1.get("/checks/{check_id}/photos/{position}", summary="A photo kept in the moderation log",
             responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorResponse}})

@@ -42,3 +42,7 @@ class NotReady(ServingError):
 
 class LogUnavailable(ServingError):
     status, code = 503, "log_unavailable"
+
+
+class InvalidQuery(ServingError):
+    status, code = 422, "invalid_request"

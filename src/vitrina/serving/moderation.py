@@ -35,6 +35,7 @@ RETRY_AFTER = "2"
 # A database server: connections per server process (a bounded pool), and seconds to connect.
 POOL_SIZE, POOL_OVERFLOW = 4, 4
 CONNECT_TIMEOUT = 5
+INSERT_LOCK_KEY = 0x76697472696E62  # PostgreSQL advisory lock held by each insert until it commits
 
 
 @dataclass
@@ -98,6 +99,10 @@ class ModerationLog:
     def _insert(self, check: CheckRecord, wait: float) -> int:
         with self.engine.begin() as connection:
             self._busy_wait(connection, wait)
+            if self.engine.dialect.name == "postgresql":
+                # Checks commit in the order of their ids (SQLite's write lock already does this), so
+                # a reader following the log with ?after= never passes an id that commits later.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({INSERT_LOCK_KEY})")
             check_id = connection.execute(
                 insert(checks_table).values(
                     time=_now(), declared=check.declared, predicted=check.predicted, confidence=check.confidence,
@@ -118,38 +123,45 @@ class ModerationLog:
         return int(check_id)
 
     def recent(self, verdict: str | None = None, limit: int = 50, before_id: int | None = None,
-               deadline: float | None = None) -> list[dict[str, Any]]:
-        """Checks newest first, optionally of one verdict and older than ``before_id`` (paging)."""
-        return self._retrying(lambda wait: self._recent(verdict, limit, before_id, wait), deadline, "the log cannot be read")
+               deadline: float | None = None, after_id: int | None = None) -> list[dict[str, Any]]:
+        """Checks newest first, optionally of one verdict and older than ``before_id`` (paging back);
+        or, with ``after_id``, the checks newer than it, oldest first (following the log)."""
+        return self._retrying(lambda wait: self._recent(verdict, limit, before_id, after_id, wait), deadline, "the log cannot be read")
 
-    def _recent(self, verdict: str | None, limit: int, before_id: int | None, wait: float) -> list[dict[str, Any]]:
-        query = select(checks_table).order_by(checks_table.c.id.desc()).limit(limit)
+    def _recent(self, verdict: str | None, limit: int, before_id: int | None, after_id: int | None, wait: float) -> list[dict[str, Any]]:
+        order = checks_table.c.id.asc() if after_id is not None else checks_table.c.id.desc()
+        query = select(checks_table).order_by(order).limit(limit)
         if verdict is not None:
             query = query.where(checks_table.c.verdict == verdict)
         if before_id is not None:
             query = query.where(checks_table.c.id < before_id)
+        if after_id is not None:
+            query = query.where(checks_table.c.id > after_id)
         with self.engine.connect() as connection:
             self._busy_wait(connection, wait)
             rows = [dict(row._mapping) for row in connection.execute(query)]
-            if not rows:
-                return []
-            photo_rows = connection.execute(
-                select(
-                    photos_table.c.check_id, photos_table.c.position, photos_table.c.sha256, photos_table.c.predicted,
-                    photos_table.c.confidence, photos_table.c.media_type, photos_table.c.image.is_not(None).label("stored"),
-                )
-                .where(photos_table.c.check_id.in_([row["id"] for row in rows]))
-                .order_by(photos_table.c.check_id, photos_table.c.position)
-            )
-            photos: dict[int, list[dict[str, Any]]] = {}
-            for photo in photo_rows:
-                photos.setdefault(photo.check_id, []).append(
-                    {"position": photo.position, "sha256": photo.sha256, "predicted": photo.predicted,
-                     "confidence": photo.confidence, "image_stored": bool(photo.stored)}
-                )
+            photos = self._photos_of(connection, [row["id"] for row in rows]) if rows else {}
         for row in rows:
             row["photos"] = photos.get(row["id"], [])
         return rows
+
+    @staticmethod
+    def _photos_of(connection: Connection, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        photo_rows = connection.execute(
+            select(
+                photos_table.c.check_id, photos_table.c.position, photos_table.c.sha256, photos_table.c.predicted,
+                photos_table.c.confidence, photos_table.c.media_type, photos_table.c.image.is_not(None).label("stored"),
+            )
+            .where(photos_table.c.check_id.in_(ids))
+            .order_by(photos_table.c.check_id, photos_table.c.position)
+        )
+        photos: dict[int, list[dict[str, Any]]] = {}
+        for photo in photo_rows:
+            photos.setdefault(photo.check_id, []).append(
+                {"position": photo.position, "sha256": photo.sha256, "predicted": photo.predicted,
+                 "confidence": photo.confidence, "image_stored": bool(photo.stored)}
+            )
+        return photos
 
     def photo(self, check_id: int, position: int, deadline: float | None = None) -> tuple[bytes, str | None] | None:
         """A stored photo's bytes and media type, or None when absent or not kept."""

@@ -206,10 +206,12 @@ class Service:
             },
         }
 
-    async def recent_checks(self, verdict: str | None, limit: int, before: int | None) -> dict[str, Any]:
+    async def recent_checks(self, verdict: str | None, limit: int, before: int | None, after: int | None = None) -> dict[str, Any]:
         assert self.moderation is not None and (verdict is None or verdict in VERDICTS)
-        checks = await self._in_database(self.moderation.recent, verdict, limit, before, self._database_deadline())
-        return {"checks": checks, "next_before": checks[-1]["id"] if len(checks) == limit else None}
+        checks = await self._in_database(self.moderation.recent, verdict, limit, before, self._database_deadline(), after)
+        if after is not None:  # following the log: where to continue, even when this page is empty
+            return {"checks": checks, "next_before": None, "next_after": checks[-1]["id"] if checks else after}
+        return {"checks": checks, "next_before": checks[-1]["id"] if len(checks) == limit else None, "next_after": None}
 
     async def stored_photo(self, check_id: int, position: int) -> tuple[bytes, str | None] | None:
         assert self.moderation is not None
