@@ -109,8 +109,8 @@ def confident_shoe(loaded: LoadedModel) -> Path:
 class RunningServer:
     """`python -m vitrina serve` on a free loopback port, stopped with Ctrl+C (SIGINT)."""
 
-    def __init__(self, model: Path, *args: str):
-        command = [sys.executable, "-m", "vitrina", "serve", str(model), "--port", "0", "--backend", "torch", *args]
+    def __init__(self, model: Path, *args: str, python: str = sys.executable, backend: str = "torch"):
+        command = [python, "-m", "vitrina", "serve", str(model), "--port", "0", "--backend", backend, *args]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []
         self.url = self._read_url()
