@@ -4,7 +4,6 @@ it needs."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import venv
 from pathlib import Path
 

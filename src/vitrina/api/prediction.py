@@ -56,6 +56,8 @@ def predict(
     threads: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> PredictSummary:
     """Predict every image that ``inputs`` name (files, folders, globs, CSV or list files).
 
@@ -66,6 +68,8 @@ def predict(
     ``workers``: processes that decode (and with ONNX Runtime also run the model); default one
     per core. ``threads``: ONNX Runtime threads of a model loaded here (default: all cores).
     ``log`` receives messages about the model (a run folder is exported to ONNX on first use).
+    ``engine``: "local" (this machine's processes) or "ray" (Ray Data: a local Ray, or the
+    cluster at ``address``), with the same rows.
     """
     for name, value, low in (("--workers", workers, 0), ("--threads", threads, 1)):
         if value is not None and value < low:
@@ -75,4 +79,11 @@ def predict(
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         predictor.batch_size = batch_size
-    return predict_catalogue(predictor, inputs, out, top_k=top_k, resume=resume, workers=workers, progress=progress)
+    scorer = None
+    if engine == "ray":
+        from vitrina.inference.ray_engine import ray_engine  # lazy: keeps Ray's import off the local path
+
+        scorer = ray_engine(address)
+    elif engine != "local" or address is not None:
+        raise ConfigError(f"--engine must be local or ray (--address needs ray), got {engine!r}")
+    return predict_catalogue(predictor, inputs, out, top_k=top_k, resume=resume, workers=workers, progress=progress, engine=scorer)

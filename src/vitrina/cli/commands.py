@@ -82,7 +82,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = api.predict(
         args.model, args.inputs, args.out, top_k=args.top_k, resume=args.resume, batch_size=args.batch_size,
         workers=args.workers, backend=args.backend, threads=args.threads, progress=not args.quiet,
-        log=lambda message: print(message, file=sys.stderr),
+        log=lambda message: print(message, file=sys.stderr), engine=args.engine, address=args.address,
     )
     where = summary.out if summary.out is not None else "standard output"
     print(

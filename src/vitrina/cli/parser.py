@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: one per core)")
     p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto", help="runtime (default auto: ONNX Runtime)")
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="local: this machine's processes (default); "
+                   "ray: Ray Data, on a local Ray or the cluster at --address (pip install 'vitrina[ray]')")
+    p.add_argument("--address", metavar="HOST:PORT", help="with --engine ray: join this Ray cluster (its head's address)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_predict)
 

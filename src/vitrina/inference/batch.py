@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,11 @@ class PredictSummary:
     @property
     def images_per_second(self) -> float:
         return (self.n_predicted + self.n_errors) / max(self.seconds, 1e-9)
+
+
+ScoredBatch = tuple[list[str], np.ndarray, np.ndarray | None, list[str | None]]
+# (predictor, paths, max_pixels, workers) -> (paths, probabilities and unknown scores of the readable ones, per-path error), in order
+BatchScorer = Callable[[Predictor, list[str], int | None, int], Iterator[ScoredBatch]]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -264,10 +269,10 @@ def _row_format(out: Path | None, classes: list[str], top_k: int, with_uncertain
 def default_workers(predictor: Predictor) -> int:
     """Worker processes: a model worker per core for an ONNX file (each holds its own
     activations, so at most :data:`MAX_MODEL_WORKERS`), else one decoder beside the model."""
-    return min(default_threads(), MAX_MODEL_WORKERS) if _model_file(predictor) else max(1, default_threads() - 1)
+    return min(default_threads(), MAX_MODEL_WORKERS) if model_file_of(predictor) else max(1, default_threads() - 1)
 
 
-def _model_file(predictor: Predictor) -> Path | None:
+def model_file_of(predictor: Predictor) -> Path | None:
     """The ONNX file worker processes can open themselves, if the predictor came from one."""
     backend = predictor.backend
     return backend.file if isinstance(backend, OnnxBackend) and backend.file is not None else None
@@ -283,12 +288,14 @@ def predict_catalogue(
     workers: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    engine: BatchScorer | None = None,
 ) -> PredictSummary:
     """Predict every image ``inputs`` name; one row per image, written to ``out`` (CSV/JSONL) or stdout.
 
     Unreadable files give a row whose ``error`` says why. ``resume`` continues an interrupted
     ``out`` file: paths already in it are skipped. ``workers``: processes that decode (and, for
-    an ONNX model, also run it); 0 does everything in this process.
+    an ONNX model, also run it); 0 does everything in this process. ``engine`` scores the paths
+    batch by batch, in input order (default: this machine's processes; see ``ray_engine``).
     """
     from tqdm import tqdm
 
@@ -325,7 +332,7 @@ def predict_catalogue(
     n_predicted = n_errors = 0
     bar = tqdm(total=len(paths), initial=n_resumed, unit="img", desc="predicting", file=sys.stderr, disable=not progress, smoothing=0.05)
     try:
-        for chunk, probs, scores, errors in _scored_batches(predictor, remaining, max_pixels, workers):
+        for chunk, probs, scores, errors in (engine or _scored_batches)(predictor, remaining, max_pixels, workers):
             order, top_probs = top_k_of(probs, top_k)
             flags = rule.unknown(scores)
             unknown = (flags, scores) if flags is not None else None
@@ -346,9 +353,7 @@ def predict_catalogue(
     )
 
 
-def _scored_batches(
-    predictor: Predictor, paths: list[str], max_pixels: int | None, workers: int
-) -> Iterator[tuple[list[str], np.ndarray, np.ndarray | None, list[str | None]]]:
+def _scored_batches(predictor: Predictor, paths: list[str], max_pixels: int | None, workers: int) -> Iterator[ScoredBatch]:
     """(paths, probabilities and unknown scores of the readable ones, per-path error) batch by batch, in input order.
 
     With an ONNX file, each worker process decodes and runs its own single-threaded session: on
@@ -363,7 +368,7 @@ def _scored_batches(
             images, errors = decode_batch(chunk, preprocess, max_pixels)
             yield chunk, *predictor.predict_scored(images), errors
         return
-    model_file = _model_file(predictor)
+    model_file = model_file_of(predictor)
     # Spawned workers start clean: no inherited model threads, no torch.
     context = multiprocessing.get_context("spawn")
     if model_file is not None:

@@ -1,0 +1,138 @@
+"""Catalogue prediction on Ray Data: the rows of the local engine, on a local Ray or a cluster.
+
+The paths become a Ray dataset; tasks decode and resize the photos (uint8 at the model's input
+size, an error string for each unreadable one); an actor pool holds one ONNX Runtime session per
+actor, with as many threads as the actor has CPUs, and runs the model's whole predictor (mirror
+average and unknown score included). The dataset keeps the input order and its object store
+is bounded, and the rows are written by :func:`~vitrina.inference.batch.predict_catalogue` as
+with the local engine (same columns, same ``--resume``). Actors that die are restarted and their
+batches retried. Ray is an optional extra (``pip install 'vitrina[ray]'``); it is imported only here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitrina.errors import ConfigError
+from vitrina.inference.batch import BatchScorer, ScoredBatch, model_file_of
+from vitrina.inference.predictor import Predictor, decode_batch, onnx_predictor
+from vitrina.preprocess import Preprocess
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's address before giving up
+OBJECT_STORE_BYTES = 512 * 1024**2  # a Ray started here: its object store
+RESTARTS = 3  # a dead actor is restarted, and its batch retried, this many times
+
+
+def ray_engine(address: str | None = None, actors: int | None = None) -> BatchScorer:
+    """A scorer for ``predict_catalogue`` on Ray: a local Ray when ``address`` is None, else that cluster's."""
+
+    def scored(predictor: Predictor, paths: list[str], max_pixels: int | None, workers: int) -> Iterator[ScoredBatch]:
+        model_file = model_file_of(predictor)
+        if model_file is None:
+            raise ConfigError("--engine ray predicts from an exported .onnx file (or a run folder, exported on first use)")
+        if not paths:
+            return
+        ray = _start(address)
+        yield from _pipeline(ray, model_file, predictor, paths, max_pixels, actors)
+
+    return scored
+
+
+def _start(address: str | None) -> Any:
+    try:
+        import ray  # lazy: Ray is an optional extra, and heavy
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'vitrina[ray]'") from None
+    for name in ("ray", "ray.data"):  # its progress lines would bury vitrina's own
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if address is not None:
+        _reachable(address)
+    if ray.is_initialized():
+        return ray
+    if address is None:
+        ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=OBJECT_STORE_BYTES,
+                 configure_logging=False)
+        return ray
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    return ray
+
+
+def _reachable(address: str) -> None:
+    """A clear error within CONNECT_TIMEOUT when nothing answers at ``address`` (host:port of the head)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected HOST:PORT of the Ray head (ray start --head prints it)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ConfigError(f"the Ray cluster at {address} cannot be reached within {CONNECT_TIMEOUT:g} s: "
+                          f"{exc.strerror or exc}") from None
+
+
+def _pipeline(ray: Any, model_file: Path, predictor: Predictor, paths: list[str], max_pixels: int | None,
+              actors: int | None) -> Iterator[ScoredBatch]:
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(object_store_memory=OBJECT_STORE_BYTES // 2)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    pool = actors or max(1, cpus // 2)
+    threads = max(1, cpus // pool // 2) if pool > 1 else max(1, cpus // 2)
+    batch = predictor.batch_size
+    dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, -(-len(paths) // batch)))
+    dataset = dataset.map_batches(_decode, fn_kwargs={"preprocess": predictor.preprocess.to_dict(), "max_pixels": max_pixels},
+                                  batch_size=batch, batch_format="numpy")
+    dataset = dataset.map_batches(
+        _Model, fn_constructor_kwargs={"model_file": str(model_file), "threads": threads}, batch_size=batch,
+        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=threads,
+        max_restarts=RESTARTS, max_task_retries=RESTARTS,
+    )
+    for out in dataset.iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=2):
+        errors = [str(e) or None for e in out["error"]]
+        readable = np.asarray([e is None for e in errors])
+        scores = out["score"][readable] if predictor.detects_unknown else None
+        predictor.photos += int(readable.sum())
+        predictor.mirrored_photos += int(out["mirrored"].sum())
+        yield [str(p) for p in out["path"]], out["probs"][readable].astype(np.float32), scores, errors
+
+
+def _decode(batch: dict[str, np.ndarray], preprocess: dict[str, Any], max_pixels: int | None) -> dict[str, np.ndarray]:
+    """A Ray task: paths -> uint8 images at the input size (zeros for unreadable files) and errors."""
+    settings = Preprocess.from_dict(preprocess)
+    paths = [str(p) for p in batch["path"]]
+    images, errors = decode_batch(paths, settings, max_pixels)
+    full = np.zeros((len(paths), settings.input_size, settings.input_size, settings.channels), dtype=np.uint8)
+    full[[e is None for e in errors]] = images
+    return {"path": np.asarray(paths, dtype=object), "image": full, "error": np.asarray([e or "" for e in errors], dtype=object)}
+
+
+class _Model:
+    """A Ray actor: one ONNX Runtime session; images -> probabilities (NaN rows for unreadable files)."""
+
+    def __init__(self, model_file: str, threads: int):
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        self.predictor = onnx_predictor(model_file, threads, verify=False)  # the driver checked the file
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        readable = np.asarray([not e for e in batch["error"]])
+        n, classes = len(readable), len(self.predictor.classes)
+        probs = np.full((n, classes), np.nan, dtype=np.float32)
+        scores = np.full(n, np.nan)
+        before = self.predictor.mirrored_photos
+        if readable.any():
+            p, s = self.predictor.predict_scored(batch["image"][readable])
+            probs[readable] = p
+            if s is not None:
+                scores[readable] = s
+        mirrored = np.zeros(n, dtype=np.int64)
+        mirrored[0] = self.predictor.mirrored_photos - before
+        return {"path": batch["path"], "probs": probs, "score": scores, "error": batch["error"], "mirrored": mirrored}
