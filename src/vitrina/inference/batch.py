@@ -137,13 +137,18 @@ def _start_model_worker(model_file: Path, threads: int) -> None:
 
 
 def _score_batch(paths: list[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[WorkerResult, list[str | None]]:
-    """In a model worker: decode, resize and predict (the model's whole predictor, mirror average included)
-    -> ((probabilities, unknown scores, photos mirrored) of the readable files, per-file errors)."""
+    """In a model worker: :func:`score_paths` with the worker's predictor."""
     assert _worker_predictor is not None, "model worker not started"
-    images, errors = decode_batch(paths, preprocess, max_pixels)
-    before = _worker_predictor.mirrored_photos
-    probs, scores = _worker_predictor.predict_scored(images)
-    return (probs, scores, _worker_predictor.mirrored_photos - before), errors
+    return score_paths(_worker_predictor, paths, max_pixels)
+
+
+def score_paths(predictor: Predictor, paths: list[str], max_pixels: int | None) -> tuple[WorkerResult, list[str | None]]:
+    """Decode, resize and predict (the model's whole predictor, mirror average included)
+    -> ((probabilities, unknown scores, photos mirrored) of the readable files, per-file errors)."""
+    images, errors = decode_batch(paths, predictor.preprocess, max_pixels)
+    before = predictor.mirrored_photos
+    probs, scores = predictor.predict_scored(images)
+    return (probs, scores, predictor.mirrored_photos - before), errors
 
 
 # ----------------------------------------------------------------------------- output

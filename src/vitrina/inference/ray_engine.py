@@ -1,16 +1,15 @@
 """Catalogue prediction on Ray Data: the rows of the local engine, on a local Ray or a cluster.
 
 The paths become a Ray dataset; an actor pool, one actor per CPU, each with one single-threaded
-ONNX Runtime session, decodes and resizes the photos of each batch (an error string for each
-unreadable one) and runs the model's whole predictor (mirror average and unknown score included). The dataset keeps the input order and its object store
-is bounded, and the rows are written by :func:`~vitrina.inference.batch.predict_catalogue` as
-with the local engine (same columns, same ``--resume``). Actors that die are restarted and their
-batches retried. Ray is an optional extra (``pip install 'vitrina[ray]'``); it is imported only here.
+ONNX Runtime session, decodes and predicts each batch as the local engine's workers do
+(:func:`~vitrina.inference.batch.score_paths`). The dataset keeps the input order and its object
+store is bounded, and the rows are written by :func:`~vitrina.inference.batch.predict_catalogue`
+as with the local engine (same columns, same ``--resume``). Actors that die are restarted and
+their batches retried. Ray is an optional extra (``pip install 'vitrina[ray]'``), imported only here.
 """
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,15 +18,15 @@ from typing import Any
 import numpy as np
 
 from vitrina.errors import ConfigError
-from vitrina.inference.batch import BatchScorer, ScoredBatch, model_file_of
-from vitrina.inference.predictor import Predictor, decode_batch, onnx_predictor
+from vitrina.inference.batch import BatchScorer, ScoredBatch, model_file_of, score_paths
+from vitrina.inference.predictor import Predictor, onnx_predictor
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's address before giving up
 OBJECT_STORE_BYTES = 256 * 1024**2  # a Ray started here: its object store (only paths and probabilities cross it)
 RESTARTS = 3  # a dead actor is restarted, and its batch retried, this many times
 
 
-def ray_engine(address: str | None = None, actors: int | None = None) -> BatchScorer:
+def ray_engine(address: str | None = None) -> BatchScorer:
     """A scorer for ``predict_catalogue`` on Ray: a local Ray when ``address`` is None, else that cluster's."""
 
     def scored(predictor: Predictor, paths: list[str], max_pixels: int | None, workers: int) -> Iterator[ScoredBatch]:
@@ -37,7 +36,7 @@ def ray_engine(address: str | None = None, actors: int | None = None) -> BatchSc
         if not paths:
             return
         ray = _start(address)
-        yield from _pipeline(ray, model_file, predictor, paths, max_pixels, actors)
+        yield from _pipeline(ray, model_file, predictor, paths, max_pixels)
 
     return scored
 
@@ -76,8 +75,7 @@ def _reachable(address: str) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-def _pipeline(ray: Any, model_file: Path, predictor: Predictor, paths: list[str], max_pixels: int | None,
-              actors: int | None) -> Iterator[ScoredBatch]:
+def _pipeline(ray: Any, model_file: Path, predictor: Predictor, paths: list[str], max_pixels: int | None) -> Iterator[ScoredBatch]:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
@@ -85,12 +83,11 @@ def _pipeline(ray: Any, model_file: Path, predictor: Predictor, paths: list[str]
     # One single-threaded actor per CPU that decodes and runs the model, as the local engine's
     # workers: only paths and probabilities cross the object store. (Decoding in separate tasks
     # moved every decoded photo through it: 0.59x the local engine's speed on 2 cores.)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    pool, threads = actors or max(1, cpus), 1
+    pool = max(1, int(ray.cluster_resources().get("CPU", 1)))
     batch = predictor.batch_size
     dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, -(-len(paths) // batch)))
     dataset = dataset.map_batches(
-        _Model, fn_constructor_kwargs={"model_file": str(model_file), "threads": threads, "max_pixels": max_pixels},
+        _Model, fn_constructor_kwargs={"model_file": str(model_file), "max_pixels": max_pixels},
         batch_size=batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=1,
         max_restarts=RESTARTS, max_task_retries=RESTARTS,
     )
@@ -104,28 +101,22 @@ def _pipeline(ray: Any, model_file: Path, predictor: Predictor, paths: list[str]
 
 
 class _Model:
-    """A Ray actor: one ONNX Runtime session; paths -> decoded photos -> probabilities (NaN rows and an
+    """A Ray actor: one single-threaded ONNX Runtime session; paths -> probabilities (NaN rows and an
     error for unreadable files)."""
 
-    def __init__(self, model_file: str, threads: int, max_pixels: int | None):
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-        self.predictor = onnx_predictor(model_file, threads, verify=False)  # the driver checked the file
+    def __init__(self, model_file: str, max_pixels: int | None):
+        self.predictor = onnx_predictor(model_file, 1, verify=False)  # the driver checked the file
         self.max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [str(p) for p in batch["path"]]
-        images, errors = decode_batch(paths, self.predictor.preprocess, self.max_pixels)
+        (probs, scores, mirrored), errors = score_paths(self.predictor, [str(p) for p in batch["path"]], self.max_pixels)
         readable = np.asarray([e is None for e in errors])
-        n, classes = len(readable), len(self.predictor.classes)
-        probs = np.full((n, classes), np.nan, dtype=np.float32)
-        scores = np.full(n, np.nan)
-        before = self.predictor.mirrored_photos
-        if readable.any():
-            p, s = self.predictor.predict_scored(images)
-            probs[readable] = p
-            if s is not None:
-                scores[readable] = s
-        mirrored = np.zeros(n, dtype=np.int64)
-        mirrored[0] = self.predictor.mirrored_photos - before
-        return {"path": batch["path"], "probs": probs, "score": scores, "mirrored": mirrored,
+        all_probs = np.full((len(errors), len(self.predictor.classes)), np.nan, dtype=np.float32)
+        all_probs[readable] = probs
+        all_scores = np.full(len(errors), np.nan)
+        if scores is not None:
+            all_scores[readable] = scores
+        per_row = np.zeros(len(errors), dtype=np.int64)
+        per_row[0] = mirrored  # the batch's count, carried by its first row
+        return {"path": batch["path"], "probs": all_probs, "score": all_scores, "mirrored": per_row,
                 "error": np.asarray([e or "" for e in errors], dtype=object)}

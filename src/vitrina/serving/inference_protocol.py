@@ -123,17 +123,17 @@ def _wanted_outputs(request: dict[str, Any]) -> dict[str, bool]:
 def infer_response(request: InferRequest, model_name: str, model_version: str, classes: list[str], probs: np.ndarray) -> Response:
     """The answer, with the outputs asked for as binary data after the JSON header."""
     labels = [classes[i] for i in probs.argmax(axis=1)]
-    tensors = {
-        "probabilities": (list(probs.shape), probs.astype("<f4").tobytes(), lambda: probs.astype(float).ravel().tolist()),
-        "label": ([len(labels)], b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in labels), lambda: labels),
+    tensors = {  # name -> (shape, its binary form, its JSON form), each form made only when asked for
+        "probabilities": (list(probs.shape), lambda: probs.astype("<f4").tobytes(), lambda: probs.astype(float).ravel().tolist()),
+        "label": ([len(labels)], lambda: b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in labels), lambda: labels),
     }
     outputs, binary = [], []
     for name, as_binary in request.outputs.items():
         shape, raw, values = tensors[name]
         output: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name], "shape": shape}
         if as_binary:
-            output["parameters"] = {"binary_data_size": len(raw)}
-            binary.append(raw)
+            binary.append(raw())
+            output["parameters"] = {"binary_data_size": len(binary[-1])}
         else:
             output["data"] = values()
         outputs.append(output)
