@@ -11,7 +11,6 @@ import pytest
 
 from tests import imagegen
 from vitrina import api
-from vitrina.config import resolve
 from vitrina.errors import ConfigError, DataError
 from vitrina.inference.batch import expand_inputs, predict_catalogue
 from vitrina.description import Thresholds
@@ -19,19 +18,6 @@ from vitrina.export.loading import load_predictor
 from vitrina.inference.predictor import Predictor
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An exported scratch cnn1 model (32 px) trained on the demo photos."""
-    from vitrina import api
-
-    settings = {
-        "train.mode": "scratch", "model.name": "cnn1", "model.input_size": 32, "train.epochs": 2,
-        "train.patience": 0, "train.workers": 1, "train.cache_dir": str(tmp_path_factory.getbasetemp() / "vitrina-cache"),
-    }
-    run = api.train(DEMO, resolve(overrides=settings), out=tmp_path_factory.mktemp("batch") / "run", progress=False, log=lambda _: None).run_dir
-    return api.export(run, precision="fp32", log=lambda _: None).onnx_path  # fp32: compared with PyTorch
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +126,7 @@ def test_bad_inputs_are_clear_errors(model: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images found"):
         expand_inputs([tmp_path / "empty"])
-    with pytest.raises(ConfigError, match=".csv or .jsonl"):
+    with pytest.raises(ConfigError, match=r"\.csv, \.jsonl or \.parquet"):
         api.predict(model, [DEMO / "test"], out=tmp_path / "out.xlsx", progress=False)
     with pytest.raises(ConfigError, match="top-k"):
         api.predict(model, [DEMO / "test"], out=tmp_path / "out.csv", top_k=0, progress=False)

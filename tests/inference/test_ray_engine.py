@@ -15,20 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import DEMO
+from tests.inference.photo_server import PhotoServer
 from vitrina import api
-from vitrina.config import resolve
 from vitrina.errors import ConfigError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e .[dev])")
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    settings = {"train.mode": "scratch", "model.name": "cnn1", "model.input_size": 32, "train.epochs": 1, "train.patience": 0,
-                "train.workers": 1, "train.cache_dir": str(tmp_path_factory.getbasetemp() / "vitrina-cache")}
-    run = api.train(DEMO, resolve(overrides=settings), out=tmp_path_factory.mktemp("ray") / "run", progress=False, log=lambda _: None)
-    return api.export(run.run_dir, log=lambda _: None).onnx_path
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +51,26 @@ def test_ray_gives_the_rows_of_the_local_engine(model: Path, catalogue: Path, tm
     on_ray = predict(model, catalogue, tmp_path / "ray.csv", engine="ray")
     assert (on_ray.n_predicted, on_ray.n_errors) == (local.n_predicted, local.n_errors) == (40, 2)
     assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text()
+
+
+def test_ray_reads_urls_and_writes_parquet_as_the_local_engine(model: Path, catalogue: Path, tmp_path: Path, local_ray: None) -> None:
+    """URLs from a CSV column (one fails) and Parquet shards: the local engine's rows."""
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (pip install -e .[dev])")
+    photos = [Path(line) for line in catalogue.read_text().split() if "broken" not in line and "notes" not in line][:12]
+    with PhotoServer([p.read_bytes() for p in photos]) as server:
+        urls = [server.url(f"photo/{i}") for i in range(len(photos))] + [server.url("missing")]
+        table = tmp_path / "export.csv"
+        table.write_text("sku,picture\n" + "".join(f"{i},{u}\n" for i, u in enumerate(urls)))
+        local = api.predict(model, [table], out=tmp_path / "local.csv", column="picture", batch_size=8, progress=False)
+        on_ray = api.predict(model, [table], out=f"{tmp_path}/shards/", column="picture", batch_size=8, progress=False, engine="ray")
+    assert (on_ray.n_predicted, on_ray.n_errors) == (local.n_predicted, local.n_errors) == (12, 1)
+    rows = [row for part in sorted((tmp_path / "shards").glob("part-*.parquet")) for row in pq.read_table(part).to_pylist()]
+    with open(tmp_path / "local.csv", newline="") as fh:
+        expected = list(csv.DictReader(fh))
+    assert [r["path"] for r in rows] == [r["path"] for r in expected] == urls
+    assert [r["label_1"] or "" for r in rows] == [r["label_1"] for r in expected]
+    assert all(abs(r["prob_1"] - float(e["prob_1"])) < 1e-5 for r, e in zip(rows, expected) if e["prob_1"])
+    assert "HTTP 404" in rows[-1]["error"]
 
 
 def test_ray_resumes_a_truncated_output(model: Path, catalogue: Path, tmp_path: Path, local_ray: None) -> None:

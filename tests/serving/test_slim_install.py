@@ -57,3 +57,6 @@ def test_the_core_install_serves_and_predicts_an_onnx_file_without_pytorch(slim_
     trained = subprocess.run([slim_python, "-m", "vitrina", "train", str(DEMO)], capture_output=True, text=True, timeout=300,
                              cwd=tmp_path)
     assert trained.returncode == 2 and "pip install 'vitrina[train]'" in trained.stderr and "Traceback" not in trained.stderr
+    parquet = subprocess.run([slim_python, "-m", "vitrina", "predict", str(model), str(DEMO / "test" / "shoes"), "--out",
+                              str(tmp_path / "rows.parquet"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert parquet.returncode == 2 and "pip install 'vitrina[parquet]'" in parquet.stderr and "Traceback" not in parquet.stderr

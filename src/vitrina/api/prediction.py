@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from vitrina import config as config_lib
 from vitrina.api.settings import resolve_config
 from vitrina.config import Config
+from vitrina.data.fetch import FetchSettings
 from vitrina.errors import ConfigError
 from vitrina.export.loading import BackendName, load_predictor
 from vitrina.inference.batch import PredictSummary, predict_catalogue
@@ -58,12 +59,16 @@ def predict(
     log: Callable[[str], None] | None = None,
     engine: str = "local",
     address: str | None = None,
+    column: str | None = None,
+    fetch: FetchSettings | None = None,
 ) -> PredictSummary:
-    """Predict every image that ``inputs`` name (files, folders, globs, CSV or list files).
+    """Predict every photo that ``inputs`` name (files, folders, globs, http(s) URLs, list files,
+    CSV or Parquet tables whose ``column`` holds paths or URLs).
 
-    Writes one row per image to ``out`` (``.csv`` or ``.jsonl``; standard output as CSV when
-    None): path, the ``top_k`` labels and probabilities, and an error reason for unreadable
-    files. ``model`` is a run folder, an exported ``.onnx`` file or a loaded :class:`Predictor`.
+    Writes one row per photo to ``out`` (``.csv``, ``.jsonl``, ``.parquet`` or a folder ending in
+    ``/`` for Parquet shards; standard output as CSV when None): path, the ``top_k`` labels and
+    probabilities, and an error reason for unreadable photos. ``fetch`` sets how URLs are
+    downloaded (timeout, retries, size limit, downloads at once). ``model`` is a run folder, an exported ``.onnx`` file or a loaded :class:`Predictor`.
     ``resume`` continues an interrupted ``out`` file without repeating or losing rows.
     ``workers``: processes that decode (and with ONNX Runtime also run the model); default one
     per core. ``threads``: ONNX Runtime threads of a model loaded here (default: all cores).
@@ -86,4 +91,5 @@ def predict(
         scorer = ray_engine(address)
     elif engine != "local" or address is not None:
         raise ConfigError(f"--engine must be local or ray (--address needs ray), got {engine!r}")
-    return predict_catalogue(predictor, inputs, out, top_k=top_k, resume=resume, workers=workers, progress=progress, engine=scorer)
+    return predict_catalogue(predictor, inputs, out, top_k=top_k, resume=resume, workers=workers, progress=progress, engine=scorer,
+                             column=column, fetch=fetch)

@@ -9,6 +9,7 @@ from typing import Any
 
 from vitrina import api
 from vitrina.cli.overrides import config_overrides, resolved_config
+from vitrina.data.fetch import FetchSettings
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -83,6 +84,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.model, args.inputs, args.out, top_k=args.top_k, resume=args.resume, batch_size=args.batch_size,
         workers=args.workers, backend=args.backend, threads=args.threads, progress=not args.quiet,
         log=lambda message: print(message, file=sys.stderr), engine=args.engine, address=args.address,
+        column=args.column, fetch=FetchSettings(timeout=args.fetch_timeout, retries=args.fetch_retries,
+                                                max_mb=args.max_download_mb, concurrency=args.fetch_concurrency),
     )
     where = summary.out if summary.out is not None else "standard output"
     print(

@@ -19,6 +19,7 @@ from vitrina.cli.commands import (
     cmd_train,
     cmd_tune,
 )
+from vitrina.data.fetch import FetchSettings
 from vitrina.version import __version__
 
 # Flags that map onto config keys: flag -> (config key, argparse kwargs).
@@ -289,13 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="classify single images or whole catalogues into a CSV or JSONL file",
-        description="Predict every image INPUTS name: files, folders (recursive), globs, or a CSV/list of paths. "
-        "Streams with bounded memory; unreadable files get an error row instead of stopping the run.",
+        help="classify single images or whole catalogues into a CSV, JSONL or Parquet file",
+        description="Predict every photo INPUTS name: files, folders (recursive), globs, http(s) URLs, list files, "
+        "or CSV/Parquet tables of paths or URLs. Streams with bounded memory; unreadable files and failed downloads "
+        "get an error row instead of stopping the run.",
     )
     p.add_argument("model", metavar="MODEL", help="a run folder or an exported .onnx file")
-    p.add_argument("inputs", metavar="INPUTS", nargs="+", help="image files, folders, globs, or CSV/list files of paths")
-    p.add_argument("--out", metavar="FILE", help="output .csv or .jsonl (default: CSV on standard output)")
+    p.add_argument("inputs", metavar="INPUTS", nargs="+", help="image files, folders, globs, URLs, list files, or CSV/Parquet tables")
+    p.add_argument("--column", metavar="NAME", help="the column of paths or URLs in CSV/Parquet inputs "
+                   "(default: a path or url column, else a CSV's first)")
+    p.add_argument("--out", metavar="FILE", help="output .csv, .jsonl or .parquet, or DIR/ for part-NNNNN.parquet shards "
+                   "(default: CSV on standard output)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per image (default 5)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --out file without repeating rows")
     p.add_argument("--batch-size", type=int, metavar="N", help="model batch size (default: measured best for the CPU)")
@@ -305,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="local: this machine's processes (default); "
                    "ray: Ray Data, on a local Ray or the cluster at --address (pip install 'vitrina[ray]')")
     p.add_argument("--address", metavar="HOST:PORT", help="with --engine ray: join this Ray cluster (its head's address)")
+    fetch = FetchSettings()
+    p.add_argument("--fetch-timeout", type=float, default=fetch.timeout, metavar="S",
+                   help=f"seconds to download one URL, whole body included (default {fetch.timeout:g})")
+    p.add_argument("--fetch-retries", type=int, default=fetch.retries, metavar="N",
+                   help=f"retries after a timeout, a dropped connection, 429 or 5xx, with doubling backoff (default {fetch.retries})")
+    p.add_argument("--max-download-mb", type=float, default=fetch.max_mb, metavar="MB",
+                   help=f"a larger photo is an error row (default {fetch.max_mb:g})")
+    p.add_argument("--fetch-concurrency", type=int, default=fetch.concurrency, metavar="N",
+                   help=f"downloads at once, all workers together (default {fetch.concurrency})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_predict)
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from vitrina.data.fetch import FetchError, FetchSettings, sources
 from vitrina.data.images import DEFAULT_MAX_PIXELS, _to_mode, decode
 from vitrina.description import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SCORE_OUTPUT, ModelDescription
 from vitrina.errors import ImageError, ModelError
@@ -142,18 +143,22 @@ Backend = Callable[[np.ndarray], np.ndarray]
 
 
 # ----------------------------------------------------------------------------- predictor
-def decode_batch(paths: Sequence[str], preprocess: Preprocess, max_pixels: int | None) -> tuple[np.ndarray, list[str | None]]:
-    """Decode and resize files -> (uint8 images of the readable ones, per-file error or None)."""
+def decode_batch(paths: Sequence[str], preprocess: Preprocess, max_pixels: int | None,
+                 fetch: FetchSettings | None = None, fetch_threads: int = 1) -> tuple[np.ndarray, list[str | None]]:
+    """Decode and resize files or ``http(s)`` URLs (downloaded by ``fetch``, ``fetch_threads`` at
+    once) -> (uint8 images of the readable ones, per-photo error or None)."""
     size, channels = preprocess.input_size, preprocess.channels
     images = np.empty((len(paths), size, size, channels), dtype=np.uint8)
     errors: list[str | None] = []
     kept = 0
-    for path in paths:
+    for path, source in sources(paths, fetch, fetch_threads):
         try:
-            images[kept] = preprocess.to_uint8(decode(path, preprocess.mode, max_pixels, draft_size=preprocess.draft_size()))
+            if isinstance(source, FetchError):
+                raise source
+            images[kept] = preprocess.to_uint8(decode(source, preprocess.mode, max_pixels, draft_size=preprocess.draft_size(), name=path))
             kept += 1
             errors.append(None)
-        except ImageError as exc:
+        except (ImageError, FetchError) as exc:
             errors.append(exc.reason)
         except OSError as exc:
             errors.append(f"cannot read file: {exc.strerror or exc}")

@@ -1,7 +1,7 @@
 """Catalogue prediction on Ray Data: the rows of the local engine, on a local Ray or a cluster.
 
 The paths become a Ray dataset; an actor pool, one actor per CPU, each with one single-threaded
-ONNX Runtime session, decodes and predicts each batch as the local engine's workers do
+ONNX Runtime session, reads (downloading URLs), decodes and predicts each batch as the local engine's workers do
 (:func:`~vitrina.inference.batch.score_paths`). The dataset keeps the input order and its object
 store is bounded, and the rows are written by :func:`~vitrina.inference.batch.predict_catalogue`
 as with the local engine (same columns, same ``--resume``). Actors that die are restarted and
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vitrina.data.fetch import FetchSettings
 from vitrina.errors import ConfigError
 from vitrina.inference.batch import BatchScorer, ScoredBatch, model_file_of, score_paths
 from vitrina.inference.predictor import Predictor, onnx_predictor
@@ -29,14 +30,15 @@ RESTARTS = 3  # a dead actor is restarted, and its batch retried, this many time
 def ray_engine(address: str | None = None) -> BatchScorer:
     """A scorer for ``predict_catalogue`` on Ray: a local Ray when ``address`` is None, else that cluster's."""
 
-    def scored(predictor: Predictor, paths: list[str], max_pixels: int | None, workers: int) -> Iterator[ScoredBatch]:
+    def scored(predictor: Predictor, paths: list[str], max_pixels: int | None, workers: int,
+               fetch: FetchSettings) -> Iterator[ScoredBatch]:
         model_file = model_file_of(predictor)
         if model_file is None:
             raise ConfigError("--engine ray predicts from an exported .onnx file (or a run folder, exported on first use)")
         if not paths:
             return
         ray = _start(address)
-        yield from _pipeline(ray, model_file, predictor, paths, max_pixels)
+        yield from _pipeline(ray, model_file, predictor, paths, max_pixels, fetch)
 
     return scored
 
@@ -75,7 +77,8 @@ def _reachable(address: str) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-def _pipeline(ray: Any, model_file: Path, predictor: Predictor, paths: list[str], max_pixels: int | None) -> Iterator[ScoredBatch]:
+def _pipeline(ray: Any, model_file: Path, predictor: Predictor, paths: list[str], max_pixels: int | None,
+              fetch: FetchSettings) -> Iterator[ScoredBatch]:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
@@ -87,7 +90,8 @@ def _pipeline(ray: Any, model_file: Path, predictor: Predictor, paths: list[str]
     batch = predictor.batch_size
     dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, -(-len(paths) // batch)))
     dataset = dataset.map_batches(
-        _Model, fn_constructor_kwargs={"model_file": str(model_file), "max_pixels": max_pixels},
+        _Model, fn_constructor_kwargs={"model_file": str(model_file), "max_pixels": max_pixels, "fetch": fetch,
+                                       "fetch_threads": fetch.per_worker(pool)},
         batch_size=batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=1,
         max_restarts=RESTARTS, max_task_retries=RESTARTS,
     )
@@ -104,12 +108,12 @@ class _Model:
     """A Ray actor: one single-threaded ONNX Runtime session; paths -> probabilities (NaN rows and an
     error for unreadable files)."""
 
-    def __init__(self, model_file: str, max_pixels: int | None):
+    def __init__(self, model_file: str, max_pixels: int | None, fetch: FetchSettings, fetch_threads: int):
         self.predictor = onnx_predictor(model_file, 1, verify=False)  # the driver checked the file
-        self.max_pixels = max_pixels
+        self.max_pixels, self.fetch, self.fetch_threads = max_pixels, fetch, fetch_threads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        (probs, scores, mirrored), errors = score_paths(self.predictor, [str(p) for p in batch["path"]], self.max_pixels)
+        (probs, scores, mirrored), errors = score_paths(self.predictor, [str(p) for p in batch["path"]], self.max_pixels, self.fetch, self.fetch_threads)
         readable = np.asarray([e is None for e in errors])
         all_probs = np.full((len(errors), len(self.predictor.classes)), np.nan, dtype=np.float32)
         all_probs[readable] = probs
