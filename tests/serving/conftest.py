@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,16 @@ from vitrina.config import resolve
 from vitrina.serving.app import create_app
 from vitrina.serving.model import LoadedModel, load_model
 from vitrina.serving.settings import ServeSettings
+
+
+MODEL_FILES = ("unknown.safetensors", "model.json", "model.safetensors")  # statistics first, description last but one
+
+
+def replace_model(source: Path, target: Path) -> None:
+    """Install another run's model files the way a deployment should: copy beside, then rename."""
+    for name in MODEL_FILES:
+        shutil.copyfile(source / name, target / f".{name}.new")
+        os.replace(target / f".{name}.new", target / name)
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """Hot reload: a new model file is picked up in the background without failing a request."""
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -9,19 +8,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from tests.serving.conftest import Runs, serve_settings, upload
+from tests.serving.conftest import MODEL_FILES, Runs, replace_model, serve_settings, upload
 from vitrina.serving.app import create_app
 from vitrina.serving.model import files_version, model_files
-
-MODEL_FILES = ("unknown.safetensors", "model.json", "model.safetensors")  # statistics first, description last but one
-
-
-def replace_model(source: Path, target: Path) -> None:
-    """Install another run's model files the way a deployment should: copy beside, then rename."""
-    for name in MODEL_FILES:
-        shutil.copyfile(source / name, target / f".{name}.new")
-        os.replace(target / f".{name}.new", target / name)
-
 
 def wait_for_version(client: TestClient, version: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout

@@ -1,16 +1,20 @@
 """Two `vitrina serve` replicas on one PostgreSQL log under concurrent load, with a reader following
-the log: no check lost or duplicated, every check id seen exactly once, in order."""
+the log: no check lost or duplicated, every check id seen exactly once, in order; each replica
+hot-reloads a new model file."""
 from __future__ import annotations
 
+import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serving.conftest import RunningServer, Runs, demo_photos, upload
+from tests.serving.conftest import MODEL_FILES, RunningServer, Runs, demo_photos, replace_model, upload
 from tests.serving.postgres import PostgresServer
+from vitrina.serving.model import files_version, model_files
 
 pytestmark = pytest.mark.slow
 
@@ -66,3 +70,32 @@ def test_two_replicas_share_one_log_and_a_follower_sees_every_check_once(
     assert seen == sorted(answered)  # the follower saw every check once, in order
     newest = httpx.get(f"{replicas[0].url}/v1/checks", params={"limit": 500}).json()["checks"]
     assert [c["id"] for c in newest] == sorted(answered, reverse=True)  # both replicas read the one log
+
+
+def test_each_replica_hot_reloads_a_new_model_and_logs_its_version(
+    runs: Runs, postgres: PostgresServer, start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """A new model file in the folder both replicas serve: each loads it without a restart, and
+    the checks they log from then on carry its version."""
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in MODEL_FILES:
+        shutil.copyfile(runs.main / name, served / name)
+    old, new = files_version(model_files(served)), files_version(model_files(runs.other))
+    database = postgres.database()
+    replicas = [start_server(served, "--db", database, "--reload-interval", "0.2") for _ in range(2)]
+    photo = demo_photos("shoes")[0]
+    for replica in replicas:
+        assert httpx.get(f"{replica.url}/v1/model").json()["version"] == old
+        httpx.post(f"{replica.url}/v1/check", files={"image": upload(photo)}, data={"category": "shoes"}, timeout=60)
+    replace_model(runs.other, served)
+    deadline = time.monotonic() + 60
+    while any(httpx.get(f"{r.url}/v1/model").json()["version"] != new for r in replicas):
+        assert time.monotonic() < deadline, "a replica did not load the new model"
+        time.sleep(0.1)
+    after = [httpx.post(f"{r.url}/v1/check", files={"image": upload(photo)}, data={"category": "shoes"}, timeout=60).json()
+             for r in replicas]
+    assert [answer["model_version"] for answer in after] == [new, new]
+    logged = httpx.get(f"{replicas[0].url}/v1/checks", params={"limit": 10}).json()["checks"]
+    assert [c["model_version"] for c in logged] == [new, new, old, old]
+    assert all(r.process.poll() is None for r in replicas)
