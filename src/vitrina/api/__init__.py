@@ -15,7 +15,7 @@ _HOMES = {
     "inspect": "data", "clean": "data", "augment_preview": "data", "list_models": "data",
     "cache_summary": "data", "prune_cache": "data", "InspectResult": "data", "CleanResult": "data", "CleanSettings": "data",
     "train": "training", "compare": "training", "tune": "training", "TrainRun": "training",
-    "evaluate": "evaluation",
+    "evaluate": "evaluation", "promote": "evaluation", "Promotion": "evaluation",
     "export": "prediction", "predict": "prediction",
     "serve": "serving", "ServeInfo": "serving",
 }

@@ -169,6 +169,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    outcome = api.promote(args.new, args.over, args.data, split=args.split, alpha=args.alpha, max_drop=args.max_drop,
+                          force=args.force, allow_class_change=args.allow_class_change, log=lambda m: print(m, file=sys.stderr))
+    c = outcome.comparison
+    print(f"{c.photos} photos of {c.split} ({c.unreadable} unreadable, left out)")
+    print(f"  accuracy  served {c.accuracy_old:6.2f}%   new {c.accuracy_new:6.2f}%   change {c.accuracy_new - c.accuracy_old:+.2f} points")
+    print(f"  macro F1  served {c.macro_f1_old:6.4f}    new {c.macro_f1_new:6.4f}")
+    print(f"  only the served model right: {c.only_old_right} photos; only the new one: {c.only_new_right}; "
+          f"McNemar one-sided p (new worse) = {c.p_worse:.4g}")
+    changed = sorted(c.per_class, key=lambda row: row["change"])
+    for row in [r for r in changed if r["change"] != 0][:5] + [r for r in changed[::-1] if r["change"] > 0][:5]:
+        print(f"    {row['class']:<24} {row['photos']:>5} photos  {row['accuracy_old']:6.2f}% -> {row['accuracy_new']:6.2f}%")
+    for reason in outcome.reasons:
+        print(f"  refused: {reason}")
+    if outcome.promoted:
+        print(f"promoted{' (forced)' if outcome.forced else ''}: {args.new} now serves at {outcome.served}; "
+              f"the previous model is {outcome.previous} (roll back: move it back)")
+    else:
+        print(f"not promoted: {outcome.served} is unchanged")
+    return 0 if outcome.promoted else 1
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     result = api.compare(args.data, args.configs, out=args.out, overrides=config_overrides(args), runs_dir=args.runs, progress=not args.quiet)
     print()

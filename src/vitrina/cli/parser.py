@@ -15,6 +15,7 @@ from vitrina.cli.commands import (
     cmd_inspect,
     cmd_models,
     cmd_predict,
+    cmd_promote,
     cmd_serve,
     cmd_train,
     cmd_tune,
@@ -171,6 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, {k: v for k, v in TRAIN_FLAGS.items() if k in ("--device", "--workers")}, "runtime options")
     _add_config_flags(p, DATA_FLAGS, "data options (default: the run's)")
     p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser(
+        "promote",
+        help="replace the served model by a new one only when it is not worse on the same photos",
+        description="Evaluate NEW and SERVED on the same photos of DATA's split: accuracy, macro-F1, per-class changes and "
+        "McNemar's exact test. When NEW is not significantly worse (one-sided, --alpha) and within --max-drop, it replaces "
+        "SERVED atomically (the old one kept as SERVED.prev), so a running `vitrina serve SERVED` hot-reloads it. Each "
+        "decision is appended to promotions.jsonl beside SERVED. Exit status: 0 promoted, 1 refused.",
+    )
+    p.add_argument("new", metavar="NEW_RUN", help="the new model: a run folder (or an exported .onnx file)")
+    p.add_argument("--over", metavar="SERVED", required=True, help="the path `vitrina serve` was given: a run folder or an .onnx file")
+    p.add_argument("--data", metavar="DATA", required=True, help="the dataset whose photos both models predict")
+    p.add_argument("--split", metavar="SPLIT", default="test", help="the split to compare on (default test)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance of the one-sided McNemar test (default 0.05)")
+    p.add_argument("--max-drop", type=float, metavar="POINTS", help="also refuse an accuracy drop of more than POINTS")
+    p.add_argument("--allow-class-change", action="store_true", help="promote a model whose class list differs")
+    p.add_argument("--force", action="store_true", help="promote even when refused (the decision is still logged)")
+    p.set_defaults(handler=cmd_promote)
 
     p = sub.add_parser(
         "compare",
