@@ -103,19 +103,24 @@ def test_moderation_log_lists_checks_by_verdict_with_paging(client: TestClient, 
     check = mismatches["checks"][0]
     assert check["predicted"] == "shoes" and check["model_version"] and check["time"].endswith("Z")
     assert check["photos"][0]["sha256"] == hashlib.sha256(confident_shoe.read_bytes()).hexdigest()
-    assert check["photos"][0]["image_stored"] is False
-    assert client.get(f"/v1/checks/{check['id']}/photos/0").status_code == 404
+    assert check["photos"][0]["image_stored"] is True  # a flagged check keeps its photo for review (the default)
+    assert client.get(f"/v1/checks/{check['id']}/photos/0").content == confident_shoe.read_bytes()
+    matched = client.get("/v1/checks?verdict=match").json()["checks"][0]
+    assert matched["photos"][0]["image_stored"] is False and client.get(f"/v1/checks/{matched['id']}/photos/0").status_code == 404
     first = client.get("/v1/checks?limit=3").json()
     second = client.get(f"/v1/checks?limit=3&before={first['next_before']}").json()
     assert len(first["checks"]) == 3 and len(second["checks"]) == 1 and second["next_before"] is None
 
 
-def test_photos_are_kept_only_when_configured(make_client: Callable[..., TestClient], confident_shoe: Path) -> None:
-    client = make_client(store_images=True)
-    check_id = client.post("/v1/check", files={"image": upload(confident_shoe)}, data={"category": "hat"}).json()["check_id"]
+def test_photos_are_kept_as_configured(make_client: Callable[..., TestClient], confident_shoe: Path) -> None:
+    client = make_client(store_images="all")
+    check_id = client.post("/v1/check", files={"image": upload(confident_shoe)}, data={"category": "shoes"}).json()["check_id"]
     photo = client.get(f"/v1/checks/{check_id}/photos/0")
     assert photo.status_code == 200 and photo.content == confident_shoe.read_bytes()
     assert photo.headers["content-type"] == "image/jpeg"
+    none = make_client(store_images="none")  # the same log file, another server's policy
+    check_id = none.post("/v1/check", files={"image": upload(confident_shoe)}, data={"category": "hat"}).json()["check_id"]
+    assert none.get(f"/v1/checks/{check_id}/photos/0").status_code == 404
 
 
 def test_api_docs_work_without_internet(client: TestClient) -> None:

@@ -19,10 +19,19 @@ from vitrina.serving.errors import LogUnavailable
 from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord, database_url
 
 PHOTO = PhotoRecord("ab" * 32, "shoes", 0.9, "image/jpeg", b"jpeg bytes")
+# The moderation log as vitrina 0.1.0 created it (schema version 1).
+VERSION_1_TABLES = [
+    "CREATE TABLE checks (id SERIAL PRIMARY KEY, time VARCHAR(32) NOT NULL, declared VARCHAR(200) NOT NULL, "
+    "predicted VARCHAR(200) NOT NULL, confidence FLOAT NOT NULL, verdict VARCHAR(16) NOT NULL, model_version VARCHAR(64) NOT NULL)",
+    "CREATE INDEX ix_checks_verdict_id ON checks (verdict, id)",
+    "CREATE TABLE check_photos (check_id INTEGER NOT NULL REFERENCES checks (id), position INTEGER NOT NULL, "
+    "sha256 VARCHAR(64) NOT NULL, predicted VARCHAR(200) NOT NULL, confidence FLOAT NOT NULL, media_type VARCHAR(100), "
+    "image BYTEA, PRIMARY KEY (check_id, position))",
+]
 
 
 def test_the_log_records_and_filters_checks(log_target: str) -> None:
-    log = ModerationLog(log_target, store_images=False)
+    log = ModerationLog(log_target, store_images="none")
     first = log.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PHOTO]))
     second = log.record(CheckRecord("shoes", "shoes", 0.8, "match", "v1", [PHOTO, PHOTO]))
     assert second == first + 1
@@ -35,7 +44,7 @@ def test_the_log_records_and_filters_checks(log_target: str) -> None:
     assert [c["id"] for c in log.recent(after_id=first)] == [second] and log.recent(after_id=second) == []
     assert log.photo(first, 0) is None  # images are kept only when configured
     log.close()
-    kept = ModerationLog(log_target, store_images=True)
+    kept = ModerationLog(log_target, store_images="all")
     third = kept.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v2", [PHOTO]))
     assert kept.photo(third, 0) == (b"jpeg bytes", "image/jpeg")
     assert len(kept.recent()) == 3  # the same log, opened again
@@ -76,18 +85,21 @@ def test_replicas_opening_a_fresh_log_at_once_create_it_once(log_target: str) ->
 
 
 def test_a_log_from_before_schema_versions_is_carried_forward(log_target: str) -> None:
-    # the tables exactly as vitrina 0.1.0 created them (no version table), with one check in them
+    # the tables exactly as vitrina 0.1.0 created them (no version table, no review columns), with one check in them
     engine = create_engine(database_url(target=log_target))
-    old = [t for t in schema.metadata.sorted_tables if t.name != schema.version_table.name]
-    schema.metadata.create_all(engine, tables=old)
     with engine.begin() as connection:
-        connection.execute(schema.checks_table.insert().values(
-            time="2026-01-01T00:00:00.000Z", declared="hat", predicted="shoes", confidence=0.9, verdict="mismatch", model_version="v0"))
+        for statement in VERSION_1_TABLES:
+            connection.exec_driver_sql(statement.replace("SERIAL", "INTEGER" if engine.dialect.name == "sqlite" else "SERIAL"))
+        connection.execute(text("INSERT INTO checks (time, declared, predicted, confidence, verdict, model_version) "
+                                "VALUES ('2026-01-01T00:00:00.000Z', 'hat', 'shoes', 0.9, 'mismatch', 'v0')"))
     engine.dispose()
     log = ModerationLog(log_target)
     assert schema_rows(log_target) == [(1, schema.SCHEMA_VERSION)]
-    assert [c["model_version"] for c in log.recent()] == ["v0"]
-    assert log.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PHOTO])) == 2
+    [old] = log.recent()
+    assert old["model_version"] == "v0" and old["top"] is None and old["margin"] is None and old["reviews"] == []
+    assert log.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PHOTO], top=[{"label": "shoes", "prob": 0.9}],
+                                  margin=0.85, unknown_score=0.1, submitted_by="anna")) == 2
+    assert log.recent()[0]["top"] == [{"label": "shoes", "prob": 0.9}] and log.recent()[0]["submitted_by"] == "anna"
     log.close()
 
 
@@ -102,18 +114,19 @@ def test_a_log_from_a_newer_vitrina_is_refused_clearly(log_target: str) -> None:
 
 
 def test_migrations_run_once_in_order(log_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    ModerationLog(log_target).close()  # version 1
+    current = schema.SCHEMA_VERSION
+    ModerationLog(log_target).close()
     ran: list[int] = []
 
     def add_column(connection) -> None:  # type: ignore[no-untyped-def]
-        ran.append(1)
-        connection.execute(text("ALTER TABLE checks ADD COLUMN reviewer VARCHAR(100)"))
+        ran.append(current)
+        connection.execute(text("ALTER TABLE checks ADD COLUMN note VARCHAR(100)"))
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(schema.MIGRATIONS, 1, add_column)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(schema.MIGRATIONS, current, add_column)
     ModerationLog(log_target).close()
     ModerationLog(log_target).close()
-    assert ran == [1] and schema_rows(log_target) == [(1, 2)]
+    assert ran == [current] and schema_rows(log_target) == [(1, current + 1)]
 
 
 @pytest.mark.slow

@@ -235,7 +235,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is how a server ends, once its requests are answered
         api.serve(
             args.model, args.host, args.port, args.workers, on_ready=announce_server, backend=args.backend, threads=args.threads,
-            database=args.db, store_images=args.store_images, api_keys_file=args.api_keys, rate_limit=args.rate_limit,
+            database=args.db, store_images=args.store_images, stored_photo_mb=args.stored_photo_mb,
+            photo_retention_days=args.photo_retention_days, api_keys_file=args.api_keys, rate_limit=args.rate_limit,
             rate_burst=args.burst, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, max_photos=args.max_photos,
             batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, queue_limit=args.queue_limit,
             reload_interval=args.reload_interval, confidence=args.confidence, max_decode_pixels=args.max_decode_pixels,

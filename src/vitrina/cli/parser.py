@@ -247,7 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="inference backend (default auto: ONNX Runtime when installed)")
     p.add_argument("--threads", type=int, metavar="N", help="inference threads per worker (default: the cores, shared between workers)")
     p.add_argument("--db", metavar="PATH_OR_URL", help="moderation log: an SQLite file or a database URL (default MODEL's folder/moderation.db)")
-    p.add_argument("--store-images", action="store_true", help="keep the checked photos in the moderation log (default: only their SHA-256)")
+    p.add_argument("--store-images", nargs="?", const="all", default="flagged", choices=["all", "flagged", "none"],
+                   help="photos kept in the moderation log for review: all, flagged (mismatch and uncertain checks; the default) "
+                   "or none (only their SHA-256); --store-images alone means all")
+    p.add_argument("--stored-photo-mb", type=float, default=10.0, metavar="MB", help="a larger photo is logged without its bytes (default 10)")
+    p.add_argument("--photo-retention-days", type=float, default=30.0, metavar="DAYS",
+                   help="stored photos are removed after this many days; the checks stay (default 30)")
     p.add_argument("--api-keys", metavar="FILE", help="file of API keys, one a line (adds to VITRINA_API_KEYS); with any key, /v1/ requires one")
     p.add_argument("--rate-limit", type=float, default=0.0, metavar="R", help="requests a second per client (API key or address); 0: none (default)")
     p.add_argument("--burst", type=int, metavar="N", help="requests a client may make at once above the rate (default: the rate)")

@@ -11,6 +11,8 @@ from vitrina.serving.uploads import Photo
 
 # Labels listed per photo of a listing check (the verdict itself rests on the listing's mean).
 CHECK_TOP_K = 3
+# Categories a logged check keeps for its review.
+LOGGED_TOP_K = 5
 
 
 def _ranked(probs: np.ndarray, classes: Sequence[str], top_k: int) -> list[dict[str, Any]]:
@@ -64,3 +66,14 @@ def check_answer(check_id: int, model_version: str, declared: str, verdict: Verd
         "suggestion": verdict.suggestion,
         "photos": photos,
     }
+
+
+def review_context(probs: np.ndarray, scores: np.ndarray | None, classes: Sequence[str], top_k: int = LOGGED_TOP_K) -> dict[str, Any]:
+    """What the log keeps for a review: the listing's likeliest categories (its photos' mean), the
+    margin between the first two, and the mean unknown-photo score."""
+    mean = probs.mean(axis=0)
+    order = np.argsort(-mean, kind="stable")
+    top = [{"label": classes[i], "prob": round(float(mean[i]), 6)} for i in order[:top_k]]
+    margin = float(mean[order[0]] - mean[order[1]]) if len(order) > 1 else 1.0
+    unknown = None if scores is None or len(scores) == 0 else round(float(np.mean(scores)), 6)
+    return {"top": top, "margin": round(margin, 6), "unknown_score": unknown}

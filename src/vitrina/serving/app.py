@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
@@ -23,7 +23,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,6 +31,17 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from vitrina.serving.errors import InvalidQuery, PayloadTooLarge, ServingError, UnsupportedMediaType
 from vitrina.serving.inference_protocol import inference_protocol_router
 from vitrina.serving.model import LoadedModel
+from vitrina.serving.responses import (
+    ERRORS,
+    BatchResponse,
+    CheckResponse,
+    ChecksResponse,
+    ErrorResponse,
+    ModelResponse,
+    PredictResponse,
+    Verdict,
+)
+from vitrina.serving.review_routes import add_review_routes, requester
 from vitrina.serving.security import AccessGate, ApiKeys, RateLimiter, load_api_keys
 from vitrina.serving.service import Service
 from vitrina.serving.settings import MEBIBYTE, ServeSettings
@@ -40,110 +50,10 @@ from vitrina.version import __version__
 
 SETTINGS_ENV = "VITRINA_SERVE_SETTINGS"
 STATIC = Path(__file__).resolve().parent / "static"
-Verdict = Literal["match", "mismatch", "uncertain"]
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many labels to return")]
 Photos = Annotated[list[UploadFile], File(description="one or more photos (repeat the field)")]
 # Ids are 64-bit in every database the log may live in; larger numbers are a 422, not a database error.
 MAX_ID = 2**63 - 1
-
-
-# ----------------------------------------------------------------------------- response schemas
-class Label(BaseModel):
-    label: str
-    probability: float
-
-
-class PhotoResult(BaseModel):
-    filename: str
-    sha256: str = Field(description="SHA-256 of the uploaded bytes")
-    predicted: str
-    confidence: float
-    uncertain: bool = Field(description="the confidence is below the model's threshold, or the photo is unknown")
-    unknown: bool | None = Field(None, description="the photo looks unlike every training photo (null: the model has no detector)")
-    unknown_score: float | None = Field(None, description="the unknown-photo score; above the model's threshold a photo is unknown")
-    top: list[Label]
-
-
-class PredictResponse(PhotoResult):
-    model_version: str
-
-
-class BatchResponse(BaseModel):
-    model_version: str
-    results: list[PhotoResult]
-
-
-class CheckResponse(BaseModel):
-    check_id: int = Field(description="the check's id in the moderation log")
-    model_version: str
-    declared: str
-    predicted: str = Field(description="the category the listing's photos show (mean of their probabilities)")
-    confidence: float
-    threshold: float | None = Field(description="confidence below which the verdict is uncertain")
-    unknown: bool | None = Field(None, description="the photos' mean unknown-photo score is above the model's threshold: uncertain")
-    unknown_threshold: float | None = Field(None, description="the unknown-photo score above which photos are unknown")
-    verdict: Verdict
-    suggestion: str | None = Field(description="the category to use instead, on a mismatch")
-    photos: list[PhotoResult]
-
-
-class ModelResponse(BaseModel):
-    name: str
-    version: str
-    labels: list[str]
-    preprocess: dict[str, Any]
-    thresholds: dict[str, float]
-    metrics: dict[str, Any]
-    mode: str | None
-    backend: str
-    loaded_at: str
-    limits: dict[str, float] = Field(
-        description="max_photos a request, max_upload_mb a photo, max_pixels a photo, max_decode_pixels all requests at once"
-    )
-
-
-class LoggedPhoto(BaseModel):
-    position: int
-    sha256: str
-    predicted: str
-    confidence: float
-    image_stored: bool
-
-
-class LoggedCheck(BaseModel):
-    id: int
-    time: str
-    declared: str
-    predicted: str
-    confidence: float
-    verdict: Verdict
-    model_version: str
-    photos: list[LoggedPhoto]
-
-
-class ChecksResponse(BaseModel):
-    checks: list[LoggedCheck]
-    next_before: int | None = Field(description="pass as ?before= for the next page; null on the last")
-    next_after: int | None = Field(None, description="with ?after=: pass as ?after= to continue following the log")
-
-
-class ErrorResponse(BaseModel):
-    error: str
-    detail: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
-        401: "API key missing or invalid (when keys are configured)",
-        408: "the request body did not arrive in time (--body-timeout)",
-        413: "upload too large, or too many photos",
-        415: "not a multipart form, or not a supported photo format",
-        422: "missing field, corrupt or non-image data, too many pixels, unknown category",
-        429: "rate limit exceeded, or too many failed authentications (see Retry-After)",
-        503: "queue or decode budget full, moderation log busy, or not ready (see Retry-After)",
-    }.items()
-}
 
 
 # ----------------------------------------------------------------------------- middleware
@@ -344,6 +254,7 @@ def api_router(service: Service, keys: ApiKeys) -> APIRouter:
     add_prediction_routes(v1, service)
     add_model_route(v1, service)
     add_moderation_routes(v1, service)
+    add_review_routes(v1, service)
     return v1
 
 
@@ -366,7 +277,7 @@ def add_prediction_routes(v1: APIRouter, service: Service) -> None:
 
     @v1.post("/check", response_model=CheckResponse, dependencies=uploads, summary="Check a listing's photos against its category")
     async def check(request: Request, image: Photos, category: Annotated[str, Form(description="the category the seller chose")]) -> dict[str, Any]:
-        answer = await service.check(await read_uploads(image, settings), category.strip())
+        answer = await service.check(await read_uploads(image, settings), category.strip(), requester(request))
         request.state.model_version = answer["model_version"]
         return answer
 

@@ -20,6 +20,7 @@ class ServiceMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
         self.verdicts = Counter("vitrina_verdicts", "Listing checks by verdict", ["verdict"], registry=r)
+        self.reviews = Counter("vitrina_reviews", "Moderators' reviews of checks, by action", ["action"], registry=r)
         self.queue_depth = Gauge("vitrina_queue_depth", "Photos waiting for the model", registry=r)
         self.in_flight = Gauge("vitrina_photos_in_flight", "Photos admitted and not yet answered (bounded by the queue limit)", registry=r)
         self.batch_size = Histogram("vitrina_batch_photos", "Photos per model call", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128))

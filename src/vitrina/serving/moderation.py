@@ -8,6 +8,7 @@ in an embedded SQLite file by default; any database URL SQLAlchemy understands w
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from vitrina.errors import ConfigError
 from vitrina.serving.errors import LogUnavailable
-from vitrina.serving.schema import checks_table, migrate, photos_table
+from vitrina.serving.schema import checks_table, migrate, photos_table, reviews_table
 
 T = TypeVar("T")
 # A busy database (another writer holds the lock) is retried: SQLite's own busy wait of at most
@@ -36,6 +37,7 @@ RETRY_AFTER = "2"
 POOL_SIZE, POOL_OVERFLOW = 4, 4
 CONNECT_TIMEOUT = 5
 INSERT_LOCK_KEY = 0x76697472696E62  # PostgreSQL advisory lock held by each insert until it commits
+PURGE_EVERY = 3600.0  # seconds between removals of photos past their retention period
 
 
 @dataclass
@@ -55,6 +57,13 @@ class CheckRecord:
     verdict: str
     model_version: str
     photos: list[PhotoRecord] = field(default_factory=list)
+    top: list[dict[str, Any]] | None = None  # the listing's likeliest categories: [{"label", "prob"}, ...]
+    margin: float | None = None  # top probability minus the second
+    unknown_score: float | None = None
+    submitted_by: str | None = None  # the API key's name
+
+
+STORE_IMAGES = ("all", "flagged", "none")  # which checks keep their photos: every one, mismatch and uncertain, none
 
 
 def database_url(target: str | Path) -> str:
@@ -72,9 +81,13 @@ def _now() -> str:
 class ModerationLog:
     """Records checks and lists them, newest first. Thread-safe; calls block on the database."""
 
-    def __init__(self, target: str | Path, store_images: bool = False):
+    def __init__(self, target: str | Path, store_images: str = "flagged", max_image_bytes: int | None = None,
+                 retention_days: float | None = None):
+        if store_images not in STORE_IMAGES:
+            raise ConfigError(f"--store-images must be one of {', '.join(STORE_IMAGES)}, got {store_images!r}")
         self.url = database_url(target)
-        self.store_images = store_images
+        self.store_images, self.max_image_bytes, self.retention_days = store_images, max_image_bytes, retention_days
+        self._last_purge = 0.0
         try:
             url = make_url(self.url)
         except ArgumentError as exc:
@@ -94,11 +107,32 @@ class ModerationLog:
         ``time.monotonic()`` value; default: ``DEFAULT_WAIT`` seconds from now); then :class:`LogUnavailable`. So a check is
         either stored or refused, never half-stored.
         """
-        return self._retrying(lambda wait: self._insert(check, wait), deadline, "the check was not recorded")
+        check_id = self.retrying(lambda wait: self._insert(check, wait), deadline, "the check was not recorded")
+        if self.retention_days is not None and time.monotonic() - self._last_purge > PURGE_EVERY:
+            self._last_purge = time.monotonic()
+            self.retrying(lambda wait: self._purge_images(wait), None, "old photos were not removed")
+        return check_id
+
+    def keeps(self, check: CheckRecord, photo: PhotoRecord) -> bool:
+        """Whether this photo's bytes go into the log: the storage policy and the size cap."""
+        wanted = self.store_images == "all" or (self.store_images == "flagged" and check.verdict != "match")
+        return wanted and photo.image is not None and (self.max_image_bytes is None or len(photo.image) <= self.max_image_bytes)
+
+    def _purge_images(self, wait: float) -> int:
+        """Forget the photo bytes of checks older than the retention period (their rows stay)."""
+        cutoff = datetime.now(timezone.utc).timestamp() - (self.retention_days or 0) * 86400
+        oldest = datetime.fromtimestamp(cutoff, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        old_ids = select(checks_table.c.id).where(checks_table.c.time < oldest)
+        with self.engine.begin() as connection:
+            self.busy_wait(connection, wait)
+            done = connection.execute(
+                photos_table.update().where(photos_table.c.check_id.in_(old_ids), photos_table.c.image.is_not(None)).values(image=None)
+            )
+        return int(done.rowcount or 0)
 
     def _insert(self, check: CheckRecord, wait: float) -> int:
         with self.engine.begin() as connection:
-            self._busy_wait(connection, wait)
+            self.busy_wait(connection, wait)
             if self.engine.dialect.name == "postgresql":
                 # Checks commit in the order of their ids (SQLite's write lock already does this), so
                 # a reader following the log with ?after= never passes an id that commits later.
@@ -107,6 +141,8 @@ class ModerationLog:
                 insert(checks_table).values(
                     time=_now(), declared=check.declared, predicted=check.predicted, confidence=check.confidence,
                     verdict=check.verdict, model_version=check.model_version,
+                    top=json.dumps(check.top) if check.top is not None else None, margin=check.margin,
+                    unknown_score=check.unknown_score, submitted_by=check.submitted_by,
                 )
             ).inserted_primary_key[0]
             connection.execute(
@@ -115,7 +151,7 @@ class ModerationLog:
                     {
                         "check_id": check_id, "position": position, "sha256": photo.sha256, "predicted": photo.predicted,
                         "confidence": photo.confidence, "media_type": photo.media_type,
-                        "image": photo.image if self.store_images else None,
+                        "image": photo.image if self.keeps(check, photo) else None,
                     }
                     for position, photo in enumerate(check.photos)
                 ],
@@ -126,7 +162,7 @@ class ModerationLog:
                deadline: float | None = None, after_id: int | None = None) -> list[dict[str, Any]]:
         """Checks newest first, optionally of one verdict and older than ``before_id`` (paging back);
         or, with ``after_id``, the checks newer than it, oldest first (following the log)."""
-        return self._retrying(lambda wait: self._recent(verdict, limit, before_id, after_id, wait), deadline, "the log cannot be read")
+        return self.retrying(lambda wait: self._recent(verdict, limit, before_id, after_id, wait), deadline, "the log cannot be read")
 
     def _recent(self, verdict: str | None, limit: int, before_id: int | None, after_id: int | None, wait: float) -> list[dict[str, Any]]:
         order = checks_table.c.id.asc() if after_id is not None else checks_table.c.id.desc()
@@ -138,15 +174,17 @@ class ModerationLog:
         if after_id is not None:
             query = query.where(checks_table.c.id > after_id)
         with self.engine.connect() as connection:
-            self._busy_wait(connection, wait)
-            rows = [dict(row._mapping) for row in connection.execute(query)]
-            photos = self._photos_of(connection, [row["id"] for row in rows]) if rows else {}
+            self.busy_wait(connection, wait)
+            rows = [check_row(row) for row in connection.execute(query)]
+            photos = self.photos_of(connection, [row["id"] for row in rows]) if rows else {}
+            reviews = reviews_of(connection, [row["id"] for row in rows]) if rows else {}
         for row in rows:
             row["photos"] = photos.get(row["id"], [])
+            row["reviews"] = reviews.get(row["id"], [])
         return rows
 
     @staticmethod
-    def _photos_of(connection: Connection, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    def photos_of(connection: Connection, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
         photo_rows = connection.execute(
             select(
                 photos_table.c.check_id, photos_table.c.position, photos_table.c.sha256, photos_table.c.predicted,
@@ -171,10 +209,10 @@ class ModerationLog:
 
         def read(wait: float) -> Any:
             with self.engine.connect() as connection:
-                self._busy_wait(connection, wait)
+                self.busy_wait(connection, wait)
                 return connection.execute(query).first()
 
-        row = self._retrying(read, deadline, "the photo cannot be read")
+        row = self.retrying(read, deadline, "the photo cannot be read")
         if row is None or row.image is None:
             return None
         return bytes(row.image), row.media_type
@@ -182,12 +220,12 @@ class ModerationLog:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _busy_wait(self, connection: Connection, seconds: float) -> None:
+    def busy_wait(self, connection: Connection, seconds: float) -> None:
         """How long SQLite itself waits for another writer's lock in this attempt."""
         if self.engine.dialect.name == "sqlite":
             connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(min(seconds, MAX_BUSY_WAIT) * 1000)}")
 
-    def _retrying(self, attempt: Callable[[float], T], deadline: float | None, consequence: str) -> T:
+    def retrying(self, attempt: Callable[[float], T], deadline: float | None, consequence: str) -> T:
         """``attempt(seconds it may wait for a lock)``, again after a pause while the database is busy, until ``deadline``."""
         deadline = time.monotonic() + DEFAULT_WAIT if deadline is None else deadline
         pause = FIRST_PAUSE
@@ -231,3 +269,21 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def check_row(row: Any) -> dict[str, Any]:
+    """A ``checks`` row as the API shows it (``top`` parsed from its JSON)."""
+    record = dict(row._mapping)
+    record["top"] = json.loads(record["top"]) if record.get("top") else None
+    return record
+
+
+def reviews_of(connection: Connection, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Every review of these checks, oldest first: the audit trail."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    query = select(reviews_table).where(reviews_table.c.check_id.in_(ids)).order_by(reviews_table.c.id)
+    for review in connection.execute(query):
+        found.setdefault(review.check_id, []).append(
+            {"id": review.id, "time": review.time, "reviewer": review.reviewer, "action": review.action,
+             "category": review.category, "new_class": bool(review.new_class)})
+    return found

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, inspect, select, update
+from sqlalchemy import Boolean, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text, inspect, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from vitrina.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Any constant shared by every vitrina replica: the key of PostgreSQL's advisory lock.
 ADVISORY_LOCK_KEY = 0x76697472696E61  # "vitrina"
 
@@ -33,7 +33,13 @@ checks_table = Table(
     Column("confidence", Float, nullable=False),
     Column("verdict", String(16), nullable=False),
     Column("model_version", String(64), nullable=False),
+    # Version 2: what a review needs. Null in checks logged before it.
+    Column("top", Text, nullable=True),  # JSON: the listing's likeliest categories [{"label", "prob"}, ...]
+    Column("margin", Float, nullable=True),  # the top probability minus the second
+    Column("unknown_score", Float, nullable=True),
+    Column("submitted_by", String(100), nullable=True),  # the API key's name
     Index("ix_checks_verdict_id", "verdict", "id"),  # the moderation page: one verdict, newest first
+    Index("ix_checks_margin", "margin"),  # the review queue: least sure first
 )
 photos_table = Table(
     "check_photos",
@@ -46,6 +52,17 @@ photos_table = Table(
     Column("media_type", String(100), nullable=True),
     Column("image", LargeBinary, nullable=True),
 )
+reviews_table = Table(
+    "reviews",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("check_id", Integer, ForeignKey("checks.id"), nullable=False, index=True),
+    Column("time", String(32), nullable=False),
+    Column("reviewer", String(100), nullable=False),
+    Column("action", String(16), nullable=False),  # confirm | correct | off_topic | skip
+    Column("category", String(200), nullable=True),  # the label the review gives (confirm: the prediction)
+    Column("new_class", Boolean, nullable=False, default=False),  # a category the model does not know
+)
 version_table = Table(
     "vitrina_schema",
     metadata,
@@ -53,8 +70,19 @@ version_table = Table(
     Column("version", Integer, nullable=False),
 )
 
+
+
+def _add_review_columns(connection: Connection) -> None:
+    """1 -> 2: the columns a review needs (the reviews table itself is created with the others)."""
+    present = {column["name"] for column in inspect(connection).get_columns(checks_table.name)}
+    for column in ("top", "margin", "unknown_score", "submitted_by"):
+        if column not in present:
+            kind = checks_table.c[column].type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(f"ALTER TABLE {checks_table.name} ADD COLUMN {column} {kind}")
+
+
 # MIGRATIONS[n] takes a log from version n to n + 1 inside the migration's transaction.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_review_columns}
 
 
 def migrate(engine: Engine) -> int:

@@ -1,7 +1,8 @@
 """Access to the API: optional API keys and a per-client rate limit.
 
 Keys come from the environment variable ``VITRINA_API_KEYS`` (comma-separated) and/or a file of
-one key per line (``#`` starts a comment). When any key is configured, every ``/v1/`` and ``/v2/models/`` request,
+one key per line (``#`` starts a comment), each optionally named: ``name:key`` (the name says who
+asked for a check and who reviewed it; an unnamed key is called ``key-`` and 8 hex digits of its hash). When any key is configured, every ``/v1/`` and ``/v2/models/`` request,
 and ``/metrics`` unless it is made public, must present one as ``X-API-Key: KEY`` or
 ``Authorization: Bearer KEY`` (401 otherwise); a client (address) that fails more than
 ``FAILED_AUTHENTICATIONS_PER_MINUTE`` times a minute gets 429 until its failures age, whatever
@@ -17,6 +18,7 @@ import hashlib
 import hmac
 import math
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -35,22 +37,34 @@ METRICS_PATH = "/metrics"
 FAILED_AUTHENTICATIONS_PER_MINUTE = 10
 # Clients remembered by the rate limiter; the least recently seen are forgotten beyond this.
 MAX_TRACKED_CLIENTS = 10_000
+KEY_NAME = r"[A-Za-z0-9_.@-]{1,64}"  # a key's name, before the colon of a name:key entry
+KEY_NAME_STATE = "api_key_name"  # the request state's attribute holding the name of the key that authenticated it
+ANONYMOUS = "anonymous"  # who asks when no keys are configured
 
 
-def load_api_keys(file: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> frozenset[str]:
-    """The configured keys: ``VITRINA_API_KEYS`` plus the lines of ``file``; empty means no authentication."""
-    keys = {key.strip() for key in environ.get(API_KEYS_ENV, "").split(",") if key.strip()}
+def _named(entry: str) -> tuple[str, str]:
+    """(key, name) of a ``name:key`` or a bare ``key`` entry."""
+    name, colon, key = entry.partition(":")
+    if colon and key.strip() and re.fullmatch(KEY_NAME, name.strip()):
+        return key.strip(), name.strip()
+    return entry, "key-" + hashlib.sha256(entry.encode()).hexdigest()[:8]
+
+
+def load_api_keys(file: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The configured keys and their names (key -> name): ``VITRINA_API_KEYS`` plus the lines of
+    ``file``; empty means no authentication."""
+    keys = dict(_named(entry.strip()) for entry in environ.get(API_KEYS_ENV, "").split(",") if entry.strip())
     if file is not None:
         path = Path(file)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise ConfigError(f"API keys file {path}: {exc.strerror or exc}") from None
-        from_file = {line.split("#", 1)[0].strip() for line in lines} - {""}
+        from_file = dict(_named(entry) for entry in (line.split("#", 1)[0].strip() for line in lines) if entry)
         if not from_file:
             raise ConfigError(f"API keys file {path} holds no key (one key per line)")
         keys |= from_file
-    return frozenset(keys)
+    return keys
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -65,20 +79,29 @@ def presented_key(headers: Headers) -> str | None:
 
 
 class ApiKeys:
-    """The set of valid keys, compared in constant time."""
+    """The valid keys and their names, compared in constant time."""
 
-    def __init__(self, keys: Iterable[str]):
-        self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+    def __init__(self, keys: Mapping[str, str] | Iterable[str]):
+        named = keys.items() if isinstance(keys, Mapping) else (_named(key) for key in keys)
+        self._digests = [(hashlib.sha256(key.encode()).digest(), name) for key, name in named]
 
     @property
     def enabled(self) -> bool:
         return bool(self._digests)
 
-    def valid(self, key: str | None) -> bool:
+    def name_of(self, key: str | None) -> str | None:
+        """The name of a valid key; None for an invalid or missing one."""
         if key is None:
-            return False
+            return None
         digest = hashlib.sha256(key.encode()).digest()
-        return any(hmac.compare_digest(digest, known) for known in self._digests)
+        found = None
+        for known, name in self._digests:  # every entry compared: the time does not tell which matched
+            if hmac.compare_digest(digest, known):
+                found = name
+        return found
+
+    def valid(self, key: str | None) -> bool:
+        return self.name_of(key) is not None
 
 
 class RateLimiter:
@@ -164,7 +187,9 @@ class AccessGate:
             detail = (f"too many failed authentications from this address (more than {FAILED_AUTHENTICATIONS_PER_MINUTE} "
                       f"a minute); retry in {retry_after} s")
             return JSONResponse({"error": "too_many_failed_authentications", "detail": detail}, 429, {"Retry-After": str(retry_after)})
-        if self.keys.valid(key):
+        name = self.keys.name_of(key)
+        if name is not None:
+            scope.setdefault("state", {})[KEY_NAME_STATE] = name  # who asks: recorded with checks and reviews
             return None
         self.failures.acquire(address)
         message = "a valid API key is required: send it as X-API-Key or Authorization: Bearer"

@@ -15,13 +15,14 @@ import numpy as np
 
 from vitrina.inference.decide import VERDICTS
 from vitrina.serving.admission import LARGE_PHOTO_PIXELS, DecodeBudget, lower_priority, timed
-from vitrina.serving.answers import CHECK_TOP_K, check_answer, photo_results
+from vitrina.serving.answers import CHECK_TOP_K, check_answer, photo_results, review_context
 from vitrina.serving.batcher import MicroBatcher
 from vitrina.serving.errors import NotReady, PayloadTooLarge, UnknownCategory
 from vitrina.serving.metrics import ServiceMetrics
 from vitrina.serving.model import LoadedModel
 from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord
 from vitrina.serving.reload import ModelHolder
+from vitrina.serving.reviews import QueueFilter, record_review, review_queue
 from vitrina.serving.settings import MEBIBYTE, ServeSettings
 from vitrina.serving.uploads import (
     Photo,
@@ -57,7 +58,9 @@ class Service:
             await asyncio.to_thread(self.holder.load)
         assert self.holder.current is not None
         self.metrics.show_model(self.holder.current)
-        self.moderation = await self._in_database(ModerationLog, self.settings.database_target(), self.settings.store_images)
+        settings = self.settings
+        self.moderation = await self._in_database(ModerationLog, settings.database_target(), settings.store_images,
+                                                  int(settings.stored_photo_mb * MEBIBYTE), settings.photo_retention_days)
         self.batcher = MicroBatcher(self.settings.max_batch, self.settings.batch_window_ms / 1000, self.settings.queue_limit, self.metrics)
         self.batcher.start()
         if self.settings.reload_interval > 0:
@@ -159,7 +162,7 @@ class Service:
         results = photo_results([upload.filename for upload in uploads], photos, probs, scores, model.classes, top_k, rule)
         return {"model_version": model.version, "results": results}
 
-    async def check(self, uploads: Sequence[Upload], declared: str) -> dict[str, Any]:
+    async def check(self, uploads: Sequence[Upload], declared: str, submitted_by: str | None = None) -> dict[str, Any]:
         """A listing's verdict: do its photos show the declared category? Recorded in the moderation log."""
         model = self.model
         if declared not in model.classes:
@@ -173,6 +176,7 @@ class Service:
         record = CheckRecord(
             declared, verdict.predicted, round(verdict.confidence, 6), verdict.verdict, model.version,
             [PhotoRecord(r["sha256"], r["predicted"], r["confidence"], p.media_type, u.data) for u, p, r in zip(uploads, photos, per_photo)],
+            **review_context(probs, scores, model.classes), submitted_by=submitted_by,
         )
         assert self.moderation is not None
         # The verdict is answered only once it is in the log; a log busy beyond --db-timeout means 503, no verdict.
@@ -212,6 +216,18 @@ class Service:
         if after is not None:  # following the log: where to continue, even when this page is empty
             return {"checks": checks, "next_before": None, "next_after": checks[-1]["id"] if checks else after}
         return {"checks": checks, "next_before": checks[-1]["id"] if len(checks) == limit else None, "next_after": None}
+
+    async def review_queue(self, reviewer: str, filters: QueueFilter) -> dict[str, Any]:
+        assert self.moderation is not None
+        return {"checks": await self._in_database(review_queue, self.moderation, reviewer, filters, self._database_deadline())}
+
+    async def review(self, check_id: int, reviewer: str, action: str, category: str | None) -> dict[str, Any]:
+        """Keep a moderator's review of a check (an audit trail: the check itself never changes)."""
+        assert self.moderation is not None
+        review = await self._in_database(record_review, self.moderation, check_id, reviewer, action, category,
+                                         self.model.classes, self._database_deadline())
+        self.metrics.reviews.labels(action).inc()
+        return {"check_id": check_id, "review": review}
 
     async def stored_photo(self, check_id: int, position: int) -> tuple[bytes, str | None] | None:
         assert self.moderation is not None

@@ -22,7 +22,9 @@ class ServeSettings:
     backend: str = "auto"
     threads: int | None = None  # ONNX Runtime threads (default: all cores)
     database: str | None = None  # path or URL of the moderation log (default: moderation.db beside the model)
-    store_images: bool = False  # keep the photos themselves in the moderation log
+    store_images: str = "flagged"  # photos kept in the moderation log: all | flagged (mismatch, uncertain) | none
+    stored_photo_mb: float = 10.0  # a larger photo is logged without its bytes
+    photo_retention_days: float = 30.0  # stored photos are forgotten after this (the checks stay)
     api_keys_file: str | None = None
     rate_limit: float = 0.0  # requests a second per client; 0: no limit
     rate_burst: int | None = None
@@ -49,7 +51,8 @@ class ServeSettings:
         checks = {
             "model_name": bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.model_name)),
             "max_upload_mb": self.max_upload_mb > 0, "max_pixels": self.max_pixels > 0, "max_photos": self.max_photos >= 1,
-            "top_k": self.top_k >= 1, "batch_window_ms": self.batch_window_ms >= 0, "max_batch": self.max_batch >= 1,
+            "top_k": self.top_k >= 1, "store_images": self.store_images in ("all", "flagged", "none"),
+            "stored_photo_mb": self.stored_photo_mb > 0, "photo_retention_days": self.photo_retention_days > 0, "batch_window_ms": self.batch_window_ms >= 0, "max_batch": self.max_batch >= 1,
             "queue_limit": self.queue_limit >= 1, "decode_threads": self.decode_threads >= 1,
             "reload_interval": self.reload_interval >= 0, "rate_limit": self.rate_limit >= 0,
             "confidence": self.confidence is None or 0.0 <= self.confidence <= 1.0,
