@@ -18,6 +18,7 @@ _HOMES = {
     "evaluate": "evaluation", "promote": "evaluation", "Promotion": "evaluation",
     "export": "prediction", "predict": "prediction",
     "serve": "serving", "ServeInfo": "serving",
+    "review_export": "reviews", "ReviewExport": "reviews",
 }
 
 

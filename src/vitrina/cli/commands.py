@@ -191,6 +191,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0 if outcome.promoted else 1
 
 
+def cmd_review_export(args: argparse.Namespace) -> int:
+    result = api.review_export(args.db, args.out)
+    mix = ", ".join(f"{label} {count}" for label, count in sorted(result.classes.items()))
+    print(f"{result.photos} reviewed photos in {result.out / 'labels.csv'} ({mix or 'none'}); "
+          f"{result.off_topic} off-topic in {result.out / 'off_topic.csv'}")
+    if result.disputed_checks:
+        print(f"  {result.disputed_checks} checks left out: their reviews disagree (settle them in the review queue)")
+    if result.missing_photos:
+        print(f"  {result.missing_photos} reviewed photos were not kept by the log (vitrina serve --store-images) and are missing")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     result = api.compare(args.data, args.configs, out=args.out, overrides=config_overrides(args), runs_dir=args.runs, progress=not args.quiet)
     print()

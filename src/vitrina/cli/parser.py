@@ -16,6 +16,7 @@ from vitrina.cli.commands import (
     cmd_models,
     cmd_predict,
     cmd_promote,
+    cmd_review_export,
     cmd_serve,
     cmd_train,
     cmd_tune,
@@ -190,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-class-change", action="store_true", help="promote a model whose class list differs")
     p.add_argument("--force", action="store_true", help="promote even when refused (the decision is still logged)")
     p.set_defaults(handler=cmd_promote)
+
+    p = sub.add_parser("review", help="the moderators' reviews: export them as training data",
+                       description="Work with the reviews moderators made on the moderation page or through /v1/checks/ID/review.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("export", help="write the reviewed photos as a dataset `vitrina train` reads",
+                           description="Write the reviewed photos of a moderation log into DIR: labels.csv (path, label and "
+                           "provenance: check id, reviewer, time, model version), off_topic.csv and photos/. Train on "
+                           "DIR/labels.csv, or list it beside the original photos in a dataset.yaml (train: [photos/, "
+                           "DIR/labels.csv]). Checks whose reviews disagree are left out and counted.")
+    q.add_argument("--db", metavar="PATH_OR_URL", required=True, help="the moderation log, as given to `vitrina serve --db`")
+    q.add_argument("--out", metavar="DIR", required=True, help="a new (or empty) folder")
+    q.set_defaults(handler=cmd_review_export)
 
     p = sub.add_parser(
         "compare",

@@ -1,4 +1,8 @@
-"""Layout g: a ``dataset.yaml`` naming ``root``, ``train``, ``val``, ``test`` and ``classes``."""
+"""Layout g: a ``dataset.yaml`` naming ``root``, ``train``, ``val``, ``test`` and ``classes``.
+
+A split may list several sources (``train: [photos/, reviewed/labels.csv]``): their samples are read
+in turn and joined, so reviewed photos exported from the moderation log add to the original ones.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +16,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 YAML_KEYS = ("root", "train", "val", "test", "classes")
 
 
-def read_dataset_yaml(path: Path) -> tuple[dict[str, Path], Path | None, ClassList | None]:
+def read_dataset_yaml(path: Path) -> tuple[dict[str, Path | list[Path]], Path | None, ClassList | None]:
     """Read a dataset.yaml: split sources, image root and class list, paths relative to the yaml."""
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -35,7 +39,21 @@ def read_dataset_yaml(path: Path) -> tuple[dict[str, Path], Path | None, ClassLi
             raise DataError(f"{path}: {key}: not found: {target}")
         return target
 
-    sources = {key: located(key) for key in ("train", "val", "test") if spec.get(key)}
+    def sources_of(key: str) -> Path | list[Path]:
+        value = spec[key]
+        if not isinstance(value, list):
+            return located(key)
+        found = []
+        for item in value:
+            if not isinstance(item, str):
+                raise DataError(f"{path}: {key}: expected paths, got {item!r}")
+            target = path.parent / item
+            if not target.exists():
+                raise DataError(f"{path}: {key}: not found: {target}")
+            found.append(target)
+        return found
+
+    sources = {key: sources_of(key) for key in ("train", "val", "test") if spec.get(key)}
     root = located("root") if spec.get("root") else None
     classes = None
     if isinstance(spec.get("classes"), list):

@@ -73,7 +73,8 @@ def load_dataset(
 
     coarse_map = read_coarse_map(Path(config.coarse_map)) if config.coarse_map else {}
     reader = SampleReader(classes, coarse_map)
-    splits = {name: _read_source(source, reader, root) for name, source in sources.items()}
+    splits = {name: [sample for one in (source if isinstance(source, list) else [source]) for sample in _read_source(one, reader, root)]
+              for name, source in sources.items()}
     splits = {name: reader.with_known_coarse(samples) for name, samples in splits.items()}
 
     carved: dict[str, dict] = {}
