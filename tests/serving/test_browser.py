@@ -101,3 +101,63 @@ def test_the_page_works_from_the_keyboard(browser, server: RunningServer, confid
     page.wait_for_selector("#verdict[data-verdict]", timeout=60_000)
     assert page.get_attribute("#verdict", "data-verdict") == "mismatch"
     assert page.input_value("#category") == "shoes"
+
+
+def test_moderators_review_the_queue_with_the_keyboard(browser, runs: Runs, tmp_path: Path, confident_shoe: Path) -> None:  # type: ignore[no-untyped-def]
+    """Confirm, correct and mark off-topic with c, r and o: the audit trail and the exported dataset hold exactly those."""
+    import csv
+    import re
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.serving.conftest import upload
+
+    (tmp_path / "keys").write_text("anna:anna-key\nshop:shop-key\n")
+    database = tmp_path / "log.db"
+    running = RunningServer(runs.main, "--db", str(database), "--api-keys", str(tmp_path / "keys"))
+    try:
+        for photo in [confident_shoe] * 3:  # three listings of shoes filed under hats: three mismatches
+            httpx.post(f"{running.url}/v1/check", files={"image": upload(photo)}, data={"category": "hat"},
+                       headers={"X-API-Key": "shop-key"}, timeout=60).raise_for_status()
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.add_init_script("sessionStorage.setItem('vitrina-api-key', 'anna-key')")
+        page.goto(f"{running.url}/moderation")
+        reviewed = []
+
+        def current() -> int:
+            page.wait_for_selector("#review-item:not([hidden]) #review-summary:has-text('Check')")
+            return int(re.search(r"Check (\d+)", page.text_content("#review-summary") or "").group(1))  # type: ignore[union-attr]
+
+        def after(key: str, typed: str | None = None) -> None:
+            shown = current()
+            reviewed.append(shown)
+            page.keyboard.press(key)
+            if typed is not None:
+                page.keyboard.type(typed)
+                page.keyboard.press("Enter")
+            page.wait_for_function(f"!document.querySelector('#review-summary').textContent.includes('Check {shown}:')"
+                                   " || document.querySelector('#review-item').hidden")
+
+        page.wait_for_selector("#review-photos img[src^='blob:']")  # the flagged check's photo, kept in the log
+        after("c")
+        after("r", "hat")
+        after("o")
+        page.wait_for_selector("#review-status:has-text('Nothing left to review')")
+        checks = httpx.get(f"{running.url}/v1/checks", headers={"X-API-Key": "anna-key"}, timeout=30).json()["checks"]
+    finally:
+        running.stop()
+    trail = {c["id"]: [(r["reviewer"], r["action"], r["category"]) for r in c["reviews"]] for c in checks}
+    predicted = {c["id"]: c["predicted"] for c in checks}
+    assert trail == {reviewed[0]: [("anna", "confirm", predicted[reviewed[0]])], reviewed[1]: [("anna", "correct", "hat")],
+                     reviewed[2]: [("anna", "off_topic", None)]}
+    assert all(c["submitted_by"] == "shop" for c in checks)
+    subprocess.run([sys.executable, "-m", "vitrina", "review", "export", "--db", str(database), "--out", str(tmp_path / "out")],
+                   check=True, capture_output=True, timeout=120)
+    with open(tmp_path / "out" / "labels.csv", newline="") as fh:
+        labels = [(int(r["check_id"]), r["label"], r["reviewer"]) for r in csv.DictReader(fh)]
+    with open(tmp_path / "out" / "off_topic.csv", newline="") as fh:
+        off_topic = [int(r["check_id"]) for r in csv.DictReader(fh)]
+    assert sorted(labels) == sorted([(reviewed[0], predicted[reviewed[0]], "anna"), (reviewed[1], "hat", "anna")])
+    assert off_topic == [reviewed[2]]
