@@ -24,6 +24,28 @@ def test_verdicts_follow_the_mean_of_the_photos_and_the_threshold() -> None:
     assert verdict.verdict == "match" and verdict.confidence == pytest.approx(2.0 / 3.0)
 
 
+APPLES = ["granny-smith", "gala", "banana"]
+PARENTS = {"granny-smith": "apples", "gala": "apples", "banana": "bananas"}
+
+
+def test_a_taxonomy_judges_a_listing_at_the_level_it_was_declared() -> None:
+    rule = DecisionRule(0.6)
+    granny = np.array([[0.7, 0.25, 0.05]])
+    coarse = rule.verdict(granny, None, "apples", APPLES, PARENTS)  # filed under apples: a match
+    assert (coarse.verdict, coarse.predicted, coarse.declared_level) == ("match", "apples", "coarse")
+    assert coarse.confidence == pytest.approx(0.95)
+    fine = rule.verdict(granny, None, "gala", APPLES, PARENTS)  # filed under the other apple: a fine-level mismatch
+    assert (fine.verdict, fine.suggestion, fine.suggestion_level, fine.declared_level) == ("mismatch", "granny-smith", "fine", "fine")
+    unsure_apple = np.array([[0.5, 0.45, 0.05]])
+    as_banana = rule.verdict(unsure_apple, None, "banana", APPLES, PARENTS)  # unsure which apple, sure it is one
+    assert (as_banana.verdict, as_banana.suggestion, as_banana.suggestion_level) == ("mismatch", "apples", "coarse")
+    assert rule.verdict(unsure_apple, None, "gala", APPLES, PARENTS).verdict == "uncertain"  # the right parent, the class unsure
+    assert rule.verdict(unsure_apple, None, "bananas", APPLES, PARENTS).suggestion == "apples"  # the deepest level it is sure of
+    assert rule.verdict(granny, None, "bananas", APPLES, PARENTS).suggestion == "granny-smith"
+    assert rule.verdict(np.array([[0.3, 0.2, 0.5]]), None, "apples", APPLES, PARENTS).verdict == "uncertain"
+    assert rule.verdict(granny, None, "gala", APPLES).suggestion_level == "fine"  # no taxonomy: as before
+
+
 def test_an_unknown_listing_is_uncertain_on_its_mean_score() -> None:
     probs = np.array([[0.95, 0.05, 0.0], [0.9, 0.1, 0.0]])
     rule = DecisionRule(0.5, unknown_threshold=0.3)

@@ -10,10 +10,18 @@ page all decide with :class:`DecisionRule`, so the same photo gets the same flag
 - a listing's verdict (its photos' mean probabilities decide): ``uncertain`` as above on the
   mean (the mean unknown score for unknown), else ``match`` when the likeliest class is the
   declared one, else ``mismatch`` with that class suggested.
+
+With a taxonomy (a model trained with coarse labels: ``coarse_of`` maps each class to its
+parent), a listing may be declared at either level. Declared at the coarse level, it is judged on
+the coarse probabilities (each parent's children summed): a Granny Smith filed under "apples" is
+a match. A suggestion is given at the deepest level the model is sure of: the class when its
+probability clears the confidence threshold, else its parent when that one does. Declared at
+the fine level, a listing the model is unsure of at that level is still a mismatch when the
+parent it is sure of is another.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +40,8 @@ class Verdict:
     verdict: str  # match | mismatch | uncertain
     suggestion: str | None
     unknown: bool = False
+    declared_level: str = "fine"  # the level the declared category is at: fine | coarse
+    suggestion_level: str | None = None  # fine | coarse, with a suggestion
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,15 +89,53 @@ class DecisionRule:
         unknown = self.unknown(scores)
         return flags if unknown is None else flags | unknown
 
-    def verdict(self, probs: np.ndarray, scores: np.ndarray | None, declared: str, classes: Sequence[str]) -> Verdict:
-        """Judge a listing from its photos' probabilities (N x classes) and unknown scores (N or None)."""
+    def sure(self, probability: float) -> bool:
+        return self.confidence is None or probability >= self.confidence
+
+    def verdict(self, probs: np.ndarray, scores: np.ndarray | None, declared: str, classes: Sequence[str],
+                coarse_of: Mapping[str, str] | None = None) -> Verdict:
+        """Judge a listing from its photos' probabilities (N x classes) and unknown scores (N or None);
+        ``coarse_of``: each class's parent, when the model knows a taxonomy."""
         mean = probs.mean(axis=0)
         best = int(np.argmax(mean))
         predicted, confidence = classes[best], float(mean[best])
         flags = self.unknown(None if scores is None or len(scores) == 0 else np.array([float(np.mean(scores))]))
-        unknown = flags is not None and bool(flags[0])
-        if unknown or (self.confidence is not None and confidence < self.confidence):
-            return Verdict(predicted, confidence, "uncertain", None, unknown)
+        if flags is not None and bool(flags[0]):
+            return Verdict(predicted, confidence, "uncertain", None, True)
+        coarse_of = coarse_of or {}
+        if declared not in classes and declared in coarse_of.values():
+            return self._coarse_verdict(mean, declared, classes, coarse_of)
+        if not self.sure(confidence):
+            parent, parent_probability = _likeliest_parent(mean, classes, coarse_of)
+            if parent is not None and self.sure(parent_probability) and parent != coarse_of.get(declared):
+                return Verdict(predicted, confidence, "mismatch", parent, suggestion_level="coarse")
+            return Verdict(predicted, confidence, "uncertain", None)
         if predicted == declared:
             return Verdict(predicted, confidence, "match", None)
-        return Verdict(predicted, confidence, "mismatch", predicted)
+        return Verdict(predicted, confidence, "mismatch", predicted, suggestion_level="fine")
+
+    def _coarse_verdict(self, mean: np.ndarray, declared: str, classes: Sequence[str], coarse_of: Mapping[str, str]) -> Verdict:
+        """A listing declared at the coarse level: judged on the parents' summed probabilities."""
+        parent, probability = _likeliest_parent(mean, classes, coarse_of)
+        assert parent is not None
+        best = int(np.argmax(mean))
+        if not self.sure(probability):
+            return Verdict(parent, probability, "uncertain", None, declared_level="coarse")
+        if parent == declared:
+            return Verdict(parent, probability, "match", None, declared_level="coarse")
+        if self.sure(float(mean[best])):  # sure of the class itself: the deepest suggestion
+            return Verdict(parent, probability, "mismatch", classes[best], declared_level="coarse", suggestion_level="fine")
+        return Verdict(parent, probability, "mismatch", parent, declared_level="coarse", suggestion_level="coarse")
+
+
+def _likeliest_parent(mean: np.ndarray, classes: Sequence[str], coarse_of: Mapping[str, str]) -> tuple[str | None, float]:
+    """The parent with the largest summed probability of its children, and that sum (None without a taxonomy)."""
+    totals: dict[str, float] = {}
+    for name, probability in zip(classes, mean):
+        parent = coarse_of.get(name)
+        if parent is not None:
+            totals[parent] = totals.get(parent, 0.0) + float(probability)
+    if not totals:
+        return None, 0.0
+    parent = max(totals, key=lambda name: totals[name])
+    return parent, totals[parent]

@@ -64,6 +64,8 @@ def check_answer(check_id: int, model_version: str, declared: str, verdict: Verd
         **({"unknown": verdict.unknown, "unknown_threshold": rule.unknown_threshold} if rule.unknown_threshold is not None else {}),
         "verdict": verdict.verdict,
         "suggestion": verdict.suggestion,
+        "declared_level": verdict.declared_level,
+        "suggestion_level": verdict.suggestion_level,
         "photos": photos,
     }
 

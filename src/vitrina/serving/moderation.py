@@ -61,6 +61,9 @@ class CheckRecord:
     margin: float | None = None  # top probability minus the second
     unknown_score: float | None = None
     submitted_by: str | None = None  # the API key's name
+    suggestion: str | None = None
+    declared_level: str | None = None  # fine | coarse (the taxonomy level of the declared category)
+    suggestion_level: str | None = None
 
 
 STORE_IMAGES = ("all", "flagged", "none")  # which checks keep their photos: every one, mismatch and uncertain, none
@@ -142,7 +145,8 @@ class ModerationLog:
                     time=_now(), declared=check.declared, predicted=check.predicted, confidence=check.confidence,
                     verdict=check.verdict, model_version=check.model_version,
                     top=json.dumps(check.top) if check.top is not None else None, margin=check.margin,
-                    unknown_score=check.unknown_score, submitted_by=check.submitted_by,
+                    unknown_score=check.unknown_score, submitted_by=check.submitted_by, suggestion=check.suggestion,
+                    declared_level=check.declared_level, suggestion_level=check.suggestion_level,
                 )
             ).inserted_primary_key[0]
             connection.execute(

@@ -45,6 +45,8 @@ class CheckResponse(BaseModel):
     unknown_threshold: float | None = Field(None, description="the unknown-photo score above which photos are unknown")
     verdict: Verdict
     suggestion: str | None = Field(description="the category to use instead, on a mismatch")
+    declared_level: Literal["fine", "coarse"] = Field("fine", description="with a taxonomy: the level the declared category is at")
+    suggestion_level: Literal["fine", "coarse"] | None = Field(None, description="the level of the suggestion: the deepest the model is sure of")
     photos: list[PhotoResult]
 
 
@@ -52,6 +54,7 @@ class ModelResponse(BaseModel):
     name: str
     version: str
     labels: list[str]
+    coarse_of: dict[str, str] = Field({}, description="each label's parent category, for a model trained with coarse labels")
     preprocess: dict[str, Any]
     thresholds: dict[str, float]
     metrics: dict[str, Any]
@@ -97,6 +100,9 @@ class LoggedCheck(BaseModel):
     margin: float | None = Field(None, description="top probability minus the second")
     unknown_score: float | None = None
     submitted_by: str | None = Field(None, description="the name of the API key that asked for the check")
+    suggestion: str | None = None
+    declared_level: str | None = Field(None, description="fine or coarse (a model trained with coarse labels)")
+    suggestion_level: str | None = None
     photos: list[LoggedPhoto]
     reviews: list[ReviewEntry] = Field([], description="every review of this check, oldest first: the audit trail")
 

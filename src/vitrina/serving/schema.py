@@ -38,6 +38,9 @@ checks_table = Table(
     Column("margin", Float, nullable=True),  # the top probability minus the second
     Column("unknown_score", Float, nullable=True),
     Column("submitted_by", String(100), nullable=True),  # the API key's name
+    Column("suggestion", String(200), nullable=True),  # the category suggested on a mismatch
+    Column("declared_level", String(8), nullable=True),  # with a taxonomy: fine | coarse
+    Column("suggestion_level", String(8), nullable=True),
     Index("ix_checks_verdict_id", "verdict", "id"),  # the moderation page: one verdict, newest first
     Index("ix_checks_margin", "margin"),  # the review queue: least sure first
 )
@@ -75,7 +78,7 @@ version_table = Table(
 def _add_review_columns(connection: Connection) -> None:
     """1 -> 2: the columns a review needs (the reviews table itself is created with the others)."""
     present = {column["name"] for column in inspect(connection).get_columns(checks_table.name)}
-    for column in ("top", "margin", "unknown_score", "submitted_by"):
+    for column in ("top", "margin", "unknown_score", "submitted_by", "suggestion", "declared_level", "suggestion_level"):
         if column not in present:
             kind = checks_table.c[column].type.compile(dialect=connection.dialect)
             connection.exec_driver_sql(f"ALTER TABLE {checks_table.name} ADD COLUMN {column} {kind}")

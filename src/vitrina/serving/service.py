@@ -164,19 +164,17 @@ class Service:
 
     async def check(self, uploads: Sequence[Upload], declared: str, submitted_by: str | None = None) -> dict[str, Any]:
         """A listing's verdict: do its photos show the declared category? Recorded in the moderation log."""
-        model = self.model
-        if declared not in model.classes:
-            raise UnknownCategory(f"unknown category {declared!r}; choose one of: {', '.join(model.classes)}")
+        _require_category(self.model, declared)
         model, photos, probs, scores = await self._classify(uploads)
-        if declared not in model.classes:  # the model was swapped for one without this category meanwhile
-            raise UnknownCategory(f"unknown category {declared!r}; choose one of: {', '.join(model.classes)}")
+        _require_category(model, declared)  # the model may have been swapped for one without this category meanwhile
         rule = model.rule(self.settings.confidence)
-        verdict = rule.verdict(probs, scores, declared, model.classes)
+        verdict = rule.verdict(probs, scores, declared, model.classes, model.predictor.description.coarse_of)
         per_photo = photo_results([upload.filename for upload in uploads], photos, probs, scores, model.classes, CHECK_TOP_K, rule)
         record = CheckRecord(
             declared, verdict.predicted, round(verdict.confidence, 6), verdict.verdict, model.version,
             [PhotoRecord(r["sha256"], r["predicted"], r["confidence"], p.media_type, u.data) for u, p, r in zip(uploads, photos, per_photo)],
-            **review_context(probs, scores, model.classes), submitted_by=submitted_by,
+            **review_context(probs, scores, model.classes), submitted_by=submitted_by, suggestion=verdict.suggestion,
+            declared_level=verdict.declared_level, suggestion_level=verdict.suggestion_level,
         )
         assert self.moderation is not None
         # The verdict is answered only once it is in the log; a log busy beyond --db-timeout means 503, no verdict.
@@ -198,6 +196,7 @@ class Service:
             "name": model.name,
             "version": model.version,
             "labels": model.classes,
+            "coarse_of": dict(description.coarse_of),
             "preprocess": model.predictor.preprocess.to_dict(),
             "thresholds": thresholds,
             "metrics": {k: v for k, v in model.metrics.items() if not isinstance(v, (dict, list))},
@@ -232,3 +231,11 @@ class Service:
     async def stored_photo(self, check_id: int, position: int) -> tuple[bytes, str | None] | None:
         assert self.moderation is not None
         return await self._in_database(self.moderation.photo, check_id, position, self._database_deadline())
+
+
+def _require_category(model: LoadedModel, declared: str) -> None:
+    """A declared category the model knows: a class, or a parent of classes (a model trained with coarse labels)."""
+    parents = sorted(set(model.predictor.description.coarse_of.values()))
+    if declared not in model.classes and declared not in parents:
+        choices = ", ".join(model.classes) + (f" (or a parent category: {', '.join(parents)})" if parents else "")
+        raise UnknownCategory(f"unknown category {declared!r}; choose one of: {choices}")

@@ -27,24 +27,35 @@
       maxPhotos = model.limits.max_photos;
       document.getElementById("max-photos").textContent = maxPhotos;
       document.getElementById("max-size").textContent = model.limits.max_upload_mb;
-      fillCategories(model.labels);
+      fillCategories(model.labels, [...new Set(Object.values(model.coarse_of || {}))].sort());
     } catch (error) {
       if (error.status === 401) keyField.ask();
       showError(error.status === 401 ? "Enter the API key to load the categories." : error.message);
     }
   }
 
-  function fillCategories(labels) {
+  function fillCategories(labels, parents) {
     const chosen = category.value;
     category.replaceChildren(el("option", null, "Choose a category…"));
     category.firstChild.value = "";
     category.firstChild.disabled = true;
-    labels.forEach((name) => {
+    const options = (names) => names.map((name) => {
       const option = el("option", null, label(name));
       option.value = name;
-      category.append(option);
+      return option;
     });
-    category.value = labels.includes(chosen) ? chosen : "";
+    if (parents.length) {  // a model trained with coarse labels: a listing may be filed at either level
+      const broad = el("optgroup");
+      broad.label = "Broad categories";
+      broad.append(...options(parents));
+      const precise = el("optgroup");
+      precise.label = "Precise categories";
+      precise.append(...options(labels));
+      category.append(broad, precise);
+    } else {
+      category.append(...options(labels));
+    }
+    category.value = labels.includes(chosen) || parents.includes(chosen) ? chosen : "";
     updateButtons();
   }
 
@@ -137,7 +148,9 @@
     const declared = label(check.declared);
     if (check.verdict === "match") return `The photos show ${predicted}, as declared.`;
     if (check.verdict === "mismatch") {
-      return `The photos look like ${predicted}, not ${declared}. The category was switched to ${predicted}; check it before publishing.`;
+      const suggested = label(check.suggestion || check.predicted);
+      const broadly = check.suggestion_level === "coarse" ? " (the model is sure only of the broad category)" : "";
+      return `The photos look like ${suggested}, not ${declared}${broadly}. The category was switched to ${suggested}; check it before publishing.`;
     }
     const needed = check.threshold !== null ? ` (needs ${percent(check.threshold)})` : "";
     return `The model is not confident about these photos: best guess ${predicted} at ${percent(check.confidence)}${needed}. ` +
