@@ -243,6 +243,7 @@ class ModelDescription:
     preprocess: Preprocess
     mode: str = "finetune"
     coarse_of: Mapping[str, str] = field(default_factory=dict)
+    train_counts: Mapping[str, int] = field(default_factory=dict)  # training photos per class: the mix drift is judged against
     head: str = "linear"
     hidden: int = 512
     dropout: float = 0.0
@@ -292,6 +293,7 @@ class ModelDescription:
             preprocess=Preprocess.from_dict(_dict(data["preprocess"], "preprocess")),
             mode=str(data.get("mode", "finetune")),
             coarse_of={str(k): str(v) for k, v in coarse_of.items()},
+            train_counts={str(k): _count(v, f"train_counts.{k}", 0) for k, v in _dict(data.get("train_counts") or {}, "train_counts").items()},
             head=str(data.get("head", "linear")),
             hidden=_count(data.get("hidden", 512), "hidden"),
             dropout=_number(data.get("dropout", 0.0), "dropout", 0.0, 1.0),
@@ -321,6 +323,7 @@ class ModelDescription:
             "precision": self.precision,
         }
         optional = {
+            "train_counts": dict(self.train_counts) or None,
             "temperature": self.temperature, "train_seconds": self.train_seconds,
             "thresholds": self.thresholds.to_dict() if self.thresholds else None,
             "unknown": self.unknown.to_dict() if self.unknown else None,

@@ -21,6 +21,9 @@ class ServiceMetrics:
         )
         self.verdicts = Counter("vitrina_verdicts", "Listing checks by verdict", ["verdict"], registry=r)
         self.reviews = Counter("vitrina_reviews", "Moderators' reviews of checks, by action", ["action"], registry=r)
+        self.categories = Counter("vitrina_checks_by_category", "Listing checks by declared and predicted category",
+                                  ["declared", "predicted"], registry=r)
+        self.unknown_listings = Counter("vitrina_unknown_listings", "Listing checks whose photos look unlike every training photo", registry=r)
         self.queue_depth = Gauge("vitrina_queue_depth", "Photos waiting for the model", registry=r)
         self.in_flight = Gauge("vitrina_photos_in_flight", "Photos admitted and not yet answered (bounded by the queue limit)", registry=r)
         self.batch_size = Histogram("vitrina_batch_photos", "Photos per model call", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128))

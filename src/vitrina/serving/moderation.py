@@ -149,6 +149,8 @@ class ModerationLog:
                     declared_level=check.declared_level, suggestion_level=check.suggestion_level,
                 )
             ).inserted_primary_key[0]
+            if not check.photos:
+                return int(check_id)
             connection.execute(
                 insert(photos_table),
                 [

@@ -149,3 +149,31 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "queue or decode budget full, moderation log busy, or not ready (see Retry-After)",
     }.items()
 }
+
+
+class DriftFlag(BaseModel):
+    category: str
+    by: Literal["declared", "predicted"]
+    share: float
+    training_share: float
+    direction: Literal["high", "low"]
+
+
+class DriftDay(BaseModel):
+    day: str = Field(description="UTC date")
+    checks: int
+    verdicts: dict[str, int]
+    unknown: int = Field(description="checks whose photos look unlike every training photo")
+    shares: dict[str, float] = Field(description="of the day's checks: mismatch, uncertain, unknown")
+    declared: dict[str, int]
+    predicted: dict[str, int]
+    flags: list[DriftFlag] = Field(description="categories whose share is beyond high or low times their training share "
+                                   "(days with at least min_checks checks)")
+
+
+class DriftResponse(BaseModel):
+    days: list[DriftDay]
+    training_mix: dict[str, float] = Field(description="each class's share of the training photos (empty for models that do not record it)")
+    min_checks: int
+    high: float
+    low: float

@@ -1,4 +1,5 @@
-"""``GET /v1/reviews/queue`` and ``POST /v1/checks/{id}/review``: moderators review logged checks."""
+"""``GET /v1/reviews/queue``, ``POST /v1/checks/{id}/review`` and ``GET /v1/drift``: moderators review
+logged checks and watch the mix of checks drift."""
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -6,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 
-from vitrina.serving.responses import QueueResponse, ReviewRequest, ReviewResponse, Verdict
+from vitrina.serving.responses import DriftResponse, QueueResponse, ReviewRequest, ReviewResponse, Verdict
 from vitrina.serving.reviews import FLAGGED, QueueFilter
 from vitrina.serving.security import ANONYMOUS, KEY_NAME_STATE
 from vitrina.serving.service import Service
@@ -38,3 +39,7 @@ def add_review_routes(v1: APIRouter, service: Service) -> None:
     @v1.post("/checks/{check_id}/review", response_model=ReviewResponse, status_code=201, summary="Review a logged check")
     async def review(request: Request, check_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], body: ReviewRequest) -> dict[str, Any]:
         return await service.review(check_id, requester(request), body.action, body.category)
+
+    @v1.get("/drift", response_model=DriftResponse, summary="Per day: mismatch, uncertain and unknown shares; categories against training")
+    async def drift(days: Annotated[int, Query(ge=1, le=366, description="the last DAYS days (UTC)")] = 14) -> dict[str, Any]:
+        return await service.drift(days)

@@ -21,6 +21,7 @@ from vitrina.serving.errors import NotReady, PayloadTooLarge, UnknownCategory
 from vitrina.serving.metrics import ServiceMetrics
 from vitrina.serving.model import LoadedModel
 from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord
+from vitrina.serving.drift import drift_report
 from vitrina.serving.reload import ModelHolder
 from vitrina.serving.reviews import QueueFilter, record_review, review_queue
 from vitrina.serving.settings import MEBIBYTE, ServeSettings
@@ -180,6 +181,9 @@ class Service:
         # The verdict is answered only once it is in the log; a log busy beyond --db-timeout means 503, no verdict.
         check_id = await self._in_database(self.moderation.record, record, self._database_deadline())
         self.metrics.verdicts.labels(verdict.verdict).inc()
+        self.metrics.categories.labels(declared, verdict.predicted).inc()
+        if verdict.unknown:
+            self.metrics.unknown_listings.inc()
         return check_answer(check_id, model.version, declared, verdict, rule, per_photo)
 
     # --------------------------------------------------------------- model and log
@@ -219,6 +223,14 @@ class Service:
     async def review_queue(self, reviewer: str, filters: QueueFilter) -> dict[str, Any]:
         assert self.moderation is not None
         return {"checks": await self._in_database(review_queue, self.moderation, reviewer, filters, self._database_deadline())}
+
+    async def drift(self, days: int) -> dict[str, Any]:
+        """Per day: shares of mismatches, uncertain checks and unknown photos; the category mix against training."""
+        assert self.moderation is not None
+        model = self.model
+        counts = model.predictor.description.train_counts
+        threshold = model.rule(self.settings.confidence).unknown_threshold
+        return await self._in_database(drift_report, self.moderation, days, counts, threshold, self._database_deadline())
 
     async def review(self, check_id: int, reviewer: str, action: str, category: str | None) -> dict[str, Any]:
         """Keep a moderator's review of a check (an audit trail: the check itself never changes)."""

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,10 @@ def data_digest(dataset: Dataset) -> str:
 
 def model_meta(plan: Plan, dataset: Dataset, config: Config, **extra: Any) -> ModelDescription:
     """The description saved with the weights: architecture, classes, preprocessing, then ``extra`` fields."""
+    counts = Counter(sample.label for sample in dataset.splits.get("train", []))
     return ModelDescription(
         model=plan.model, mode=plan.mode, classes=tuple(dataset.classes), coarse_of=dict(dataset.coarse_of),
+        train_counts={name: counts.get(name, 0) for name in dataset.classes},
         preprocess=plan.preprocess, head=plan.head, hidden=config.model.hidden, dropout=config.model.dropout,
         trained_on=dataset.source, **extra,
     )
