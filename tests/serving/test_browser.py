@@ -145,6 +145,7 @@ def test_moderators_review_the_queue_with_the_keyboard(browser, runs: Runs, tmp_
         after("r", "hat")
         after("o")
         page.wait_for_selector("#review-status:has-text('Nothing left to review')")
+        assert page.text_content("#drift-rows tr td:nth-child(2)") == "3"  # today's three checks in the drift table
         checks = httpx.get(f"{running.url}/v1/checks", headers={"X-API-Key": "anna-key"}, timeout=30).json()["checks"]
     finally:
         running.stop()

@@ -41,7 +41,11 @@
 
   function row(check) {
     const time = el("td", "num", timeFormat.format(new Date(check.time)));
-    const pair = el("td", null, null, el("span", null, label(check.declared)), el("span", "arrow", "→"), el("strong", null, label(check.predicted)));
+    const broad = check.declared_level === "coarse" ? el("span", "field-hint", " (broad)") : null;
+    const suggested = check.suggestion && check.suggestion !== check.predicted
+      ? el("span", "field-hint", ` suggested ${label(check.suggestion)}${check.suggestion_level === "coarse" ? " (broad)" : ""}`) : null;
+    const pair = el("td", null, null, el("span", null, label(check.declared)), broad, el("span", "arrow", "→"),
+      el("strong", null, label(check.predicted)), suggested);
     const pill = el("span", `pill pill-${check.verdict}`, VERDICT_NAMES[check.verdict]);
     return el("tr", null, null, time, photoCell(check), pair, el("td", "num", percent(check.confidence)), el("td", null, null, pill),
       el("td", "hash", check.model_version));
