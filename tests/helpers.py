@@ -4,6 +4,7 @@ Fixtures built from them (trained runs, a cleaned dataset) live in ``conftest.py
 """
 from __future__ import annotations
 
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,3 +133,15 @@ class CleanedRun:
     result: CleanResult
     before: dict[str, tuple[int, int]]
     after: dict[str, tuple[int, int]]
+
+
+def shuffle_labels(train: Path, target: Path, seed: int = 0) -> Path:
+    """Copy the class folders under ``train`` to ``target`` with every photo's label shuffled."""
+
+    files = sorted(train.glob("*/*.jpg"))
+    labels = [f.parent.name for f in files]
+    random.Random(seed).shuffle(labels)
+    for file, label in zip(files, labels):
+        (target / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, target / label / file.name)
+    return target

@@ -5,7 +5,6 @@ without a restart. A model trained on shuffled labels is refused and changes not
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import quiet, scratch_settings
+from tests.helpers import quiet, scratch_settings, shuffle_labels
 from tests.serving.conftest import RunningServer
 from vitrina import api
 from vitrina.config import resolve
@@ -110,12 +109,7 @@ def test_reviews_retrain_and_promote_a_better_model_into_a_running_server(tmp_pa
             time.sleep(0.2)
 
         shuffled = tmp_path / "shuffled"
-        photos = sorted((original / "train").glob("*/*.jpg"))
-        labels = [p.parent.name for p in photos]
-        random.Random(0).shuffle(labels)
-        for photo, label in zip(photos, labels):
-            (shuffled / "train" / label).mkdir(parents=True, exist_ok=True)
-            shutil.copy(photo, shuffled / "train" / label / photo.name)
+        shuffle_labels(original / "train", shuffled / "train")
         noise = api.train(shuffled, resolve(overrides=settings(tmp_path / "cache")), out=tmp_path / "noise", progress=False, log=quiet).run_dir
         refused = subprocess.run([sys.executable, "-m", "vitrina", "promote", str(noise), "--over", str(served), "--data", str(original)],
                                  capture_output=True, text=True, timeout=300)

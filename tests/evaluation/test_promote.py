@@ -3,7 +3,6 @@ that keeps the previous model, a log of every decision, and exit status 0/1."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import quiet, scratch_settings, split_shapes
+from tests.helpers import quiet, scratch_settings, shuffle_labels
 from vitrina import api
 from vitrina.config import resolve
 from vitrina.evaluation.promote import mcnemar_worse
@@ -31,12 +30,7 @@ def shuffled_run(tmp_path_factory: pytest.TempPathFactory, shapes: Path, cache_d
     """The shapes model's recipe trained on the same photos with their labels shuffled."""
     root = tmp_path_factory.mktemp("shuffled")
     shutil.copytree(shapes / "test", root / "test")
-    photos = sorted((shapes / "train").glob("*/*.jpg"))
-    labels = [p.parent.name for p in photos]
-    random.Random(0).shuffle(labels)
-    for photo, label in zip(photos, labels):
-        (root / "train" / label).mkdir(parents=True, exist_ok=True)
-        shutil.copy(photo, root / "train" / label / photo.name)
+    shuffle_labels(shapes / "train", root / "train")
     out = tmp_path_factory.mktemp("runs") / "shuffled"
     return api.train(root, resolve(overrides=scratch_settings(cache_dir)), out=out, progress=False, log=quiet).run_dir
 
