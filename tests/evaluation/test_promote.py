@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import quiet, scratch_settings, shuffle_labels
 from vitrina import api
 from vitrina.config import resolve
+from vitrina.errors import DataError
 from vitrina.evaluation.promote import mcnemar_worse
 from vitrina.serving.model import files_version, model_files
 
@@ -81,8 +82,8 @@ def test_an_onnx_file_is_replaced_in_one_rename(tmp_path: Path, shapes_run: Path
 
 
 def test_force_max_drop_and_class_changes(served: Path, shapes_run: Path, shuffled_run: Path, shapes: Path, tmp_path: Path) -> None:
-    forced = promote(str(shuffled_run), "--over", str(served), "--data", str(shapes), "--force")
-    assert forced.returncode == 0 and "promoted (forced)" in forced.stdout
+    forced = api.promote(shuffled_run, served, shapes, force=True, log=quiet)
+    assert forced.promoted and forced.forced and forced.reasons
     same = api.promote(shapes_run, shapes_run, shapes, max_drop=0.0, log=quiet)  # the same model: no drop, p = 1
     assert same.promoted and same.comparison.p_worse == 1.0 and same.comparison.only_old_right == 0
 
@@ -92,14 +93,13 @@ def test_force_max_drop_and_class_changes(served: Path, shapes_run: Path, shuffl
             shutil.copytree(shapes / split / name, two_classes / split / name)
     narrow = api.train(two_classes, resolve(overrides=scratch_settings(tmp_path / "cache")), out=tmp_path / "narrow",
                        progress=False, log=quiet).run_dir
-    refused = promote(str(narrow), "--over", str(served), "--data", str(two_classes))
-    assert refused.returncode == 1 and "its classes differ (added: none; removed: square)" in refused.stdout
-    allowed = promote(str(narrow), "--over", str(served), "--data", str(two_classes), "--allow-class-change")
-    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    refused = api.promote(narrow, served, two_classes, log=quiet)
+    assert not refused.promoted and "its classes differ (added: none; removed: square)" in refused.reasons[0]
+    assert api.promote(narrow, served, two_classes, allow_class_change=True, log=quiet).promoted
 
 
 def test_bad_arguments_are_clear_errors(served: Path, shapes: Path, tmp_path: Path) -> None:
     missing = promote(str(tmp_path / "nothing"), "--over", str(served), "--data", str(shapes))
     assert missing.returncode == 2 and "new model not found" in missing.stderr and "Traceback" not in missing.stderr
-    no_split = promote(str(served), "--over", str(served), "--data", str(shapes), "--split", "holdout")
-    assert no_split.returncode == 2 and "Traceback" not in no_split.stderr
+    with pytest.raises(DataError, match="holdout"):
+        api.promote(served, served, shapes, split="holdout", log=quiet)
