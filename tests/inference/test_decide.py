@@ -44,6 +44,9 @@ def test_a_taxonomy_judges_a_listing_at_the_level_it_was_declared() -> None:
     assert rule.verdict(granny, None, "bananas", APPLES, PARENTS).suggestion == "granny-smith"
     assert rule.verdict(np.array([[0.3, 0.2, 0.5]]), None, "apples", APPLES, PARENTS).verdict == "uncertain"
     assert rule.verdict(granny, None, "gala", APPLES).suggestion_level == "fine"  # no taxonomy: as before
+    split = np.array([[0.4, 0.0, 0.3, 0.3]])  # the top class is under the declared parent, the likeliest parent is another
+    four, parents = ["a1", "b1", "b2", "b3"], {"a1": "A", "b1": "B", "b2": "B", "b3": "B"}
+    assert DecisionRule().verdict(split, None, "A", four, parents).suggestion == "b2"  # a class under the predicted parent
 
 
 def test_an_unknown_listing_is_uncertain_on_its_mean_score() -> None:

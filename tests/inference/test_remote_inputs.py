@@ -98,6 +98,13 @@ def test_a_flaky_server_is_retried_with_backoff(server: PhotoServer) -> None:
         fetch(server.url("flaky/5/3"), FetchSettings(timeout=2.0, retries=1, backoff=0.01))
 
 
+def test_a_malformed_url_fails_at_once_without_retries() -> None:
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="bad URL"):
+        fetch("http://127.0.0.1:9/a photo with spaces.jpg", FetchSettings(retries=3, backoff=1.0))
+    assert time.monotonic() - started < 0.5
+
+
 @pytest.mark.parametrize("workers, concurrency, allowed", [(0, 3, 3), (2, 4, 4), (2, 1, 2)])
 def test_downloads_at_once_stay_within_the_limit(model: Path, tmp_path: Path, workers: int, concurrency: int, allowed: int) -> None:
     """--fetch-concurrency bounds downloads across all workers (at least one each)."""

@@ -79,7 +79,7 @@ def test_api_keys_come_from_the_environment_and_a_file(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys"
     keys_file.write_text("first  # the shop's key\n\nsecond\nanna:s3cret:with-colon\n")
     keys = load_api_keys(keys_file, environ={"VITRINA_API_KEYS": "env-one, bot.7:env-two,"})
-    assert set(keys) == {"first", "second", "s3cret:with-colon", "env-one", "env-two"}
+    assert set(keys) == {"first", "second", "s3cret:with-colon", "anna:s3cret:with-colon", "env-one", "env-two", "bot.7:env-two"}
     assert keys["s3cret:with-colon"] == "anna" and keys["env-two"] == "bot.7"  # name:key; old unnamed keys still work
     assert keys["first"].startswith("key-") and len(keys["first"]) == 12 and keys["first"] != keys["second"]
     assert load_api_keys(None, environ={}) == {}
@@ -90,7 +90,7 @@ def test_api_keys_come_from_the_environment_and_a_file(tmp_path: Path) -> None:
         load_api_keys(tmp_path / "missing", environ={})
     checker = ApiKeys(keys)
     assert checker.enabled and checker.valid("first") and not checker.valid("firs") and not checker.valid(None)
-    assert checker.name_of("s3cret:with-colon") == "anna" and checker.name_of("anna:s3cret:with-colon") is None
+    assert checker.name_of("s3cret:with-colon") == "anna" == checker.name_of("anna:s3cret:with-colon")  # old whole keys still work
 
 
 def test_token_bucket_allows_bursts_then_the_rate() -> None:

@@ -70,6 +70,9 @@ def test_queue_filters_and_review_validation(log_target: str) -> None:
         record_review(log, first, "anna", "confirm", "hat", CLASSES)
     with pytest.raises(CheckNotFound):
         record_review(log, 999, "anna", "confirm", None, CLASSES)
+    broad = log.record(CheckRecord("tops", "tops", 0.8, "mismatch", "v1", [PHOTO], top=[{"label": "shirt", "prob": 0.5}],
+                                   margin=0.1, declared_level="coarse"))
+    assert record_review(log, broad, "anna", "confirm", None, CLASSES)["category"] == "shirt"  # the class, not its parent
     log.close()
 
 
@@ -83,8 +86,8 @@ def test_flagged_checks_keep_their_photos_within_the_cap_and_the_retention(tmp_p
     with engine.begin() as connection:
         connection.execute(text("UPDATE checks SET time = '2020-01-01T00:00:00.000Z' WHERE id = :id"), {"id": mismatch})
     engine.dispose()
-    log._last_purge = 0.0  # the next check purges, as it does once an hour
     log.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PHOTO]))
+    assert log.purge_old_photos() == 1  # as the log does once an hour, in the background
     assert log.photo(mismatch, 0) is None and len(log.recent()) == 3  # the photo is gone, the check stays
     log.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -112,12 +113,18 @@ def _get(url: str, settings: FetchSettings) -> bytes:
         reason = exc.reason
         if isinstance(reason, socket.gaierror):
             raise FetchError(f"unknown host ({reason.strerror})") from None
+        if isinstance(reason, ssl.SSLError):
+            raise FetchError(f"TLS failed: {reason.reason or reason}") from None
         if isinstance(reason, (TimeoutError, socket.timeout)):
             raise FetchError(f"timed out after {settings.timeout:g} s", retry=True) from None
         text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
         raise FetchError(f"cannot connect: {text}", retry=isinstance(reason, OSError)) from None
     except (TimeoutError, socket.timeout):
         raise FetchError(f"timed out after {settings.timeout:g} s", retry=True) from None
+    except http.client.InvalidURL as exc:
+        raise FetchError(f"bad URL: {exc}") from None
+    except ssl.SSLError as exc:
+        raise FetchError(f"TLS failed: {exc.reason or exc}") from None
     except (ConnectionError, http.client.HTTPException) as exc:
         raise FetchError(f"connection broken: {type(exc).__name__}", retry=True) from None
     except ValueError as exc:  # a malformed URL

@@ -150,10 +150,11 @@ def _model_file(predictor: Predictor, new: Path) -> Path:
 
 
 def install(new: Path, served: Path, new_file: Path | None) -> Path:
-    """Put the new model at ``served`` in one rename, the old one moved to ``SERVED.prev``; returns that path.
+    """Put the new model at ``served``, the old one moved to ``SERVED.prev``; returns that path.
 
-    An ``.onnx`` SERVED gets ``new_file`` (the new run's chosen ONNX file, or NEW itself); a run
-    folder SERVED gets a copy of the NEW run folder, renamed into place after the old one moves.
+    An ``.onnx`` SERVED gets ``new_file`` (the new run's chosen ONNX file, or NEW itself) in one
+    atomic rename; a run folder SERVED gets a copy of the NEW run folder, renamed into place just
+    after the old one moves aside (two renames; the old one is put back if the second fails).
     """
     previous = served.with_name(served.name + ".prev")
     staged = served.with_name(f".{served.name}.new")
@@ -173,7 +174,11 @@ def install(new: Path, served: Path, new_file: Path | None) -> Path:
     elif previous.exists():
         previous.unlink()
     os.rename(served, previous)
-    os.rename(staged, served)  # the server finds the folder missing for an instant at most, and keeps its model
+    try:
+        os.rename(staged, served)  # the server finds the folder missing for an instant at most, and keeps its model
+    except OSError:
+        os.rename(previous, served)  # put the old model back rather than leave nothing to serve
+        raise
     return previous
 
 

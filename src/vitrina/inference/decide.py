@@ -118,13 +118,13 @@ class DecisionRule:
         """A listing declared at the coarse level: judged on the parents' summed probabilities."""
         parent, probability = _likeliest_parent(mean, classes, coarse_of)
         assert parent is not None
-        best = int(np.argmax(mean))
         if not self.sure(probability):
             return Verdict(parent, probability, "uncertain", None, declared_level="coarse")
         if parent == declared:
             return Verdict(parent, probability, "match", None, declared_level="coarse")
-        if self.sure(float(mean[best])):  # sure of the class itself: the deepest suggestion
-            return Verdict(parent, probability, "mismatch", classes[best], declared_level="coarse", suggestion_level="fine")
+        child = max((i for i, name in enumerate(classes) if coarse_of.get(name) == parent), key=lambda i: mean[i])
+        if self.sure(float(mean[child])):  # sure of a class under that parent: the deepest suggestion
+            return Verdict(parent, probability, "mismatch", classes[child], declared_level="coarse", suggestion_level="fine")
         return Verdict(parent, probability, "mismatch", parent, declared_level="coarse", suggestion_level="coarse")
 
 

@@ -312,7 +312,7 @@ def add_moderation_routes(v1: APIRouter, service: Service) -> None:
     ) -> Response:
         stored = await service.stored_photo(check_id, position)
         if stored is None:
-            raise HTTPException(404, "no stored photo here (the server keeps photos only with --store-images)")
+            raise HTTPException(404, "no stored photo here (kept as --store-images says: mismatch and uncertain checks by default, within the size cap and retention)")
         data, media_type = stored
         return Response(data, media_type=media_type or "application/octet-stream", headers={"X-Content-Type-Options": "nosniff"})
 

@@ -63,8 +63,10 @@ def _counts(log: ModerationLog, since: str, unknown_threshold: float | None, wai
 def _flags(entry: dict[str, Any], training: Mapping[str, float]) -> list[dict[str, Any]]:
     """Categories whose declared or predicted share is beyond HIGH or LOW times their training share."""
     flags = []
-    n = entry["checks"]
     for by in ("declared", "predicted"):
+        n = sum(count for name, count in entry[by].items() if name in training)  # parents (a taxonomy) aside
+        if n < MIN_CHECKS:
+            continue
         for name, share_trained in sorted(training.items()):
             share = entry[by].get(name, 0) / n
             if share_trained > 0 and (share > HIGH * share_trained or share < LOW * share_trained):

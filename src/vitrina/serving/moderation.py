@@ -9,6 +9,8 @@ in an embedded SQLite file by default; any database URL SQLAlchemy understands w
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from vitrina.serving.errors import LogUnavailable
 from vitrina.serving.schema import checks_table, migrate, photos_table, reviews_table
 
 T = TypeVar("T")
+log = logging.getLogger("uvicorn.error").getChild("vitrina")
 # A busy database (another writer holds the lock) is retried: SQLite's own busy wait of at most
 # MAX_BUSY_WAIT seconds an attempt, then a pause doubling from FIRST_PAUSE to LAST_PAUSE, until the deadline.
 MAX_BUSY_WAIT = 2.0
@@ -112,9 +115,17 @@ class ModerationLog:
         """
         check_id = self.retrying(lambda wait: self._insert(check, wait), deadline, "the check was not recorded")
         if self.retention_days is not None and time.monotonic() - self._last_purge > PURGE_EVERY:
-            self._last_purge = time.monotonic()
-            self.retrying(lambda wait: self._purge_images(wait), None, "old photos were not removed")
+            self._last_purge = time.monotonic()  # in the background: the check is answered whatever the purge meets
+            threading.Thread(target=self.purge_old_photos, name="vitrina-photo-retention", daemon=True).start()
         return check_id
+
+    def purge_old_photos(self) -> int:
+        """Forget the photos past the retention period; a failure is logged and tried again later."""
+        try:
+            return self.retrying(self._purge_images, None, "old photos were not removed")
+        except LogUnavailable as exc:
+            log.warning("%s", exc.message)
+            return 0
 
     def keeps(self, check: CheckRecord, photo: PhotoRecord) -> bool:
         """Whether this photo's bytes go into the log: the storage policy and the size cap."""

@@ -42,6 +42,8 @@ def export_reviews(database: str | os.PathLike, out: str | os.PathLike) -> Revie
     folder = Path(out)
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"{folder} is not empty; export into a new folder")
+    if "://" not in str(database) and not Path(database).is_file():
+        raise ConfigError(f"{database}: no moderation log here (give the --db that `vitrina serve` was given)")
     log = ModerationLog(database, store_images="none")
     try:
         decided, disputed = _decisions(log)
@@ -66,7 +68,8 @@ def _decisions(log: ModerationLog) -> tuple[list[tuple[Any, dict[str, Any]]], in
         by_check: dict[int, list[Any]] = {}
         for review in reviews:
             by_check.setdefault(review.check_id, []).append(review)
-        checks = {row.id: row for row in connection.execute(select(checks_table).where(checks_table.c.id.in_(list(by_check))))}
+        reviewed = select(reviews_table.c.check_id).where(reviews_table.c.action != "skip")
+        checks = {row.id: row for row in connection.execute(select(checks_table).where(checks_table.c.id.in_(reviewed)))}
     decided, disputed = [], 0
     for check_id, trail in sorted(by_check.items()):
         if len({review.category or OFF_TOPIC for review in trail}) > 1:

@@ -7,6 +7,7 @@ the queue, marked. A reviewer's own skips hide a check from that reviewer only.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -99,11 +100,11 @@ def _insert(log: ModerationLog, check_id: int, reviewer: str, action: str, categ
             wait: float) -> dict[str, Any]:
     with log.engine.begin() as connection:
         log.busy_wait(connection, wait)
-        check = connection.execute(select(checks_table.c.predicted).where(checks_table.c.id == check_id)).first()
+        check = connection.execute(select(checks_table.c.predicted, checks_table.c.top).where(checks_table.c.id == check_id)).first()
         if check is None:
             raise CheckNotFound(f"no check {check_id} in the moderation log")
-        if action == "confirm":
-            category = check.predicted
+        if action == "confirm":  # the likeliest class (a check declared at a parent level predicts the parent)
+            category = json.loads(check.top)[0]["label"] if check.top else check.predicted
         review = {
             "check_id": check_id, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "reviewer": reviewer, "action": action, "category": category,

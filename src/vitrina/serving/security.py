@@ -42,25 +42,27 @@ KEY_NAME_STATE = "api_key_name"  # the request state's attribute holding the nam
 ANONYMOUS = "anonymous"  # who asks when no keys are configured
 
 
-def _named(entry: str) -> tuple[str, str]:
-    """(key, name) of a ``name:key`` or a bare ``key`` entry."""
+def _named(entry: str) -> list[tuple[str, str]]:
+    """(key, name) pairs of a ``name:key`` or a bare ``key`` entry. A ``name:key`` entry is also
+    valid as a whole, under the same name, so a key written before keys had names keeps working."""
+    bare = "key-" + hashlib.sha256(entry.encode()).hexdigest()[:8]
     name, colon, key = entry.partition(":")
     if colon and key.strip() and re.fullmatch(KEY_NAME, name.strip()):
-        return key.strip(), name.strip()
-    return entry, "key-" + hashlib.sha256(entry.encode()).hexdigest()[:8]
+        return [(key.strip(), name.strip()), (entry, name.strip())]
+    return [(entry, bare)]
 
 
 def load_api_keys(file: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The configured keys and their names (key -> name): ``VITRINA_API_KEYS`` plus the lines of
     ``file``; empty means no authentication."""
-    keys = dict(_named(entry.strip()) for entry in environ.get(API_KEYS_ENV, "").split(",") if entry.strip())
+    keys = dict(pair for entry in environ.get(API_KEYS_ENV, "").split(",") if entry.strip() for pair in _named(entry.strip()))
     if file is not None:
         path = Path(file)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise ConfigError(f"API keys file {path}: {exc.strerror or exc}") from None
-        from_file = dict(_named(entry) for entry in (line.split("#", 1)[0].strip() for line in lines) if entry)
+        from_file = dict(pair for entry in (line.split("#", 1)[0].strip() for line in lines) if entry for pair in _named(entry))
         if not from_file:
             raise ConfigError(f"API keys file {path} holds no key (one key per line)")
         keys |= from_file
@@ -82,7 +84,7 @@ class ApiKeys:
     """The valid keys and their names, compared in constant time."""
 
     def __init__(self, keys: Mapping[str, str] | Iterable[str]):
-        named = keys.items() if isinstance(keys, Mapping) else (_named(key) for key in keys)
+        named = keys.items() if isinstance(keys, Mapping) else (pair for key in keys for pair in _named(key))
         self._digests = [(hashlib.sha256(key.encode()).digest(), name) for key, name in named]
 
     @property

@@ -57,7 +57,7 @@
     if (!photo) return cell;
     if (!photo.image_stored) {
       const hash = el("span", "hash", `${photo.sha256.slice(0, 12)}…`);
-      hash.title = `SHA-256 ${photo.sha256} (the server keeps photos only with --store-images)`;
+      hash.title = `SHA-256 ${photo.sha256} (photos are kept as --store-images says: mismatch and uncertain checks by default)`;
       cell.append(hash);
     } else {
       const img = el("img", "thumb");
