@@ -24,6 +24,7 @@ import numpy as np
 from vitrina.data.images import open_sample
 from vitrina.data.samples import Sample
 from vitrina.errors import ConfigError, ImageError, ModelError
+from vitrina.evaluation.metrics import confusion_matrix
 from vitrina.evaluation.run_eval import is_training_data, load_split, run_config
 from vitrina.export.loading import load_predictor
 from vitrina.inference.predictor import OnnxBackend, Predictor
@@ -91,13 +92,13 @@ def _predicted_labels(predictor: Predictor, samples: list[Sample]) -> tuple[list
 
 
 def _macro_f1(truth: list[str], predicted: list[str]) -> float:
-    scores = []
-    for name in sorted(set(truth)):
-        tp = sum(t == name and p == name for t, p in zip(truth, predicted))
-        fp = sum(t != name and p == name for t, p in zip(truth, predicted))
-        fn = sum(t == name and p != name for t, p in zip(truth, predicted))
-        scores.append(2 * tp / max(1, 2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else 0.0
+    """Mean F1 over the classes the photos belong to (2 TP / (predicted + actual) each)."""
+    names = sorted(set(truth) | set(predicted))
+    index = {name: i for i, name in enumerate(names)}
+    cm = confusion_matrix(np.array([index[t] for t in truth]), np.array([index[p] for p in predicted]), len(names))
+    support = cm.sum(axis=1)
+    f1 = 2 * np.diag(cm) / np.maximum(1, cm.sum(axis=0) + support)
+    return float(f1[support > 0].mean()) if truth else 0.0
 
 
 def compare(new: Predictor, old: Predictor, samples: list[Sample], split: str) -> Comparison:

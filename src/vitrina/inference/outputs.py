@@ -332,8 +332,9 @@ class ParquetFile(ParquetShards):
         with pq.ParquetWriter(temporary, self.schema) as writer:
             for source in sources:
                 table = pq.read_table(source, schema=self.schema)
-                keep = [path not in seen for path in table.column("path").to_pylist()]
-                seen.update(table.column("path").to_pylist())
+                paths = table.column("path").to_pylist()
+                keep = [path not in seen for path in paths]
+                seen.update(paths)
                 writer.write_table(table.filter(self.pa.array(keep)) if not all(keep) else table)
         os.replace(temporary, self.target)
         shutil.rmtree(self.folder, ignore_errors=True)

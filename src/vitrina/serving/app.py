@@ -33,6 +33,7 @@ from vitrina.serving.inference_protocol import inference_protocol_router
 from vitrina.serving.model import LoadedModel
 from vitrina.serving.responses import (
     ERRORS,
+    MAX_ID,
     BatchResponse,
     CheckResponse,
     ChecksResponse,
@@ -52,8 +53,6 @@ SETTINGS_ENV = "VITRINA_SERVE_SETTINGS"
 STATIC = Path(__file__).resolve().parent / "static"
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many labels to return")]
 Photos = Annotated[list[UploadFile], File(description="one or more photos (repeat the field)")]
-# Ids are 64-bit in every database the log may live in; larger numbers are a 422, not a database error.
-MAX_ID = 2**63 - 1
 
 
 # ----------------------------------------------------------------------------- middleware

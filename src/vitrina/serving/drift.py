@@ -43,7 +43,7 @@ def drift_report(log: ModerationLog, days: int, training_counts: Mapping[str, in
         n = entry["checks"]
         entry["shares"] = {"mismatch": entry["verdicts"].get("mismatch", 0) / n, "uncertain": entry["verdicts"].get("uncertain", 0) / n,
                            "unknown": entry["unknown"] / n}
-        entry["flags"] = _flags(entry, training) if n >= MIN_CHECKS else []
+        entry["flags"] = _flags(entry, training)
         report.append(entry)
     return {"days": report, "training_mix": training, "min_checks": MIN_CHECKS, "high": HIGH, "low": LOW}
 
@@ -61,7 +61,8 @@ def _counts(log: ModerationLog, since: str, unknown_threshold: float | None, wai
 
 
 def _flags(entry: dict[str, Any], training: Mapping[str, float]) -> list[dict[str, Any]]:
-    """Categories whose declared or predicted share is beyond HIGH or LOW times their training share."""
+    """Categories whose declared or predicted share is beyond HIGH or LOW times their training share
+    (on a day with at least MIN_CHECKS checks at the training classes' level)."""
     flags = []
     for by in ("declared", "predicted"):
         n = sum(count for name, count in entry[by].items() if name in training)  # parents (a taxonomy) aside

@@ -190,14 +190,18 @@ class ModerationLog:
             query = query.where(checks_table.c.id < before_id)
         if after_id is not None:
             query = query.where(checks_table.c.id > after_id)
+        return self.checks_where(query, wait)
+
+    def checks_where(self, query: Any, wait: float) -> list[dict[str, Any]]:
+        """The checks a query selects, each with its photos and its reviews (the audit trail)."""
         with self.engine.connect() as connection:
             self.busy_wait(connection, wait)
             rows = [check_row(row) for row in connection.execute(query)]
-            photos = self.photos_of(connection, [row["id"] for row in rows]) if rows else {}
-            reviews = reviews_of(connection, [row["id"] for row in rows]) if rows else {}
+            ids = [row["id"] for row in rows]
+            photos = self.photos_of(connection, ids) if ids else {}
+            reviews = reviews_of(connection, ids) if ids else {}
         for row in rows:
-            row["photos"] = photos.get(row["id"], [])
-            row["reviews"] = reviews.get(row["id"], [])
+            row["photos"], row["reviews"] = photos.get(row["id"], []), reviews.get(row["id"], [])
         return rows
 
     @staticmethod

@@ -6,6 +6,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 Verdict = Literal["match", "mismatch", "uncertain"]
+# Ids are 64-bit in every database the log may live in; larger numbers are a 422, not a database error.
+MAX_ID = 2**63 - 1
 ReviewAction = Literal["confirm", "correct", "off_topic", "skip"]
 
 

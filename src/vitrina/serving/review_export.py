@@ -54,8 +54,11 @@ def export_reviews(database: str | os.PathLike, out: str | os.PathLike) -> Revie
             labelled, rejected = csv.writer(labels), csv.writer(off_topic)
             labelled.writerow(LABEL_COLUMNS)
             rejected.writerow(OFF_TOPIC_COLUMNS)
-            for check, review in decided:
-                _write_photos(log, folder, check, review, labelled, rejected, result)
+            with log.engine.connect() as connection:
+                for check, review in decided:
+                    photos = connection.execute(select(photos_table).where(photos_table.c.check_id == check.id)
+                                                .order_by(photos_table.c.position)).all()
+                    _write_photos(photos, folder, check, review, labelled, rejected, result)
     finally:
         log.close()
     return result
@@ -81,10 +84,8 @@ def _decisions(log: ModerationLog) -> tuple[list[tuple[Any, dict[str, Any]]], in
     return decided, disputed
 
 
-def _write_photos(log: ModerationLog, folder: Path, check: Any, review: dict[str, Any], labelled: Any, rejected: Any,
+def _write_photos(photos: list[Any], folder: Path, check: Any, review: dict[str, Any], labelled: Any, rejected: Any,
                   result: ReviewExport) -> None:
-    with log.engine.connect() as connection:
-        photos = connection.execute(select(photos_table).where(photos_table.c.check_id == check.id).order_by(photos_table.c.position)).all()
     for photo in photos:
         if photo.image is None:
             result.missing_photos += 1

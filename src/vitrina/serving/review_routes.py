@@ -7,12 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 
-from vitrina.serving.responses import DriftResponse, QueueResponse, ReviewRequest, ReviewResponse, Verdict
+from vitrina.serving.responses import MAX_ID, DriftResponse, QueueResponse, ReviewRequest, ReviewResponse, Verdict
 from vitrina.serving.reviews import FLAGGED, QueueFilter
 from vitrina.serving.security import ANONYMOUS, KEY_NAME_STATE
 from vitrina.serving.service import Service
-
-MAX_ID = 2**63 - 1
 
 
 def requester(request: Request) -> str:

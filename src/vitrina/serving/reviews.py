@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import case, func, insert, literal, or_, select
 
 from vitrina.serving.errors import InvalidQuery, ServingError
-from vitrina.serving.moderation import ModerationLog, check_row, reviews_of
+from vitrina.serving.moderation import ModerationLog
 from vitrina.serving.schema import checks_table, reviews_table
 
 ACTIONS = ("confirm", "correct", "off_topic", "skip")
@@ -70,14 +70,8 @@ def _queue(log: ModerationLog, reviewer: str, filters: QueueFilter, wait: float)
         margin = func.coalesce(checks.margin, 1.0)
         unsure = case((or_(checks.verdict == "uncertain", margin < LOW_MARGIN), 0), else_=1)
         query = query.order_by(unsure, margin.asc(), checks.id.desc())
-    with log.engine.connect() as connection:
-        log.busy_wait(connection, wait)
-        rows = [check_row(row) for row in connection.execute(query.limit(filters.limit))]
-        ids = [row["id"] for row in rows]
-        photos = log.photos_of(connection, ids) if ids else {}
-        trail = reviews_of(connection, ids) if ids else {}
+    rows = log.checks_where(query.limit(filters.limit), wait)
     for row in rows:
-        row["photos"], row["reviews"] = photos.get(row["id"], []), trail.get(row["id"], [])
         row["disagreement"] = len({r["category"] or OFF_TOPIC for r in row["reviews"] if r["action"] != "skip"}) > 1
     return rows
 
