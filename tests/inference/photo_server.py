@@ -5,7 +5,9 @@ redirect to itself), ``/missing`` (404), ``/stall`` (no answer for a while), ``/
 photo one byte at a time), ``/huge`` (announces more bytes than any limit), ``/endless`` (no
 length, bytes without end), ``/text`` (a web page, not a photo), ``/flaky/K/N`` (503 for the
 first K requests, then photo N), ``/busy`` (always 503), ``/slow/N`` (photo N after 0.2 s).
-``in_flight_max`` is the most requests it answered at once.
+``in_flight_max`` is the most ``/slow/`` requests it held at once, counted during their wait, while
+the client is surely still waiting (counting until the handler returns would overlap the client's
+next request by a race).
 """
 from __future__ import annotations
 
@@ -53,23 +55,23 @@ class PhotoServer:
             def do_GET(self) -> None:  # noqa: N802 - the http.server name
                 with owner.lock:
                     owner.requests[self.path] += 1
-                    owner.in_flight += 1
-                    owner.in_flight_max = max(owner.in_flight_max, owner.in_flight)
                     count = owner.requests[self.path]
                 try:
                     self.route(self.path.split("?")[0].strip("/").split("/"), count)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up, as it should for the slow routes
-                finally:
-                    with owner.lock:
-                        owner.in_flight -= 1
 
             def route(self, parts: list[str], count: int) -> None:
                 kind = parts[0]
                 if kind == "photo":
                     self.send(owner.photos[int(parts[1])])
                 elif kind == "slow":
+                    with owner.lock:
+                        owner.in_flight += 1
+                        owner.in_flight_max = max(owner.in_flight_max, owner.in_flight)
                     time.sleep(0.2)
+                    with owner.lock:
+                        owner.in_flight -= 1
                     self.send(owner.photos[int(parts[1])])
                 elif kind == "redirect":
                     self.redirect(f"/photo/{parts[1]}")
