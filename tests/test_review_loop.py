@@ -65,7 +65,7 @@ def catalogue(root: Path) -> list[Path]:
 
 
 def settings(cache: Path) -> dict:
-    return scratch_settings(cache, **{"train.epochs": 8})
+    return scratch_settings(cache, **{"train.epochs": 12})
 
 
 def test_reviews_retrain_and_promote_a_better_model_into_a_running_server(tmp_path: Path) -> None:

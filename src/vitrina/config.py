@@ -27,6 +27,8 @@ class DataConfig:
     classes_file: str | None = None  # "name id" lines or a CSV with name and id columns
     coarse_map: str | None = None  # "fine coarse" lines or a two-column CSV
     val_fraction: float = 0.15  # carved from train when no val split is given
+    # group: near copies (burst shots, frames, re-uploads) stay on one side of the carve; random: photo by photo
+    val_carve: Literal["group", "random"] = "group"
     test_fraction: float = 0.15  # carved from train when a test split is asked for and absent
     split_seed: int = 0
     holdout: str | None = None  # a split reserved for reporting only (e.g. "validation")
@@ -84,6 +86,9 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float | None = None  # None: 0.1 for photos, 0 for small grayscale images
     patience: int = 5  # early stopping on validation loss; 0 disables
+    # Wall time for `vitrina train` (vitrina.training.budget): the epochs are planned to fit, and
+    # training stops cleanly at the budget keeping the best epoch. None: no budget.
+    budget_minutes: float | None = 30.0
     balance: Literal["none", "weights", "sampler"] = "none"
     # Fine-tuning trains the last N backbone blocks (-1 = all). The early high-resolution blocks
     # cost most of the backward pass on a CPU and change least from their ImageNet weights.
@@ -193,7 +198,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "augment.erasing": (0.0, 1.0), "augment.randaugment": (0, 16), "augment.randaugment_magnitude": (0, 30),
     "train.epochs": (1, 10_000), "train.batch_size": (1, 65_536), "train.lr": (1e-9, 10.0), "train.body_lr_scale": (0.0, 10.0),
     "train.weight_decay": (0.0, 10.0), "train.warmup_epochs": (0.0, 1000.0), "train.label_smoothing": (0.0, 0.99),
-    "train.patience": (0, 10_000), "train.unfreeze_blocks": (-1, 1000), "train.feature_copies": (0, 100),
+    "train.patience": (0, 10_000), "train.budget_minutes": (0.01, 10**6), "train.unfreeze_blocks": (-1, 1000), "train.feature_copies": (0, 100),
     "train.workers": (-1, 256), "train.seed": (0, 2**32 - 1), "train.unknown_k": (1, 10_000),
     "export.int8_tolerance": (0.0, 100.0),
 }

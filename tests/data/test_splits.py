@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from vitrina.data.samples import Sample
-from vitrina.data.splits import assign_roles, carve, complete_splits
+from vitrina.data.splits import assign_roles, carve, carve_by_group, complete_splits, restore_carve
 from vitrina.errors import ConfigError, DataError
 
 
@@ -122,3 +122,30 @@ def test_complete_splits_carves_nothing_when_not_asked_or_fraction_zero():
     assert list(splits) == ["train"] and carved == {}
     splits, carved = complete_splits({"train": train}, val_fraction=0.0, test_fraction=0.2, seed=0)
     assert list(splits) == ["train"] and carved == {}
+
+
+def test_carve_by_group_keeps_groups_whole_and_stays_stratified():
+    samples = samples_per_class({"a": 40, "b": 20})
+    # Bursts of 4 in class a (positions 0-3, 4-7, ...), singletons in b.
+    groups = [i // 4 for i in range(40)] + list(range(100, 120))
+    kept, carved = carve_by_group(samples, groups, 0.2, seed=3)
+    group_of = dict(zip((s.path for s in samples), groups))
+    carved_groups = {group_of[s.path] for s in carved}
+    assert not carved_groups & {group_of[s.path] for s in kept}
+    assert Counter(s.label for s in carved) == {"a": 8, "b": 4}
+    assert paths(kept) | paths(carved) == paths(samples)
+    assert carve_by_group(samples, groups, 0.2, seed=3) == (kept, carved)
+
+
+def test_carve_by_group_leaves_every_class_in_train():
+    samples = samples_per_class({"a": 3, "b": 6})
+    kept, carved = carve_by_group(samples, [0, 0, 0] + list(range(1, 7)), 0.5, seed=0)
+    assert {s.label for s in kept} == {"a", "b"}
+    assert not any(s.label == "a" for s in carved)
+
+
+def test_restore_carve_moves_the_recorded_files():
+    samples = samples_per_class({"a": 4})
+    splits = restore_carve({"train": samples, "test": samples[:1]}, [samples[2].path])
+    assert [s.path for s in splits["val"]] == [samples[2].path]
+    assert len(splits["train"]) == 3 and splits["test"] == samples[:1]

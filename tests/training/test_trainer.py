@@ -92,6 +92,7 @@ def test_finetune_runs_the_frozen_stages_in_onnx_runtime_to_the_same_result(tmp_
         "train.warm_start_head": False,
         "augment.enabled": False,
         "train.cache_dir": str(tmp_path / "cache"),
+        "train.precision": "fp32",  # the same function to float rounding (bf16 rounds the trained blocks)
     }
     logs: list[str] = []
     onnx_run = api.train(data, resolve(overrides=cfg), out=tmp_path / "onnx", progress=False, log=logs.append)
@@ -104,6 +105,12 @@ def test_finetune_runs_the_frozen_stages_in_onnx_runtime_to_the_same_result(tmp_
     assert [r["val_loss"] for r in a] == pytest.approx([r["val_loss"] for r in b], rel=1e-3)
     assert a[-1]["train_loss"] < a[0]["train_loss"]
     assert onnx_run.metrics["accuracy"] > 0.6  # three shapes; chance is 1/3
+    logs.clear()
+    bf16 = api.train(data, resolve(overrides={**cfg, "train.precision": "bf16", "train.epochs": 1}), out=tmp_path / "bf16",
+                     progress=False, log=logs.append)
+    assert any("run in ONNX Runtime" in line for line in logs)  # bf16 trained blocks keep the fp32 ONNX prefix
+    assert any("training in bf16" in line for line in logs)
+    assert json.loads((bf16.run_dir / "model.json").read_text())["precision"] == "bf16"
 
 
 def test_single_class_and_thin_class_are_refused(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from vitrina import config as config_lib
 from vitrina.api.settings import resolve_config
 from vitrina.artifact import prepare_out_dir
 from vitrina.config import Config
-from vitrina.data.sources import load_dataset
+from vitrina.training.carve import load_training_data
 from vitrina.errors import ConfigError, VitrinaError
 from vitrina.training.compare import Comparison, check_lineup, compare_configs, lineup
 from vitrina.training.pipeline import TrainRun, train_run
@@ -88,7 +88,7 @@ def tune(
             raise ConfigError(f"{out_dir}: a resumed search keeps its settings ({BASE_CONFIG}); resume without other settings")
     else:
         base = resolve_config(config)
-    dataset = load_dataset(data, base.data, carve_val=True)
+    dataset = load_training_data(data, base, log=log)
     check_trainable(dataset)
     if not resume:
         out_dir = prepare_out_dir(out, runs_dir, "tune")

@@ -41,6 +41,8 @@ TRAIN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--weights": ("model.weights", {"metavar": "PATH", "help": "local weights file for the backbone (.safetensors, .pth)"}),
     "--mode": ("train.mode", {"choices": ["scratch", "bottleneck", "finetune"], "help": "training mode (default finetune)"}),
     "--epochs": ("train.epochs", {"type": int, "metavar": "N", "help": "maximum number of epochs"}),
+    "--budget": ("train.budget_minutes", {"type": float, "metavar": "MINUTES",
+                                          "help": "wall time for the whole run: epochs are planned to fit (default 30)"}),
     "--batch-size": ("train.batch_size", {"type": int, "metavar": "N", "help": "batch size"}),
     "--lr": ("train.lr", {"type": float, "metavar": "LR", "help": "learning rate of the head (the body gets lr x train.body_lr_scale)"}),
     "--seed": ("train.seed", {"type": int, "metavar": "N", "help": "random seed for reproducible runs"}),

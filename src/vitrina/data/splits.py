@@ -43,6 +43,52 @@ def carve(
     return kept, carved
 
 
+def carve_by_group(
+    samples: Sequence[Sample], groups: Sequence[int], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """:func:`carve`, keeping each group (near copies, see :mod:`vitrina.data.near_copies`) whole.
+
+    A group counts for the class most of its members have. Each class's groups are shuffled
+    (seeded from ``seed`` and the class name) and taken while the class is short of ``fraction``;
+    a group that would overshoot by more than half its size is passed over for smaller ones.
+    Every class keeps at least one sample. Both lists keep the input order.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"a split fraction must be at least 0 and below 1, got {fraction}")
+    members: dict[int, list[int]] = defaultdict(list)
+    for position, group in enumerate(groups):
+        members[int(group)].append(position)
+    by_class: dict[str, list[list[int]]] = defaultdict(list)
+    for positions in members.values():
+        labels = sorted(samples[p].label for p in positions)
+        by_class[max(labels, key=labels.count)].append(sorted(positions, key=lambda p: samples[p].path))
+    carved_at: set[int] = set()
+    for label, class_groups in by_class.items():
+        class_groups.sort(key=lambda g: samples[g[0]].path)
+        random.Random(f"{seed}/{label}").shuffle(class_groups)
+        size = sum(len(g) for g in class_groups)
+        target, taken = int(size * fraction + 0.5), 0
+        for group in class_groups:
+            if taken >= target:
+                break
+            if taken + len(group) - target > len(group) / 2 or taken + len(group) >= size:
+                continue
+            carved_at.update(group)
+            taken += len(group)
+    kept = [s for p, s in enumerate(samples) if p not in carved_at]
+    carved = [s for p, s in enumerate(samples) if p in carved_at]
+    return kept, carved
+
+
+def restore_carve(splits: dict[str, list[Sample]], val_paths: Sequence[str]) -> dict[str, list[Sample]]:
+    """``splits`` (with no "val") with the training files listed in ``val_paths`` moved to "val",
+    as a run's ``splits.json`` recorded them (a group carve depends on the photos' content)."""
+    wanted = set(val_paths)
+    train = splits.get("train", [])
+    moved = {"train": [s for s in train if s.path not in wanted], "val": [s for s in train if s.path in wanted]}
+    return {**moved, **{name: samples for name, samples in splits.items() if name not in moved}}
+
+
 def assign_roles(
     splits: dict[str, list[Sample]], holdout: str | None = None
 ) -> dict[str, list[Sample]]:

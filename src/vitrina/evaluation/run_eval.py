@@ -9,8 +9,9 @@ it through the shared decoded-image cache and writes one evaluation folder: ``me
 from __future__ import annotations
 
 import csv
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +25,7 @@ from vitrina.config import Config
 from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.data.samples import Dataset, Sample
 from vitrina.data.sources import load_dataset
+from vitrina.data.splits import restore_carve
 from vitrina.errors import DataError, ModelError
 from vitrina.evaluation.evaluate import decision_metrics, evaluate_images, predict_probabilities, unknown_scores, write_predictions
 from vitrina.evaluation.metrics import classification_metrics
@@ -81,16 +83,34 @@ def is_training_data(data: str | os.PathLike, trained_on: str | None) -> bool:
     return bool(trained_on) and Path(data).resolve() == Path(trained_on).resolve()
 
 
-def load_split(data: str | os.PathLike, config: Config, split: str | None, *, carve: bool = False) -> tuple[Dataset, str]:
+def load_split(
+    data: str | os.PathLike, config: Config, split: str | None, *, carve: bool = False, run_dir: Path | None = None,
+) -> tuple[Dataset, str]:
     """The dataset and the split to evaluate.
 
     The validation split is carved from train as in training when ``split`` is "val" or "train",
-    or when ``carve`` (the training data itself); other data is evaluated whole.
+    or when ``carve`` (the training data itself): the files ``run_dir/splits.json`` lists where
+    the run carved by near-copy group, else the same random carve. Other data is evaluated whole.
     """
-    dataset = load_dataset(data, config.data, carve_val=carve or split in ("val", "train"))
+    carve = carve or split in ("val", "train")
+    recorded = recorded_val(run_dir) if carve and run_dir is not None else None
+    dataset = load_dataset(data, config.data, carve_val=carve and recorded is None)
+    if recorded is not None and "val" not in dataset.splits:
+        dataset = replace(dataset, splits=restore_carve(dataset.splits, recorded))
     split = split or default_split(dataset, config.data.holdout)
     dataset.split(split)  # a clear error naming the splits there are
     return dataset, split
+
+
+def recorded_val(run_dir: Path) -> list[str] | None:
+    """The validation files a run carved by near-copy group (``splits.json``), else None."""
+    path = Path(run_dir) / "splits.json"
+    if not path.is_file():
+        return None
+    listed = json.loads(path.read_text(encoding="utf-8"))
+    if listed.get("carved", {}).get("val", {}).get("method") != "group":
+        return None
+    return list(listed.get("splits", {}).get("val", []))
 
 
 def label_indices(samples: Sequence[Sample], model_classes: Sequence[str]) -> np.ndarray:
@@ -213,7 +233,7 @@ def evaluate_run(
     folder, stem = model_location(model)
     net, meta = load_model(folder, stem=stem)
     config = run_config(folder, overrides)
-    dataset, split = load_split(data, config, split, carve=is_training_data(data, meta.trained_on))
+    dataset, split = load_split(data, config, split, carve=is_training_data(data, meta.trained_on), run_dir=folder)
     samples = dataset.split(split)
     classes = list(meta.classes)
     label_indices(samples, classes)  # refuse unknown classes before decoding or writing anything

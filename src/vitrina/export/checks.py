@@ -92,8 +92,10 @@ def reference_images(run_dir: Path, meta: ModelDescription, calibration: str | P
     index = {name: i for i, name in enumerate(meta.classes)}
     validation = [s for s in dataset.split("val") if s.label in index]
     if calibration is None and listed.get("splits", {}).get("val"):
+        # The run's own validation files (a group carve depends on the photos, not only the seed).
         wanted = set(listed["splits"]["val"])
-        validation = [s for s in validation if s.path in wanted] or validation
+        pool = dataset.splits.get("val", []) + dataset.splits.get("train", [])
+        validation = [s for s in pool if s.path in wanted and s.label in index] or validation
     validation = _evenly(validation, limit)
     images, kept = _decode(validation, preprocess, cfg.data.max_pixels)
     if len(images) == 0:

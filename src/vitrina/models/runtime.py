@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,17 +27,44 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto": bf16 autocast on CUDA GPUs that support it, fp32 on CPU.
+    """The precision of inference (evaluation, frozen features and stages, validation).
 
-    On CPUs without native bf16 instructions (AVX512-BF16/AMX) bf16 training measured about 3x
-    slower than fp32 (bench/bench_train_speed.py), so "auto" keeps CPUs in fp32; ask for
-    `train.precision=bf16` on CPUs that have those instructions.
+    On a CPU always fp32: frozen parts run in ONNX Runtime in fp32, and results match the exported
+    model. On CUDA, "auto" is bf16 autocast where the GPU supports it.
+    """
+    if device.type != "cuda":
+        return "fp32"
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+
+
+def resolve_training_precision(precision: str, device: torch.device) -> str:
+    """The precision of the optimisation steps (the blocks that train): "auto" is bf16 autocast on
+    CUDA GPUs that support it and on CPUs with native bf16 (AVX512-BF16 or AMX), else fp32.
+
+    On CPUs without those instructions bf16 training measured about 3x slower than fp32; with
+    them, about 2x faster (bench/bench_train_speed.py).
     """
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN sees it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        flags = ""
+    if flags:
+        return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+    try:  # other systems: oneDNN's own check (a private PyTorch op, hence the guard)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitrina.quality.backbones import Item
-from vitrina.quality.hashing import aligned_similarity, phash
+from vitrina.data.hashing import aligned_similarity, phash
 from vitrina.quality.neighbours import PairScan, group_pairs, scan_pairs
 from vitrina.quality.settings import CleanSettings
 

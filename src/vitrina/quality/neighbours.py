@@ -1,11 +1,11 @@
 """One pass over all image pairs: near-duplicate candidates and each image's nearest neighbours.
 
 Features are L2-normalised frozen backbone features (cosine similarity = dot product); hashes
-are 64-bit perceptual hashes (:mod:`vitrina.quality.hashing`). A pair is a near duplicate when
+are 64-bit perceptual hashes (:mod:`vitrina.data.hashing`). A pair is a near duplicate when
 the hashes differ in at most ``strong_bits`` bits, or in at most ``loose_bits`` bits while the
 features agree to ``min_similarity`` (a resized, recompressed or slightly cropped copy), and,
 given a ``verify`` function, the two images line up pixel for pixel to ``min_alignment`` (see
-:func:`vitrina.quality.hashing.aligned_similarity`): close hashes and features alone also pair two
+:func:`vitrina.data.hashing.aligned_similarity`): close hashes and features alone also pair two
 products photographed on one background. The
 neighbours of an image leave out its own copies, so a duplicated off-topic photo still stands out.
 """
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitrina.quality.hashing import hamming
+from vitrina.data.hashing import hamming
+from vitrina.data.near_copies import group_ids
 
 
 @dataclass
@@ -101,19 +102,8 @@ def scan_pairs(
 
 def group_pairs(n: int, pairs_i: np.ndarray, pairs_j: np.ndarray) -> list[list[int]]:
     """Connected components (of two or more) of the pair graph, each sorted, in order of first member."""
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in zip(pairs_i.tolist(), pairs_j.tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+    ids = group_ids(n, pairs_i, pairs_j)
     members: dict[int, list[int]] = {}
     for x in sorted(set(pairs_i.tolist()) | set(pairs_j.tolist())):
-        members.setdefault(find(x), []).append(x)
+        members.setdefault(int(ids[x]), []).append(x)
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])

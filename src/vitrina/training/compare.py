@@ -139,7 +139,7 @@ def measure_run(run_dir: Path, data: str | os.PathLike, split: str) -> dict[str,
     """Parameter count, weights file size and inference speed of a run's model on its ``split`` images."""
     model, description = load_model(run_dir)
     config = run_config(run_dir)
-    dataset, split = load_split(data, config, split)
+    dataset, split = load_split(data, config, split, run_dir=run_dir)
     preprocess = description.preprocess
     device = resolve_device(config.train.device)
     decoded = decode_samples(dataset.split(split), preprocess, default_cache_dir(config.train.cache_dir),

@@ -50,6 +50,7 @@ class NetworkTraining:
     num_classes: int
     progress: bool = True
     log: Log = print
+    train_precision: str = "fp32"  # of the optimisation steps (validation and frozen parts: ``precision``)
 
     @property
     def freeze_bn(self) -> bool:
@@ -93,14 +94,15 @@ def trainable_body(model: nn.Module, unfreeze_blocks: int) -> list[nn.Parameter]
 def frozen_prefix(job: NetworkTraining, world: int) -> tuple[Forward, nn.Module] | None:
     """Fine-tuning's frozen stages as an ONNX Runtime session, and the trainable rest of the network.
 
-    Only where it computes exactly what the network would: on a CPU in fp32, with BatchNorm
+    Only where it computes exactly what the network would: on a CPU (in fp32 whatever the trained
+    blocks' precision), with BatchNorm
     statistics frozen (the frozen stages are then a fixed function), in one process (DDP wraps
     the whole network), and for backbones that :func:`split_at_trainable` can cut.
     """
     t, plan = job.config.train, job.plan
     if plan.mode != "finetune" or t.feature_runtime == "torch" or not job.freeze_bn or world > 1:
         return None
-    if job.device.type != "cpu" or job.precision != "fp32":
+    if job.device.type != "cpu":
         return None
     parts = split_at_trainable(job.model, t.unfreeze_blocks)
     if parts is None:
@@ -262,7 +264,7 @@ def train_network(
         start_epoch = _restore(resume_state, optimizer, scheduler, chosen, callbacks)
         job.log(f"  resumed after epoch {start_epoch}")
     net, forward, validate = _forward_passes(job, world)
-    optimisation = _Optimisation(forward, optimizer, scheduler, weight, t.label_smoothing, job.device, job.precision)
+    optimisation = _Optimisation(forward, optimizer, scheduler, weight, t.label_smoothing, job.device, job.train_precision)
     # Batches are augmented in a worker process while the model computes; the worker's RNG is
     # seeded from the epoch seed, so runs (and resumed runs) are reproducible.
     batch_workers = 1 if transform is not None and t.workers != 0 else 0

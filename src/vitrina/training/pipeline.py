@@ -18,13 +18,14 @@ from vitrina.artifact import prepare_out_dir, write_json
 from vitrina.config import Config
 from vitrina.data.cache import default_cache_dir
 from vitrina.data.samples import Dataset
-from vitrina.data.sources import load_dataset
 from vitrina.errors import VitrinaError
 from vitrina.evaluation.evaluate import evaluate_images, evaluate_probabilities, write_predictions
 from vitrina.evaluation.metrics import softmax
-from vitrina.models.runtime import resolve_device
+from vitrina.models.runtime import resolve_device, resolve_precision
 from vitrina.plots import learning_curves
 from vitrina.training.distributed import broadcast, init_distributed, is_main_process, local_device_name, shutdown
+from vitrina.training.budget import BudgetPlan
+from vitrina.training.carve import load_training_data
 from vitrina.training.plan import check_trainable, make_plan
 from vitrina.training.report import write_run_report
 from vitrina.training.trainer import TrainResult, train
@@ -67,7 +68,8 @@ def train_run(
     log: Log = print,
 ) -> TrainRun:
     """Train a classifier on ``data`` and write one run folder (config, history, curves, model, metrics, report)."""
-    dataset = load_dataset(data, config.data, carve_val=True)
+    started = time.perf_counter()
+    dataset = load_training_data(data, config, progress=progress, log=log)
     if "excluded" in dataset.carved:
         log(f"left out {dataset.carved['excluded']['count']} files listed in {dataset.carved['excluded']['file']}")
     check_trainable(dataset)  # refuse bad data and unknown models before any folder is made
@@ -79,8 +81,7 @@ def train_run(
         run_dir = Path(out)
     else:
         run_dir = broadcast(prepare_out_dir(out, runs_dir, "train") if is_main_process() else None)
-    started = time.perf_counter()
-    result = train(dataset, config, run_dir, resume=resume, progress=progress, log=log)
+    result = train(dataset, config, run_dir, resume=resume, progress=progress, log=log, started_at=started)
     if not is_main_process():
         shutdown()
         return TrainRun(run_dir, {}, {}, result.history)
@@ -98,6 +99,10 @@ def train_run(
         **({"excluded": dataset.carved["excluded"]} if "excluded" in dataset.carved else {}),
     }
     write_json(run_dir / "metrics.json", metrics)
+    budget = BudgetPlan.read(run_dir)
+    if budget is not None:
+        budget.measured_s = metrics["total_seconds"]
+        budget.write(run_dir)
     for name, m in split_metrics.items():
         write_json(run_dir / f"metrics_{name}.json", m)
     if result.history:
@@ -121,7 +126,7 @@ def evaluate_splits(result: TrainResult, dataset: Dataset, config: Config) -> di
         else:
             split_metrics[split], probs = evaluate_images(
                 result.model, decoded.images, result.labels[split], dataset.classes, description.preprocess, device,
-                description.precision, split=split, n_skipped=len(decoded.skipped),
+                resolve_precision(config.train.precision, device), split=split, n_skipped=len(decoded.skipped),
                 cache_dir=default_cache_dir(config.train.cache_dir), mirror=description.mirror,
             )
         samples = dataset.splits[split]

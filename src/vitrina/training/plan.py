@@ -71,7 +71,7 @@ class Plan:
     feature_copies: int = 0
 
 
-def _looks_like_small_grayscale(dataset: Dataset) -> tuple[bool, int]:
+def looks_like_small_grayscale(dataset: Dataset) -> tuple[bool, int]:
     train = dataset.splits.get("train") or next(iter(dataset.splits.values()), [])
     first = next((s for s in train if s.pixels is not None), None)
     if first is None:
@@ -130,7 +130,7 @@ def with_recommended_settings(dataset: Dataset, config: Config) -> Config:
     """``config`` with its data-dependent ``None`` settings (augmentation, label smoothing) filled in."""
     import copy
 
-    kind = "small_grayscale" if _looks_like_small_grayscale(dataset)[0] else "photo"
+    kind = "small_grayscale" if looks_like_small_grayscale(dataset)[0] else "photo"
     filled = copy.deepcopy(config)
     for name, value in RECOMMENDED_AUGMENT[kind].items():
         if getattr(filled.augment, name) is None:
@@ -146,7 +146,7 @@ def transfer_input_size(native: int) -> int:
 
 
 def make_plan(dataset: Dataset, config: Config) -> Plan:
-    small_gray, side = _looks_like_small_grayscale(dataset)
+    small_gray, side = looks_like_small_grayscale(dataset)
     mode = config.train.mode
     if mode == "auto":
         mode = "scratch" if small_gray and config.model.name is None else ("finetune" if config.model.name is None else None)

@@ -52,6 +52,9 @@ def _data_section(splits: dict[str, Any], split_metrics: dict[str, dict[str, Any
         m = split_metrics.get(name, {})
         carved = splits.get("carved", {}).get(name, {})
         source = f"{carved['fraction']:.0%} of {carved['from']} (seed {carved['seed']})" if "from" in carved else "given"
+        if carved.get("method") == "group":
+            source += (f", by near-copy group ({carved['grouped_by']}): {carved['groups']} groups of 2 or more, "
+                       f"{carved['photos_in_groups']} photos, largest {carved['largest_group']}, each on one side")
         rows.append([name, len(paths), m.get("n_images", "–"), m.get("n_skipped", "–"), source])
     listed = table(["split", "images listed", "evaluated", "unreadable", "origin"], rows, {1, 2, 3})
     names = [n for n in split_metrics]

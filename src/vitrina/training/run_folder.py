@@ -64,6 +64,14 @@ def model_meta(plan: Plan, dataset: Dataset, config: Config, **extra: Any) -> Mo
     )
 
 
+def _groups(dataset: Dataset) -> dict:
+    """``{"groups": {split: [near-copy group of each file]}}`` for the splits a group carve made."""
+    group_of = dataset.carved.get("val", {}).get("group_of")
+    if not group_of:
+        return {}
+    return {"groups": {name: [group_of.get(s.path) for s in dataset.splits[name]] for name in ("train", "val") if name in dataset.splits}}
+
+
 def write_splits(run_dir: Path, dataset: Dataset) -> None:
     """``splits.json``: the source, the classes, how validation was carved, and every split's files."""
     write_json(
@@ -71,8 +79,9 @@ def write_splits(run_dir: Path, dataset: Dataset) -> None:
         {
             "source": dataset.source,
             "classes": dataset.classes,
-            "carved": {k: {kk: vv for kk, vv in v.items() if kk != "paths"} for k, v in dataset.carved.items() if isinstance(v, dict)},
+            "carved": {k: {kk: vv for kk, vv in v.items() if kk not in ("paths", "group_of")} for k, v in dataset.carved.items() if isinstance(v, dict)},
             "splits": {name: [s.path for s in samples] for name, samples in dataset.splits.items()},
+            **_groups(dataset),
             "labels": {name: [s.label for s in samples] for name, samples in dataset.splits.items()},
             "data_digest": data_digest(dataset),
         },

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,11 +26,12 @@ from vitrina.description import ModelDescription
 from vitrina.errors import VitrinaError
 from vitrina.models.checkpoint import save_model
 from vitrina.models.registry import create_model
-from vitrina.models.runtime import predict_logits, resolve_device, resolve_precision
+from vitrina.models.runtime import predict_logits, resolve_device, resolve_precision, resolve_training_precision
 from vitrina.models.unknown import save_unknown
 from vitrina.training.calibration import ACCEPT_RATE, calibrate, confidence_threshold
 from vitrina.training.callbacks import Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, TensorBoardLogger
-from vitrina.training.distributed import barrier, is_main_process, local_device_name
+from vitrina.training.budget import BudgetPlan, Deadline, calibrate_speed, check_budget, plan_epochs
+from vitrina.training.distributed import barrier, is_main_process, local_device_name, world_position
 from vitrina.training.extras import Extras, fit_extras
 from vitrina.training.features import BackboneFeatures
 from vitrina.training.head import fit_head_on_features
@@ -68,7 +69,8 @@ class _Run:
     plan: Plan
     run_dir: Path
     device: torch.device
-    precision: str
+    precision: str  # of inference: validation, frozen features and stages
+    train_precision: str  # of the optimisation steps
     cache_dir: Path
     progress: bool
     log: Log
@@ -93,14 +95,15 @@ def _resolve_run(dataset: Dataset, config: Config, run_dir: Path, progress: bool
     plan = make_plan(dataset, config)
     device = resolve_device(local_device_name(config.train.device))
     precision = resolve_precision(config.train.precision, device)
-    return _Run(dataset, config, plan, run_dir, device, precision, default_cache_dir(config.train.cache_dir), progress, log)
+    train_precision = resolve_training_precision(config.train.precision, device)
+    return _Run(dataset, config, plan, run_dir, device, precision, train_precision, default_cache_dir(config.train.cache_dir), progress, log)
 
 
 def _summary(run: _Run) -> str:
     plan = run.plan
     return (
         f"training {plan.model} ({plan.mode}) on {run.num_classes} classes: "
-        f"{plan.epochs} epochs, batch {plan.batch_size}, lr {plan.lr:g}, {run.device.type} {run.precision}, "
+        f"{plan.epochs} epochs, batch {plan.batch_size}, lr {plan.lr:g}, {run.device.type}, training in {run.train_precision}, "
         f"input {plan.preprocess.channels}x{plan.preprocess.input_size} {plan.preprocess.resize}"
     )
 
@@ -148,6 +151,32 @@ def _tensorboard(writer: Any, prefix: str) -> list[Callback]:
     return [TensorBoardLogger(writer, prefix)] if writer is not None else []
 
 
+def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], resume: bool, started: float) -> Deadline | None:
+    """Fit the epochs to ``train.budget_minutes`` (see :mod:`vitrina.training.budget`); the deadline to keep."""
+    t = run.config.train
+    if t.budget_minutes is None or world_position()[1] > 1:  # several processes would have to agree on one plan
+        return None
+    budget_s = check_budget(t.budget_minutes)
+    previous = BudgetPlan.read(run.run_dir) if resume else None
+    if previous is not None:  # a resumed run keeps its plan and budget
+        run.plan = replace(run.plan, epochs=previous.epochs)
+        return Deadline(time.perf_counter() + previous.budget_s, 0.0, run.log)
+    speed = calibrate_speed(model, run.plan, t.unfreeze_blocks, run.device, run.train_precision)
+    n_eval = sum(len(d.index) for split, d in decoded.items() if split != "train")
+    budget = plan_epochs(run.plan, speed, budget_s=budget_s, spent_s=time.perf_counter() - started,
+                         n_train=len(decoded["train"].index), n_val=len(decoded["val"].index), n_eval=n_eval,
+                         explicit_epochs=t.epochs is not None, unfreeze_blocks=t.unfreeze_blocks, precision=run.train_precision,
+                         log=run.log)
+    run.plan = replace(run.plan, epochs=budget.epochs)
+    run.log(f"plan for {budget_s / 60:g} minutes: {budget.epochs} epochs, about {budget.estimated_s / 60:.1f} min in all")
+    for reason in budget.reasons:
+        run.log(f"  - {reason}")
+    if run.main:
+        budget.write(run.run_dir)
+    after_s = budget.estimated_s - budget.epochs * budget.seconds_per_epoch - (time.perf_counter() - started)
+    return Deadline(started + budget_s, max(0.0, after_s), run.log)
+
+
 def _fit_head(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray], callbacks: list[Callback]) -> list[dict[str, float]]:
     """The head on cached frozen features: bottleneck training, or fine-tuning's warm start (its own history file)."""
     history = fit_head_on_features(run.backbone_features(model), decoded, labels, run.config, run.num_classes, callbacks)
@@ -164,7 +193,7 @@ def _fit_network(
     if resume_state is not None:
         load_last_weights(run.run_dir, model)
     job = NetworkTraining(model, decoded["train"], labels["train"], decoded["val"], labels["val"], run.plan, run.config,
-                          run.device, run.precision, run.num_classes, run.progress, run.log)
+                          run.device, run.precision, run.num_classes, run.progress, run.log, run.train_precision)
     history, best_state = train_network(job, callbacks, resume_state)
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -175,7 +204,7 @@ def _fit_network(
 
 def _fit(
     run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray],
-    resume_state: dict | None, on_epoch: EpochHook | None, writer: Any,
+    resume_state: dict | None, on_epoch: EpochHook | None, writer: Any, deadline: Deadline | None = None,
 ) -> list[dict[str, float]]:
     """The head on cached features (bottleneck, or fine-tuning's warm start), then the network's
     epochs (scratch, fine-tuning); returns the history of the epochs that chose the model."""
@@ -191,7 +220,7 @@ def _fit(
         # In this order: the checkpoint saves the early-stopping counters, and the hook (which may
         # raise) comes last, after the epoch is logged and saved.
         checkpoint = [Checkpoint(run.run_dir, model_meta(plan, run.dataset, run.config), config_digest(run.config))] if run.main else []
-        callbacks = [*_tensorboard(writer, ""), EarlyStopping(t.patience), *checkpoint, *hook]
+        callbacks = [*_tensorboard(writer, ""), EarlyStopping(t.patience), *([deadline] if deadline else []), *checkpoint, *hook]
         history = _fit_network(run, model, decoded, labels, resume_state, callbacks)
     return history
 
@@ -232,12 +261,14 @@ def train(
     progress: bool = True,
     log: Log = print,
     on_epoch: EpochHook | None = None,
+    started_at: float | None = None,
 ) -> TrainResult:
     """Train a classifier on ``dataset`` as ``config`` says, writing everything into ``run_dir``.
 
     ``on_epoch`` receives the history row of every epoch that selects the model (the head's on
     cached features in bottleneck mode, the network's otherwise); an exception it raises stops
-    training (hyperparameter search prunes trials so).
+    training (hyperparameter search prunes trials so). ``started_at`` (a ``time.perf_counter()``
+    value) is when the run began, for the time budget (default: now).
     """
     check_trainable(dataset)
     config = with_recommended_settings(dataset, config)
@@ -254,9 +285,10 @@ def train(
         barrier()  # rank 0 fills the decoded-image and feature caches first; the others then read them
     decoded, labels, skipped = _decode_splits(run)
     model = _build_model(run)
+    deadline = _plan_budget(run, model, decoded, resume, started_at if started_at is not None else started)
     writer = open_tensorboard(run_dir) if run.main else None
     try:
-        history = _fit(run, model, decoded, labels, resume_state, on_epoch, writer)
+        history = _fit(run, model, decoded, labels, resume_state, on_epoch, writer, deadline)
     finally:
         if writer is not None:
             writer.close()
@@ -265,7 +297,7 @@ def train(
     model.eval()
     body = run.backbone_features(model) if plan.mode == "bottleneck" else None
     temperature, val_logits = calibrate(model, _validation_logits(run, model, decoded, body), labels["val"], log)
-    fields: dict[str, Any] = {"train_seconds": round(train_seconds, 2), "precision": run.precision, "temperature": round(temperature, 4)}
+    fields: dict[str, Any] = {"train_seconds": round(train_seconds, 2), "precision": run.train_precision, "temperature": round(temperature, 4)}
     extras = None
     if run.main:
         extras = fit_extras(model, plan, config, decoded, labels, val_logits, body=body, device=run.device,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitrina.quality import hashing
-from vitrina.quality.hashing import close_pairs, hamming, phash
+from vitrina.data import hashing
+from vitrina.data.hashing import close_pairs, hamming, phash
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
 

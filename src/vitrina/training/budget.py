@@ -1,0 +1,169 @@
+"""Training within a time budget (``train.budget_minutes``, ``vitrina train --budget MINUTES``).
+
+Before the first epoch the run is calibrated on this machine: one training step (forward and
+backward of the blocks that train, at the planned input size, batch and precision) and one
+inference pass are timed. The plan then fits the epochs into what is left of the budget after
+what has already been spent (grouping, decoding) and what remains after training (frozen
+features, evaluation, the extras), prints its reasons and writes ``RUN/plan.json``. Explicit
+``--epochs`` wins, with a warning when it will overrun. While training, :class:`Deadline` ends the
+run cleanly after the epoch that leaves no room for another, keeping the best epoch so far.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitrina.errors import ConfigError
+from vitrina.models.runtime import autocast
+from vitrina.training.callbacks import EpochEnd
+from vitrina.training.loop import trainable_body
+from vitrina.training.optim import freeze_batchnorm
+from vitrina.training.plan import Plan
+
+PLAN_FILE = "plan.json"
+# Passes over the evaluation photos after training: the plain pass, the mirror pass and the
+# neighbour vote's features are each offered once (vitrina.training.extras).
+AFTER_TRAINING_PASSES = 3
+
+
+@dataclass
+class BudgetPlan:
+    """What a run will do within its budget, and why (``RUN/plan.json``)."""
+
+    backbone: str
+    input_size: int
+    unfreeze_blocks: int | None
+    epochs: int
+    batch_size: int
+    precision: str
+    budget_s: float
+    estimated_s: float
+    measured_s: float | None = None
+    seconds_per_epoch: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+
+    def write(self, run_dir: Path) -> None:
+        (run_dir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, run_dir: Path) -> BudgetPlan | None:
+        path = run_dir / PLAN_FILE
+        return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+
+
+def check_budget(minutes: Any) -> float:
+    """The budget in seconds; a clear error for zero, negative or non-numbers."""
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes) or minutes <= 0:
+        raise ConfigError(f"the time budget must be a positive number of minutes, got {minutes!r}")
+    return float(minutes) * 60.0
+
+
+@dataclass
+class Calibration:
+    step_s_per_image: float  # a training step, per image
+    forward_s_per_image: float  # an inference pass, per image
+
+
+def calibrate_speed(model: nn.Module, plan: Plan, unfreeze_blocks: int, device: torch.device, precision: str, steps: int = 2) -> Calibration:
+    """Time training steps and an inference pass of a copy of ``model`` on random images."""
+    net = copy.deepcopy(model).to(device)
+    size, channels = plan.preprocess.input_size, plan.preprocess.channels
+    batch = max(2, min(plan.batch_size, 32))
+    x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch,), device=device)
+    if plan.mode == "finetune":
+        trainable_body(net, unfreeze_blocks)
+    net.train()
+    if plan.mode == "finetune":
+        freeze_batchnorm(net)
+    timings = []
+    for _ in range(steps + 1):  # the first step warms up
+        started = time.perf_counter()
+        with autocast(device, precision):
+            logits = net(x)
+        F.cross_entropy(logits.float(), y).backward()
+        timings.append(time.perf_counter() - started)
+    net.eval()
+    with torch.inference_mode():
+        net(x)
+        started = time.perf_counter()
+        net(x)
+        forward = time.perf_counter() - started
+    return Calibration(float(np.median(timings[1:])) / batch, forward / batch)
+
+
+def plan_epochs(
+    plan: Plan, calibration: Calibration, *, budget_s: float, spent_s: float, n_train: int, n_val: int, n_eval: int,
+    explicit_epochs: bool, unfreeze_blocks: int | None, precision: str, log: Callable[[str], None],
+) -> BudgetPlan:
+    """The epochs that fit the budget (at most the recommended ones) and the plan's reasons."""
+    forward = calibration.forward_s_per_image
+    features_s = (n_train + n_val) * forward if plan.mode in ("bottleneck", "finetune") else 0.0
+    after_s = n_eval * forward * AFTER_TRAINING_PASSES
+    if plan.mode == "bottleneck":
+        per_epoch = 0.0  # the head on cached features: seconds for all its epochs together
+    else:
+        per_epoch = n_train * calibration.step_s_per_image + n_val * forward
+    fixed = spent_s + features_s + after_s
+    reasons = [
+        f"already spent {spent_s:.0f} s (grouping near copies, decoding)",
+        (f"calibrated here: a training step {1000 * calibration.step_s_per_image:.1f} ms and an inference pass "
+         f"{1000 * forward:.1f} ms per image ({precision} training)"),
+        f"frozen features about {features_s:.0f} s, evaluation and extras about {after_s:.0f} s",
+    ]
+    epochs = plan.epochs
+    if per_epoch > 0:
+        fit = int((budget_s - fixed) // per_epoch)
+        reasons.append(f"an epoch about {per_epoch:.0f} s: {max(fit, 0)} fit in the budget of {budget_s / 60:g} min")
+        if explicit_epochs:
+            if fit < plan.epochs:
+                log(f"warning: --epochs {plan.epochs} will overrun the {budget_s / 60:g}-minute budget "
+                    f"(about {(fixed + plan.epochs * per_epoch) / 60:.0f} min); training stops at the budget")
+            reasons.append(f"{plan.epochs} epochs as asked")
+        elif fit < 1:
+            needed = (fixed + per_epoch) / 60
+            raise ConfigError(f"a budget of {budget_s / 60:g} minutes is too small for this data: the smallest plan "
+                              f"(one epoch) needs about {math.ceil(needed * 1.1)} minutes; give --budget {math.ceil(needed * 1.1)} or more")
+        elif fit < plan.epochs:
+            epochs = fit
+            reasons.append(f"{fit} epochs instead of the recommended {plan.epochs}, to stay within the budget")
+        else:
+            reasons.append(f"the recommended {plan.epochs} epochs fit")
+    elif fixed > budget_s:
+        needed = fixed / 60
+        raise ConfigError(f"a budget of {budget_s / 60:g} minutes is too small for this data: it needs about "
+                          f"{math.ceil(needed * 1.1)} minutes; give --budget {math.ceil(needed * 1.1)} or more")
+    reasons.append(f"{plan.model} at {plan.preprocess.input_size} px: the measured default "
+                   "(efficientnet_lite1 and lite2 are chosen only where their gain is shown to pay for their cost)")
+    return BudgetPlan(plan.model, plan.preprocess.input_size, unfreeze_blocks if plan.mode == "finetune" else None, epochs,
+                      plan.batch_size, precision, budget_s, round(fixed + epochs * per_epoch, 1),
+                      seconds_per_epoch=round(per_epoch, 2), reasons=reasons)
+
+
+class Deadline:
+    """Ends training after an epoch when another one would not finish before ``deadline``
+    (a ``time.perf_counter()`` value) less ``reserve_s`` for what follows training."""
+
+    def __init__(self, deadline: float, reserve_s: float, log: Callable[[str], None] = print):
+        self.deadline, self.reserve_s, self.log = deadline, reserve_s, log
+        self._last = time.perf_counter()
+        self.stopped = False
+
+    def on_epoch_end(self, row: dict[str, float], state: EpochEnd) -> None:
+        now = time.perf_counter()
+        epoch_s, self._last = float(row.get("seconds", now - self._last)), now
+        if now + epoch_s + self.reserve_s > self.deadline:
+            self.stopped = True
+            state.stop(f"the time budget: another epoch (about {epoch_s:.0f} s) would not finish in time")
+            self.log(f"  stopping after epoch {state.epoch} at the time budget; the best epoch so far is kept")

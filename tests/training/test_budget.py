@@ -1,0 +1,90 @@
+"""The time budget: a plan that fits, clear errors, a deadline that keeps the best epoch."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_cli import run_cli
+from tests.helpers import make_shapes_dataset, quiet, scratch_config
+from vitrina import api
+from vitrina.errors import ConfigError
+from vitrina.preprocess import Preprocess
+from vitrina.training.budget import (
+    BudgetPlan,
+    Calibration,
+    Deadline,
+    check_budget,
+    plan_epochs,
+)
+from vitrina.training.callbacks import EpochEnd
+from vitrina.training.plan import Plan
+
+PLAN_KEYS = {"backbone", "input_size", "unfreeze_blocks", "epochs", "batch_size", "precision", "estimated_s", "measured_s", "reasons"}
+
+
+def finetune_plan(epochs: int = 8) -> Plan:
+    return Plan("finetune", "efficientnet_lite0", Preprocess(input_size=288), True, epochs, 32, 1e-3, 1e-4)
+
+
+def planned(budget_minutes: float, explicit: bool = False, messages: list[str] | None = None) -> BudgetPlan:
+    # 1,000 training photos at 50 ms a step and 10 ms a pass: an epoch about 52 s.
+    return plan_epochs(finetune_plan(), Calibration(0.05, 0.01), budget_s=budget_minutes * 60, spent_s=20.0, n_train=1000,
+                       n_val=200, n_eval=400, explicit_epochs=explicit, unfreeze_blocks=3, precision="bf16",
+                       log=(messages.append if messages is not None else quiet))
+
+
+@pytest.mark.parametrize("minutes", [0, -5, "ten", math.nan, math.inf, True])
+def test_a_budget_must_be_a_positive_number(minutes: object) -> None:
+    with pytest.raises(ConfigError, match="positive number of minutes"):
+        check_budget(minutes)
+
+
+def test_the_plan_fits_its_epochs_into_the_budget() -> None:
+    roomy, tight = planned(30), planned(4)
+    assert roomy.epochs == 8 and roomy.estimated_s <= 30 * 60
+    assert 1 <= tight.epochs < 8 and tight.estimated_s <= 4 * 60
+    assert any("instead of the recommended 8" in reason for reason in tight.reasons)
+
+
+def test_a_budget_too_small_names_the_smallest_that_works() -> None:
+    with pytest.raises(ConfigError, match=r"too small for this data.*--budget 2 or more"):
+        planned(0.5)
+
+
+def test_explicit_epochs_win_with_a_warning() -> None:
+    messages: list[str] = []
+    plan = planned(4, explicit=True, messages=messages)
+    assert plan.epochs == 8
+    assert any("will overrun the 4-minute budget" in m for m in messages)
+
+
+def test_the_deadline_stops_when_another_epoch_would_not_fit() -> None:
+    deadline = Deadline(time.perf_counter() + 10.0, reserve_s=4.0, log=quiet)
+    state = EpochEnd(1, None, True)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 3.0}, state)
+    assert state.stop_reason is None
+    deadline.on_epoch_end({"seconds": 7.0}, state)
+    assert state.stop_reason and "time budget" in state.stop_reason and deadline.stopped
+
+
+def test_a_run_writes_its_plan(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
+    config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 5})
+    run = api.train(data, config, out=tmp_path / "run", progress=False, log=quiet)
+    plan = json.loads((run.run_dir / "plan.json").read_text())
+    assert PLAN_KEYS <= plan.keys()
+    assert plan["epochs"] == len(run.history) or plan["epochs"] > len(run.history)  # early stopping may end sooner
+    assert plan["measured_s"] is not None and plan["measured_s"] <= 5 * 60
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon"])
+def test_bad_budgets_on_the_command_line_are_clear_errors(tmp_path: Path, value: str) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=4)
+    result = run_cli("train", str(data), "--budget", value, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "budget" in result.stderr.lower()
+    assert not (tmp_path / "run").exists()
