@@ -95,7 +95,9 @@ def _resolve_run(dataset: Dataset, config: Config, run_dir: Path, progress: bool
     plan = make_plan(dataset, config)
     device = resolve_device(local_device_name(config.train.device))
     precision = resolve_precision(config.train.precision, device)
-    train_precision = resolve_training_precision(config.train.precision, device)
+    # Fine-tuning the last blocks runs the frozen rest in ONNX Runtime (vitrina.training.loop.frozen_prefix).
+    frozen_prefix = plan.mode == "finetune" and config.train.unfreeze_blocks >= 0 and config.train.feature_runtime != "torch"
+    train_precision = resolve_training_precision(config.train.precision, device, frozen_prefix=frozen_prefix)
     return _Run(dataset, config, plan, run_dir, device, precision, train_precision, default_cache_dir(config.train.cache_dir), progress, log)
 
 
