@@ -35,3 +35,14 @@ def test_groups_that_swallow_a_class_are_broken_up_at_a_stricter_floor():
     assert floor == pytest.approx(0.93)
     assert ids[0] == ids[1] == ids[2] != ids[3]
     assert ids[16] == ids[17]
+
+
+def test_many_exact_copies_do_not_turn_feature_grouping_off():
+    labels = np.array(["a"] * 30 + ["b"] * 30)
+    copies = list(range(1, 15))  # photo 0 uploaded 15 times in class a: hash pairs
+    pairs_i = np.array([0] * len(copies) + [30])
+    pairs_j = np.array(copies + [31])
+    strength = np.array([1.0] * len(copies) + [0.92], np.float32)  # a burst pair in b, by features
+    ids, floor = bounded_groups(labels, pairs_i, pairs_j, strength)
+    assert floor == pytest.approx(0.9)
+    assert len(set(ids[:15].tolist())) == 1 and ids[30] == ids[31]

@@ -141,7 +141,7 @@ def test_carve_by_group_leaves_every_class_in_train():
     samples = samples_per_class({"a": 3, "b": 6})
     kept, carved = carve_by_group(samples, [0, 0, 0] + list(range(1, 7)), 0.5, seed=0)
     assert {s.label for s in kept} == {"a", "b"}
-    assert not any(s.label == "a" for s in carved)
+    assert Counter(s.label for s in carved) == {"a": 2, "b": 3}
 
 
 def test_restore_carve_moves_the_recorded_files():
@@ -149,3 +149,24 @@ def test_restore_carve_moves_the_recorded_files():
     splits = restore_carve({"train": samples, "test": samples[:1]}, [samples[2].path])
     assert [s.path for s in splits["val"]] == [samples[2].path]
     assert len(splits["train"]) == 3 and splits["test"] == samples[:1]
+
+
+def test_a_class_that_is_one_group_is_carved_photo_by_photo_and_named():
+    samples = samples_per_class({"a": 10, "b": 10})
+    fallback: list[str] = []
+    kept, carved = carve_by_group(samples, [0] * 10 + list(range(1, 11)), 0.2, seed=0, photo_by_photo=fallback)
+    assert Counter(s.label for s in carved) == {"a": 2, "b": 2}
+    assert fallback == ["a"]
+
+
+def test_restore_carve_matches_through_a_link_and_refuses_missing_files(tmp_path):
+    real = tmp_path / "photos"
+    real.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (real / name).write_bytes(b"x")
+    (tmp_path / "link").symlink_to(real)
+    linked = [Sample(path=str(tmp_path / "link" / n), label="a") for n in ("a.jpg", "b.jpg", "c.jpg")]
+    splits = restore_carve({"train": linked}, [str(real / "b.jpg")])
+    assert [s.path for s in splits["val"]] == [str(tmp_path / "link" / "b.jpg")]
+    with pytest.raises(DataError, match="1 of the run's 2 validation files"):
+        restore_carve({"train": linked}, [str(real / "b.jpg"), str(real / "gone.jpg")])

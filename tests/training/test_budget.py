@@ -88,3 +88,11 @@ def test_bad_budgets_on_the_command_line_are_clear_errors(tmp_path: Path, value:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "budget" in result.stderr.lower()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_budget_too_small_leaves_no_run_folder(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
+    config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 0.01})
+    with pytest.raises(ConfigError, match=r"too small for this data.*--budget \d+ or more"):
+        api.train(data, config, out=tmp_path / "run", progress=False, log=quiet)
+    assert not (tmp_path / "run").exists()

@@ -56,20 +56,22 @@ def bounded_groups(
     labels: np.ndarray, pairs_i: np.ndarray, pairs_j: np.ndarray, strength: np.ndarray,
     max_share: float = MAX_GROUP_SHARE,
 ) -> tuple[np.ndarray, float]:
-    """Groups of the pairs at the lowest strength (of :data:`STRENGTHS`) at which no group holds
-    more than ``max_share`` of its class and more than :data:`MAX_BURST` photos: a class of
-    look-alike photos (white-background product shots) is not one burst. Hash pairs alone (strength
-    1) are kept whatever their size. Returns the group ids and that strength."""
+    """Groups of the pairs at the lowest strength (of :data:`STRENGTHS`) at which no group joins
+    more than ``max_share`` of its class and more than :data:`MAX_BURST` photos by features: a
+    class of look-alike photos (white-background product shots) is not one burst. Copies that the
+    hashes pair (strength 1) count as one photo there and stay grouped whatever their number (a
+    placeholder image uploaded a hundred times is one group). Returns the group ids and that strength."""
     n = len(labels)
     _, class_index, class_size = np.unique(labels, return_inverse=True, return_counts=True)
+    by_hash = group_ids(n, pairs_i[strength >= 1.0], pairs_j[strength >= 1.0])
     for floor in STRENGTHS:
         keep = strength >= floor
         ids = group_ids(n, pairs_i[keep], pairs_j[keep])
-        sizes = np.bincount(ids, minlength=n)
-        too_big = any(sizes[g] > max(MAX_BURST, max_share * class_size[class_index[first]]) for g, first in _firsts(ids))
+        units = np.bincount(np.unique(np.stack([ids, by_hash], axis=1), axis=0)[:, 0], minlength=n)  # hash groups per group
+        too_big = any(units[g] > max(MAX_BURST, max_share * class_size[class_index[first]]) for g, first in _firsts(ids))
         if not too_big or floor >= 1.0:
             return ids, floor
-    return np.arange(n, dtype=np.int64), 1.0
+    return by_hash, 1.0
 
 
 def _firsts(ids: np.ndarray) -> list[tuple[int, int]]:

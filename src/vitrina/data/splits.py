@@ -8,9 +8,12 @@ reporting, and :func:`complete_splits` carves the missing "test" and "val" split
 """
 from __future__ import annotations
 
+import json
+import os
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 from vitrina.data.samples import Sample
 from vitrina.errors import ConfigError, DataError
@@ -44,14 +47,16 @@ def carve(
 
 
 def carve_by_group(
-    samples: Sequence[Sample], groups: Sequence[int], fraction: float, seed: int
+    samples: Sequence[Sample], groups: Sequence[int], fraction: float, seed: int, photo_by_photo: list[str] | None = None,
 ) -> tuple[list[Sample], list[Sample]]:
     """:func:`carve`, keeping each group (near copies, see :mod:`vitrina.data.near_copies`) whole.
 
     A group counts for the class most of its members have. Each class's groups are shuffled
     (seeded from ``seed`` and the class name) and taken while the class is short of ``fraction``;
     a group that would overshoot by more than half its size is passed over for smaller ones.
-    Every class keeps at least one sample. Both lists keep the input order.
+    Every class keeps at least one sample. A class whose groups are too large to carve any (all its
+    photos near copies of each other) is carved photo by photo, its name added to ``photo_by_photo``,
+    so that validation still covers it. Both lists keep the input order.
     """
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"a split fraction must be at least 0 and below 1, got {fraction}")
@@ -75,6 +80,12 @@ def carve_by_group(
                 continue
             carved_at.update(group)
             taken += len(group)
+        if taken == 0 and target > 0 and size > 1:
+            positions = sorted((p for g in class_groups for p in g), key=lambda p: samples[p].path)
+            random.Random(f"{seed}/{label}").shuffle(positions)
+            carved_at.update(positions[: min(target, size - 1)])
+            if photo_by_photo is not None:
+                photo_by_photo.append(label)
     kept = [s for p, s in enumerate(samples) if p not in carved_at]
     carved = [s for p, s in enumerate(samples) if p in carved_at]
     return kept, carved
@@ -82,11 +93,30 @@ def carve_by_group(
 
 def restore_carve(splits: dict[str, list[Sample]], val_paths: Sequence[str]) -> dict[str, list[Sample]]:
     """``splits`` (with no "val") with the training files listed in ``val_paths`` moved to "val",
-    as a run's ``splits.json`` recorded them (a group carve depends on the photos' content)."""
-    wanted = set(val_paths)
+    as a run's ``splits.json`` recorded them (a group carve depends on the photos' content).
+
+    Files are matched by their real path (a dataset reached through a symbolic link still
+    matches); a recorded file missing from "train" is an error, not a smaller validation split.
+    """
+    wanted = {os.path.realpath(p) for p in val_paths}
     train = splits.get("train", [])
-    moved = {"train": [s for s in train if s.path not in wanted], "val": [s for s in train if s.path in wanted]}
+    real = [os.path.realpath(s.path) for s in train]
+    moved = {"train": [s for s, r in zip(train, real) if r not in wanted], "val": [s for s, r in zip(train, real) if r in wanted]}
+    if len(moved["val"]) != len(wanted):
+        raise DataError(f"{len(wanted) - len(moved['val'])} of the run's {len(wanted)} validation files are not among this data's "
+                        "training files; give the data the run was trained on (its splits.json lists them), or another split")
     return {**moved, **{name: samples for name, samples in splits.items() if name not in moved}}
+
+
+def recorded_val(run_dir: str | os.PathLike) -> list[str] | None:
+    """The validation files a run carved by near-copy group (its ``splits.json``), else None."""
+    path = Path(run_dir) / "splits.json"
+    if not path.is_file():
+        return None
+    listed = json.loads(path.read_text(encoding="utf-8"))
+    if listed.get("carved", {}).get("val", {}).get("method") != "group":
+        return None
+    return list(listed.get("splits", {}).get("val", []))
 
 
 def assign_roles(

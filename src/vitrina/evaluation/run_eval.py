@@ -9,7 +9,6 @@ it through the shared decoded-image cache and writes one evaluation folder: ``me
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from vitrina.config import Config
 from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.data.samples import Dataset, Sample
 from vitrina.data.sources import load_dataset
-from vitrina.data.splits import restore_carve
+from vitrina.data.splits import recorded_val, restore_carve
 from vitrina.errors import DataError, ModelError
 from vitrina.evaluation.evaluate import decision_metrics, evaluate_images, predict_probabilities, unknown_scores, write_predictions
 from vitrina.evaluation.metrics import classification_metrics
@@ -100,17 +99,6 @@ def load_split(
     split = split or default_split(dataset, config.data.holdout)
     dataset.split(split)  # a clear error naming the splits there are
     return dataset, split
-
-
-def recorded_val(run_dir: Path) -> list[str] | None:
-    """The validation files a run carved by near-copy group (``splits.json``), else None."""
-    path = Path(run_dir) / "splits.json"
-    if not path.is_file():
-        return None
-    listed = json.loads(path.read_text(encoding="utf-8"))
-    if listed.get("carved", {}).get("val", {}).get("method") != "group":
-        return None
-    return list(listed.get("splits", {}).get("val", []))
 
 
 def label_indices(samples: Sequence[Sample], model_classes: Sequence[str]) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +18,7 @@ from vitrina import config as config_lib
 from vitrina.data.cache import decode_samples
 from vitrina.data.samples import Sample
 from vitrina.data.sources import load_dataset
+from vitrina.data.splits import recorded_val, restore_carve
 from vitrina.description import ModelDescription
 from vitrina.errors import DataError, ModelError
 from vitrina.inference.predictor import OnnxBackend, TorchBackend
@@ -75,7 +76,11 @@ def reference_images(run_dir: Path, meta: ModelDescription, calibration: str | P
     try:
         if source is None:
             raise DataError("the run folder does not say which data it was trained on")
-        dataset = load_dataset(source, cfg.data, carve_val=True)
+        recorded = recorded_val(run_dir) if calibration is None else None
+        dataset = load_dataset(source, cfg.data, carve_val=recorded is None)
+        if recorded is not None and "val" not in dataset.splits:
+            # The run's own carve: validation checked, the rest of train calibrates.
+            dataset = replace(dataset, splits=restore_carve(dataset.splits, recorded))
     except DataError:
         if calibration is not None:
             raise

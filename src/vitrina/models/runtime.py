@@ -54,7 +54,7 @@ def resolve_training_precision(precision: str, device: torch.device, *, frozen_p
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() and not frozen_prefix else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() and not frozen_prefix else "fp32"
 
 
 CPUINFO = Path("/proc/cpuinfo")

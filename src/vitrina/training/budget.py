@@ -26,6 +26,7 @@ from torch import nn
 
 from vitrina.errors import ConfigError
 from vitrina.models.runtime import autocast
+from vitrina.models.stages import OnnxPrefix, split_at_trainable
 from vitrina.training.callbacks import EpochEnd
 from vitrina.training.loop import trainable_body
 from vitrina.training.optim import freeze_batchnorm
@@ -51,6 +52,7 @@ class BudgetPlan:
     estimated_s: float
     measured_s: float | None = None
     seconds_per_epoch: float = 0.0
+    reserve_s: float = 0.0  # after training: evaluation, the extras, the features they need
     reasons: list[str] = field(default_factory=list)
 
     def write(self, run_dir: Path) -> None:
@@ -75,8 +77,15 @@ class Calibration:
     forward_s_per_image: float  # an inference pass, per image
 
 
-def calibrate_speed(model: nn.Module, plan: Plan, unfreeze_blocks: int, device: torch.device, precision: str, steps: int = 2) -> Calibration:
-    """Time training steps and an inference pass of a copy of ``model`` on random images."""
+def calibrate_speed(
+    model: nn.Module, plan: Plan, unfreeze_blocks: int, device: torch.device, precision: str, *,
+    prefix_cache: Path | None = None, steps: int = 2,
+) -> Calibration:
+    """Time training steps and an inference pass of a copy of ``model`` on random images.
+
+    ``prefix_cache``: fine-tuning runs the frozen stages in ONNX Runtime as training will
+    (:func:`vitrina.training.loop.frozen_prefix`; the graph is cached there for training to reuse).
+    """
     net = copy.deepcopy(model).to(device)
     size, channels = plan.preprocess.input_size, plan.preprocess.channels
     batch = max(2, min(plan.batch_size, 32))
@@ -87,30 +96,54 @@ def calibrate_speed(model: nn.Module, plan: Plan, unfreeze_blocks: int, device: 
     net.train()
     if plan.mode == "finetune":
         freeze_batchnorm(net)
+    forward: Callable[[torch.Tensor], torch.Tensor] = net
+    parts = split_at_trainable(net, unfreeze_blocks) if prefix_cache is not None and plan.mode == "finetune" else None
+    if parts is not None:
+        prefix, tail = OnnxPrefix(parts[0], channels, size, prefix_cache), parts[1]
+        forward = lambda images: tail(prefix(images).to(memory_format=torch.channels_last))
     timings = []
     for _ in range(steps + 1):  # the first step warms up
-        started = time.perf_counter()
+        started = _clock(device)
         with autocast(device, precision):
-            logits = net(x)
+            logits = forward(x)
         F.cross_entropy(logits.float(), y).backward()
-        timings.append(time.perf_counter() - started)
+        timings.append(_clock(device) - started)
     net.eval()
     with torch.inference_mode():
-        net(x)
-        started = time.perf_counter()
-        net(x)
-        forward = time.perf_counter() - started
-    return Calibration(float(np.median(timings[1:])) / batch, forward / batch)
+        forward(x)
+        started = _clock(device)
+        forward(x)
+        inference = _clock(device) - started
+    return Calibration(float(np.median(timings[1:])) / batch, inference / batch)
+
+
+def _clock(device: torch.device) -> float:
+    """Now, after the device finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def plan_epochs(
     plan: Plan, calibration: Calibration, *, budget_s: float, spent_s: float, n_train: int, n_val: int, n_eval: int,
     explicit_epochs: bool, unfreeze_blocks: int | None, precision: str, log: Callable[[str], None],
+    warm_start: bool = True, bank_images: int | None = None,
 ) -> BudgetPlan:
-    """The epochs that fit the budget (at most the recommended ones) and the plan's reasons."""
+    """The epochs that fit the budget (at most the recommended ones) and the plan's reasons.
+
+    Counted besides the epochs: frozen features before them (bottleneck, with its augmented
+    copies; fine-tuning's warm start), and after them the evaluation passes and the features of
+    up to ``bank_images`` training photos for the neighbour vote and the unknown score (the
+    network changed, so scratch and fine-tuning compute them anew).
+    """
     forward = calibration.forward_s_per_image
-    features_s = (n_train + n_val) * forward if plan.mode in ("bottleneck", "finetune") else 0.0
-    after_s = n_eval * forward * AFTER_TRAINING_PASSES
+    features_s = 0.0
+    if plan.mode == "bottleneck":
+        features_s = (n_train * (1 + plan.feature_copies) + n_val) * forward
+    elif plan.mode == "finetune" and warm_start:
+        features_s = (n_train + n_val) * forward
+    bank = min(n_train, bank_images if bank_images is not None else n_train)
+    after_s = n_eval * forward * AFTER_TRAINING_PASSES + (bank * forward if plan.mode != "bottleneck" else 0.0)
     if plan.mode == "bottleneck":
         per_epoch = 0.0  # the head on cached features: seconds for all its epochs together
     else:
@@ -148,7 +181,7 @@ def plan_epochs(
                    "(efficientnet_lite1 and lite2 are chosen only where their gain is shown to pay for their cost)")
     return BudgetPlan(plan.model, plan.preprocess.input_size, unfreeze_blocks if plan.mode == "finetune" else None, epochs,
                       plan.batch_size, precision, budget_s, round(fixed + epochs * per_epoch, 1),
-                      seconds_per_epoch=round(per_epoch, 2), reasons=reasons)
+                      seconds_per_epoch=round(per_epoch, 2), reserve_s=round(after_s, 1), reasons=reasons)
 
 
 class Deadline:

@@ -9,6 +9,7 @@ stratified by class (:func:`vitrina.data.splits.carve_by_group`). Unreadable pho
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -24,7 +25,13 @@ from vitrina.data.hashing import phash
 from vitrina.data.near_copies import HASH_BITS, bounded_groups, near_copy_pairs
 from vitrina.data.samples import Dataset, Sample
 from vitrina.data.sources import load_dataset
-from vitrina.data.splits import carve_by_group, complete_splits
+from vitrina.data.splits import (
+    carve_by_group,
+    complete_splits,
+    recorded_val,
+    restore_carve,
+)
+from vitrina.errors import DataError
 from vitrina.models.registry import create_model, get_spec
 from vitrina.models.runtime import EXPORT_MIN_IMAGES
 from vitrina.preprocess import Preprocess
@@ -41,23 +48,37 @@ HASH_SIZE = 32
 HASH_ONLY_BITS = 0
 
 
-def load_training_data(data: str | os.PathLike, config: Config, *, progress: bool = False, log: Log = print) -> Dataset:
+def load_training_data(
+    data: str | os.PathLike, config: Config, *, progress: bool = False, log: Log = print, resume_from: Path | None = None,
+) -> Dataset:
     """The dataset with "val" carved from "train" where absent: by near-copy group (``data.val_carve:
-    group``, the default) or at random (``random``). ``dataset.carved["val"]`` says how."""
+    group``, the default) or at random (``random``). ``dataset.carved["val"]`` says how.
+    ``resume_from``: an interrupted run folder whose recorded carve is kept as it was."""
     dataset = load_dataset(data, config.data, carve_val=config.data.val_carve == "random")
     if "val" in dataset.splits or config.data.val_fraction == 0 or config.data.val_carve == "random":
         return dataset
+    recorded = recorded_val(resume_from) if resume_from is not None else None
+    splits = _restored(dataset, recorded)
+    if splits is not None and resume_from is not None:
+        listed = json.loads((Path(resume_from) / "splits.json").read_text(encoding="utf-8"))
+        group_of = dict(zip(listed["splits"]["train"] + listed["splits"]["val"], listed["groups"]["train"] + listed["groups"]["val"]))
+        record = {**listed["carved"]["val"], "paths": sorted(recorded), "group_of": group_of}
+        return replace(dataset, splits=splits, carved={**dataset.carved, "val": record})
     train = dataset.splits["train"]
     started = time.perf_counter()
     groups, by = near_copy_groups(train, dataset, config, progress=progress, log=log)
-    kept, val = carve_by_group(train, groups, config.data.val_fraction, config.data.split_seed)
+    photo_by_photo: list[str] = []
+    kept, val = carve_by_group(train, groups, config.data.val_fraction, config.data.split_seed, photo_by_photo)
+    if photo_by_photo:
+        log(f"warning: every photo of {', '.join(photo_by_photo)} is a near copy of another; "
+            "validation takes some of them photo by photo, so it may read high for those classes")
     group_of = {id(s): int(g) for s, g in zip(train, groups)}
     sizes = np.bincount(groups) if len(groups) else np.zeros(0, np.int64)
     record = {
         "from": "train", "fraction": config.data.val_fraction, "seed": config.data.split_seed, "method": "group",
         "grouped_by": by, "groups": int((sizes > 1).sum()), "photos_in_groups": int(sizes[sizes > 1].sum()),
         "largest_group": int(sizes.max(initial=0)), "paths": sorted(s.path for s in val),
-        "group_of": {s.path: group_of[id(s)] for s in train},
+        "group_of": {s.path: group_of[id(s)] for s in train}, "photo_by_photo": photo_by_photo,
     }
     log(f"validation carved by near-copy group ({by}): {record['groups']} groups of 2 or more holding "
         f"{record['photos_in_groups']} of {len(train)} training photos (largest {record['largest_group']}), "
@@ -65,6 +86,17 @@ def load_training_data(data: str | os.PathLike, config: Config, *, progress: boo
     splits = {"train": kept, "val": val, **{k: v for k, v in dataset.splits.items() if k != "train"}}
     ordered, _ = complete_splits(splits, val_fraction=0, test_fraction=0, seed=0)
     return replace(dataset, splits=ordered, carved={**dataset.carved, "val": record})
+
+
+def _restored(dataset: Dataset, recorded: list[str] | None) -> dict[str, list[Sample]] | None:
+    """The recorded carve applied to ``dataset``; None where there is none or the data differ (the
+    resume check then names the difference)."""
+    if recorded is None:
+        return None
+    try:
+        return restore_carve(dataset.splits, recorded)
+    except DataError:
+        return None
 
 
 def near_copy_groups(

@@ -69,19 +69,27 @@ def train_run(
 ) -> TrainRun:
     """Train a classifier on ``data`` and write one run folder (config, history, curves, model, metrics, report)."""
     started = time.perf_counter()
-    dataset = load_training_data(data, config, progress=progress, log=log)
+    init_distributed(config.train.device)
+    # One process groups near copies and carves; the others take its dataset (one carve for all).
+    resume_from = Path(out) if resume and out is not None else None
+    dataset = broadcast(load_training_data(data, config, progress=progress, log=log, resume_from=resume_from)
+                        if is_main_process() else None)
     if "excluded" in dataset.carved:
         log(f"left out {dataset.carved['excluded']['count']} files listed in {dataset.carved['excluded']['file']}")
     check_trainable(dataset)  # refuse bad data and unknown models before any folder is made
     make_plan(dataset, config)
-    init_distributed(config.train.device)
     if resume:
         if out is None or not Path(out).is_dir():
             raise VitrinaError("--resume needs --out pointing at the interrupted run folder")
         run_dir = Path(out)
     else:
         run_dir = broadcast(prepare_out_dir(out, runs_dir, "train") if is_main_process() else None)
-    result = train(dataset, config, run_dir, resume=resume, progress=progress, log=log, started_at=started)
+    try:
+        result = train(dataset, config, run_dir, resume=resume, progress=progress, log=log, started_at=started)
+    except VitrinaError:
+        if not resume and is_main_process() and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # refused before anything was written (a budget too small, say): no empty run left
+        raise
     if not is_main_process():
         shutdown()
         return TrainRun(run_dir, {}, {}, result.history)

@@ -27,7 +27,7 @@ from vitrina.errors import VitrinaError
 from vitrina.models.checkpoint import save_model
 from vitrina.models.registry import create_model
 from vitrina.models.runtime import predict_logits, resolve_device, resolve_precision, resolve_training_precision
-from vitrina.models.unknown import save_unknown
+from vitrina.models.unknown import MAX_BANK, save_unknown
 from vitrina.training.calibration import ACCEPT_RATE, calibrate, confidence_threshold
 from vitrina.training.callbacks import Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, TensorBoardLogger
 from vitrina.training.budget import BudgetPlan, Deadline, calibrate_speed, check_budget, plan_epochs
@@ -153,30 +153,34 @@ def _tensorboard(writer: Any, prefix: str) -> list[Callback]:
     return [TensorBoardLogger(writer, prefix)] if writer is not None else []
 
 
-def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], resume: bool, started: float) -> Deadline | None:
+def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], resume_state: dict | None, started: float) -> Deadline | None:
     """Fit the epochs to ``train.budget_minutes`` (see :mod:`vitrina.training.budget`); the deadline to keep."""
     t = run.config.train
     if t.budget_minutes is None or world_position()[1] > 1:  # several processes would have to agree on one plan
         return None
     budget_s = check_budget(t.budget_minutes)
-    previous = BudgetPlan.read(run.run_dir) if resume else None
-    if previous is not None:  # a resumed run keeps its plan and budget
+    if resume_state is not None:  # a resumed run keeps its plan and what is left of its budget
+        previous = BudgetPlan.read(run.run_dir)
+        if previous is None:
+            return None
         run.plan = replace(run.plan, epochs=previous.epochs)
-        return Deadline(time.perf_counter() + previous.budget_s, 0.0, run.log)
-    speed = calibrate_speed(model, run.plan, t.unfreeze_blocks, run.device, run.train_precision)
+        spent = sum(float(row.get("seconds", 0.0)) for row in resume_state.get("history", []))
+        return Deadline(time.perf_counter() + max(0.0, previous.budget_s - spent), previous.reserve_s, run.log)
+    on_prefix = run.device.type == "cpu" and t.feature_runtime != "torch" and t.freeze_bn != "no"
+    speed = calibrate_speed(model, run.plan, t.unfreeze_blocks, run.device, run.train_precision,
+                            prefix_cache=run.cache_dir if on_prefix else None)
     n_eval = sum(len(d.index) for split, d in decoded.items() if split != "train")
     budget = plan_epochs(run.plan, speed, budget_s=budget_s, spent_s=time.perf_counter() - started,
                          n_train=len(decoded["train"].index), n_val=len(decoded["val"].index), n_eval=n_eval,
                          explicit_epochs=t.epochs is not None, unfreeze_blocks=t.unfreeze_blocks, precision=run.train_precision,
-                         log=run.log)
+                         log=run.log, warm_start=t.warm_start_head, bank_images=MAX_BANK)
     run.plan = replace(run.plan, epochs=budget.epochs)
     run.log(f"plan for {budget_s / 60:g} minutes: {budget.epochs} epochs, about {budget.estimated_s / 60:.1f} min in all")
     for reason in budget.reasons:
         run.log(f"  - {reason}")
     if run.main:
         budget.write(run.run_dir)
-    after_s = budget.estimated_s - budget.epochs * budget.seconds_per_epoch - (time.perf_counter() - started)
-    return Deadline(started + budget_s, max(0.0, after_s), run.log)
+    return Deadline(started + budget_s, budget.reserve_s, run.log)
 
 
 def _fit_head(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray], callbacks: list[Callback]) -> list[dict[str, float]]:
@@ -277,17 +281,17 @@ def train(
     run = _resolve_run(dataset, config, run_dir, progress, log)
     plan = run.plan
     resume_state = load_resume_state(run_dir, config, dataset) if resume else None
-    if run.main:
-        config_lib.save(config, run_dir)
-        write_splits(run_dir, dataset)
-    log(_summary(run))
-
     started = time.perf_counter()
     if not run.main:
         barrier()  # rank 0 fills the decoded-image and feature caches first; the others then read them
     decoded, labels, skipped = _decode_splits(run)
     model = _build_model(run)
-    deadline = _plan_budget(run, model, decoded, resume, started_at if started_at is not None else started)
+    deadline = _plan_budget(run, model, decoded, resume_state, started_at if started_at is not None else started)
+    plan = run.plan
+    if run.main:  # after the plan: a budget too small for it leaves no half-written run behind
+        config_lib.save(config, run_dir)
+        write_splits(run_dir, dataset)
+    log(_summary(run))
     writer = open_tensorboard(run_dir) if run.main else None
     try:
         history = _fit(run, model, decoded, labels, resume_state, on_epoch, writer, deadline)

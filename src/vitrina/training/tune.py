@@ -168,6 +168,7 @@ def _objective(dataset: Dataset, base: Config, mode: str, searched: tuple[str, .
     def objective(trial: Trial) -> float:
         params = suggest(trial, mode, searched)
         config = apply_params(base, params)
+        config.train.budget_minutes = None  # trials run their planned epochs; the search keeps its own --minutes
         trial_dir = out_dir / "trials" / f"trial-{trial.number:04d}"
         pruner = EpochPruner(trial)
         started = time.perf_counter()
