@@ -13,7 +13,7 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize(("native", "frozen_prefix", "expected"), [
-    (True, False, "bf16"),  # every block or a scratch CNN: 1.6-2.1x faster
+    (True, False, "bf16"),  # every block or a scratch CNN: 1.3-1.7x faster
     (True, True, "fp32"),  # the last blocks behind the ONNX Runtime prefix: slower in bf16
     (False, False, "fp32"),  # no native bf16: about 3x slower
 ])

@@ -45,9 +45,9 @@ def resolve_training_precision(precision: str, device: torch.device, *, frozen_p
     last blocks train behind a frozen prefix (``frozen_prefix``); else fp32.
 
     Measured on 2 cores with AVX512-BF16 (bench/bench_train_speed.py, efficientnet_lite0 at
-    288 px, batch 32): every block trained 1.7-1.9x faster in bf16; the last 3 blocks behind the
-    ONNX Runtime prefix 0.9x (slower: the small tail gains less than the conversions cost);
-    scratch CNNs (fmnist_cnn, cnn3) 1.6-2.1x faster. Without those instructions bf16 training
+    288 px, batch 32): every block trained 1.46-1.70x faster in bf16; the last 3 or 4 blocks behind
+    the ONNX Runtime prefix 0.84-0.96x (the small tail gains less than the conversions cost);
+    scratch CNNs (fmnist_cnn, cnn3) 1.33-1.53x faster. Without those instructions bf16 training
     measured about 3x slower.
     """
     if precision != "auto":
