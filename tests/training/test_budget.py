@@ -20,6 +20,7 @@ from vitrina.training.budget import (
     check_budget,
     plan_epochs,
 )
+from vitrina.training import trainer
 from vitrina.training.callbacks import EpochEnd
 from vitrina.training.plan import Plan
 
@@ -90,9 +91,11 @@ def test_bad_budgets_on_the_command_line_are_clear_errors(tmp_path: Path, value:
     assert not (tmp_path / "run").exists()
 
 
-def test_a_budget_too_small_leaves_no_run_folder(tmp_path: Path) -> None:
+def test_a_budget_too_small_leaves_no_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
-    config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 0.01})
+    # A machine that takes a second a photo: no epoch fits in half a minute.
+    monkeypatch.setattr(trainer, "calibrate_speed", lambda *args, **kwargs: Calibration(1.0, 0.1))
+    config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 0.5})
     with pytest.raises(ConfigError, match=r"too small for this data.*--budget \d+ or more"):
         api.train(data, config, out=tmp_path / "run", progress=False, log=quiet)
     assert not (tmp_path / "run").exists()
