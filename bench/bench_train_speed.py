@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,26 @@ def train_speed(
         onnx_prefix = OnnxPrefix(prefix, 3, size, onnx_dir)
         forward = lambda images: tail(onnx_prefix(images).to(memory_format=torch.channels_last))  # noqa: E731
 
+    return steps_per_second(forward, optimizer, x, y, precision, steps)
+
+
+def scratch_speed(name: str, size: int, channels: int, precision: str, steps: int, batch: int = 128) -> float:
+    """Training steps of a from-scratch CNN (what small grayscale images get) on random images."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, pretrained=False, channels=channels, input_size=size).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+
+    return steps_per_second(model, optimizer, x, y, precision, steps)
+
+
+def steps_per_second(
+    forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    precision: str, steps: int,
+) -> float:
+    """Images per second of ``steps`` optimisation steps (forward, backward, update) after one warm-up step."""
+
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = forward(x)
@@ -56,30 +77,7 @@ def train_speed(
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    return steps * batch / (time.perf_counter() - started)
-
-
-def scratch_speed(name: str, size: int, channels: int, precision: str, steps: int, batch: int = 128) -> float:
-    """Training steps of a from-scratch CNN (what small grayscale images get) on random images."""
-    torch.manual_seed(0)
-    model = create_model(name, 10, pretrained=False, channels=channels, input_size=size).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - started)
+    return steps * len(x) / (time.perf_counter() - started)
 
 
 def main() -> None:
