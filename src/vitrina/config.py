@@ -69,6 +69,11 @@ class AugmentConfig:
     erasing: float = 0.0  # probability
     randaugment: int = 0  # number of RandAugment ops (0 = off)
     randaugment_magnitude: int = 9
+    trivialaugment: bool = False  # TrivialAugment (one random op of random strength per image)
+    # Mixup and CutMix (fine-tuning and scratch training): the Beta distribution's alpha, 0 = off.
+    # With both on, each batch takes one of them at even odds.
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
 
 @dataclass
@@ -99,6 +104,10 @@ class TrainConfig:
     warm_start_head: bool = True  # fine-tuning: fit the head on cached features first
     feature_copies: int | None = None  # bottleneck: augmented feature copies per training image
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Validate and keep an exponential moving average of the trained weights (0 = off; e.g. 0.998).
+    ema_decay: float = 0.0
+    # Fine-tuning: each trained block's learning rate is this times the next block's (1 = all alike).
+    layer_decay: float = 1.0
     # Frozen-backbone features: auto = ONNX Runtime on a CPU in fp32 (about 3x eager PyTorch), torch otherwise.
     feature_runtime: Literal["auto", "onnx", "torch"] = "auto"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
@@ -196,6 +205,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "augment.hflip": (0.0, 1.0), "augment.rotation": (0.0, 180.0), "augment.shift": (0.0, 0.5),
     "augment.shear": (0.0, 45.0), "augment.zoom": (0.0, 0.9), "augment.color_jitter": (0.0, 1.0), "augment.blur": (0.0, 1.0),
     "augment.erasing": (0.0, 1.0), "augment.randaugment": (0, 16), "augment.randaugment_magnitude": (0, 30),
+    "augment.mixup": (0.0, 100.0), "augment.cutmix": (0.0, 100.0), "train.ema_decay": (0.0, 0.99999), "train.layer_decay": (0.01, 1.0),
     "train.epochs": (1, 10_000), "train.batch_size": (1, 65_536), "train.lr": (1e-9, 10.0), "train.body_lr_scale": (0.0, 10.0),
     "train.weight_decay": (0.0, 10.0), "train.warmup_epochs": (0.0, 1000.0), "train.label_smoothing": (0.0, 0.99),
     "train.patience": (0, 10_000), "train.budget_minutes": (0.01, 10**6), "train.unfreeze_blocks": (-1, 1000), "train.feature_copies": (0, 100),

@@ -21,7 +21,8 @@ class BatchAugment:
     grouped blur convolution, erasing masks), so augmenting costs a small fraction of a training
     step even for 28x28 images, where a per-image torchvision pipeline was the bottleneck.
     Warps fill the uncovered border by repeating the edge pixels, which suits white product
-    backgrounds and Fashion-MNIST's black ones alike. RandAugment, when asked for, runs per image.
+    backgrounds and Fashion-MNIST's black ones alike. RandAugment or TrivialAugment, when asked
+    for, run per image before the rest.
     """
 
     def __init__(self, cfg: AugmentConfig, channels: int = 3, strength: float = 1.0):
@@ -35,11 +36,13 @@ class BatchAugment:
             v2.RandAugment(num_ops=cfg.randaugment, magnitude=min(30, round(cfg.randaugment_magnitude * strength)))
             if cfg.randaugment > 0 else None
         )
+        self.trivialaugment = v2.TrivialAugmentWide() if cfg.trivialaugment else None
 
     def is_identity(self) -> bool:
         return not (
             self.hflip > 0 or self.rotation > 0 or self.shift > 0 or self.shear > 0 or self.zoom > 0
             or self.jitter > 0 or self.blur > 0 or self.erasing > 0 or self.randaugment is not None
+            or self.trivialaugment is not None
         )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -50,6 +53,8 @@ class BatchAugment:
         x = images.permute(0, 3, 1, 2)
         if self.randaugment is not None:
             x = torch.stack([self.randaugment(img) for img in x])
+        if self.trivialaugment is not None:
+            x = torch.stack([self.trivialaugment(img) for img in x])
         x = x.float()
         if self.hflip > 0:
             flip = torch.rand(n) < self.hflip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -22,6 +23,8 @@ from vitrina.models.stages import OnnxPrefix, split_at_trainable
 from vitrina.training.augment import augment_batch, build_augment
 from vitrina.training.callbacks import Callback, EpochEnd, callback_states, restore_callbacks, run_callbacks
 from vitrina.training.distributed import world_position
+from vitrina.training.ema import WeightAverage
+from vitrina.training.mixing import BatchMix, mixed_cross_entropy
 from vitrina.training.optim import (
     BestEpoch, build_optimizer, class_weights, epoch_order, freeze_batchnorm, loss_and_accuracy, lr_schedule,
 )
@@ -77,18 +80,22 @@ class AugmentedBatches(torch.utils.data.Dataset):
         return self.preprocess.normalize_torch(images), torch.from_numpy(self.labels[idx])
 
 
-def trainable_body(model: nn.Module, unfreeze_blocks: int) -> list[nn.Parameter]:
-    """Freeze the backbone but its last ``unfreeze_blocks`` blocks (all of them for -1); returns theirs."""
+def trainable_blocks(model: nn.Module, unfreeze_blocks: int) -> list[list[nn.Parameter]]:
+    """Freeze the backbone but its last ``unfreeze_blocks`` blocks (all of them for -1); returns
+    their parameters block by block, input to output."""
     blocks = list(model.blocks())
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     chosen = blocks if unfreeze_blocks < 0 else blocks[len(blocks) - unfreeze_blocks :] if unfreeze_blocks else []
-    params: list[nn.Parameter] = []
+    params: list[list[nn.Parameter]] = []
     for block in chosen:
-        for p in block.parameters():
-            p.requires_grad_(True)
-            params.append(p)
+        params.append([p.requires_grad_(True) for p in block.parameters()])
     return params
+
+
+def trainable_body(model: nn.Module, unfreeze_blocks: int) -> list[nn.Parameter]:
+    """Freeze the backbone but its last ``unfreeze_blocks`` blocks (all of them for -1); returns theirs."""
+    return [p for block in trainable_blocks(model, unfreeze_blocks) for p in block]
 
 
 def frozen_prefix(job: NetworkTraining, world: int) -> tuple[Forward, nn.Module] | None:
@@ -114,14 +121,18 @@ def frozen_prefix(job: NetworkTraining, world: int) -> tuple[Forward, nn.Module]
 
 
 def _parameter_groups(job: NetworkTraining) -> list[dict]:
-    """Fine-tuning: the unfrozen blocks at a scaled learning rate and the head; else every trainable parameter."""
+    """Fine-tuning: the unfrozen blocks at a scaled learning rate (each block ``layer_decay`` times
+    the next one's) and the head; else every trainable parameter."""
     t, plan, model = job.config.train, job.plan, job.model
     if plan.mode == "finetune":
-        body = trainable_body(model, t.unfreeze_blocks)
-        groups = [
-            {"params": body, "lr": plan.lr * t.body_lr_scale, "name": "body"},
-            {"params": list(model.head.parameters()), "lr": plan.lr, "name": "head"},
-        ]
+        blocks = trainable_blocks(model, t.unfreeze_blocks)
+        body_lr = plan.lr * t.body_lr_scale
+        if t.layer_decay == 1.0:
+            body = [{"params": [p for block in blocks for p in block], "lr": body_lr, "name": "body"}]
+        else:
+            body = [{"params": params, "lr": body_lr * t.layer_decay ** (len(blocks) - 1 - i), "name": f"body{i}"}
+                    for i, params in enumerate(blocks)]
+        groups = [*body, {"params": list(model.head.parameters()), "lr": plan.lr, "name": "head"}]
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": plan.lr, "name": "all"}]
     return [g for g in groups if g["params"]]
@@ -138,17 +149,25 @@ class _Optimisation:
     label_smoothing: float
     device: torch.device
     precision: str
+    mix: BatchMix | None = None
+    average: WeightAverage | None = None
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-        """Learn from one batch; returns (summed loss, correct predictions)."""
+        """Learn from one batch; returns (summed loss, correct predictions: of the first label where mixed)."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        mixed = self.mix(x, y) if self.mix is not None else None
         with autocast(self.device, self.precision):
-            logits = self.forward(x)
-        loss = F.cross_entropy(logits.float(), y, weight=self.weight, label_smoothing=self.label_smoothing)
+            logits = self.forward(mixed.images if mixed is not None else x)
+        if mixed is not None:
+            loss = mixed_cross_entropy(logits.float(), mixed, self.weight, self.label_smoothing)
+        else:
+            loss = F.cross_entropy(logits.float(), y, weight=self.weight, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update()
         return loss.item() * len(y), int((logits.argmax(1) == y).sum())
 
 
@@ -230,12 +249,13 @@ def _restore(
 
 
 def _resume_point(
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, chosen: BestEpoch,
-    callbacks: Sequence[Callback], epoch: int,
+    optimisation: _Optimisation, chosen: BestEpoch, callbacks: Sequence[Callback], epoch: int,
 ) -> dict[str, Any]:
     """What ``train_state.pt`` holds for ``--resume`` to continue after ``epoch``."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": chosen.history,
-            "best": list(chosen.best), **callback_states(callbacks), "epoch": epoch, "best_state": chosen.state}
+    average = optimisation.average.state_dict() if optimisation.average is not None else {}
+    return {"optimizer": optimisation.optimizer.state_dict(), "scheduler": optimisation.scheduler.state_dict(),
+            "history": chosen.history, "best": list(chosen.best), **callback_states(callbacks), **average,
+            "epoch": epoch, "best_state": chosen.state}
 
 
 def _validate(job: NetworkTraining, validate: Forward) -> tuple[float, float]:
@@ -264,7 +284,11 @@ def train_network(
         start_epoch = _restore(resume_state, optimizer, scheduler, chosen, callbacks)
         job.log(f"  resumed after epoch {start_epoch}")
     net, forward, validate = _forward_passes(job, world)
-    optimisation = _Optimisation(forward, optimizer, scheduler, weight, t.label_smoothing, job.device, job.train_precision)
+    average = WeightAverage(model, t.ema_decay) if t.ema_decay > 0 else None
+    if average is not None and resume_state:
+        average.load_state_dict(resume_state)
+    mix = BatchMix.build(job.config.augment.mixup, job.config.augment.cutmix) if job.config.augment.enabled else None
+    optimisation = _Optimisation(forward, optimizer, scheduler, weight, t.label_smoothing, job.device, job.train_precision, mix, average)
     # Batches are augmented in a worker process while the model computes; the worker's RNG is
     # seeded from the epoch seed, so runs (and resumed runs) are reproducible.
     batch_workers = 1 if transform is not None and t.workers != 0 else 0
@@ -276,25 +300,33 @@ def train_network(
         loss_sum, correct, total = _train_epoch(job, net, optimisation, batch_source, batch_workers, local_batch, epoch)
         train_seconds = time.perf_counter() - started
         loss_sum, correct, total = _sum_over_processes(loss_sum, correct, total)
-        val_loss, val_acc = _validate(job, validate)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(total, 1),
-            "train_accuracy": correct / max(total, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": optimizer.param_groups[-1]["lr"],
-            "seconds": time.perf_counter() - started,
-            "images_per_second": total / max(train_seconds, 1e-9),
-        }
-        improved = chosen.record(row, model)
+        with average.applied() if average is not None else nullcontext():
+            val_loss, val_acc = _validate(job, validate)
+            row = _history_row(epoch, loss_sum, correct, total, val_loss, val_acc, optimizer, started, train_seconds)
+            improved = chosen.record(row, model)  # the averaged weights, where they are averaged
         _log_epoch(job, row, improved)
-        state = EpochEnd(epoch + 1, model, improved, partial(_resume_point, optimizer, scheduler, chosen, callbacks, epoch + 1))
+        state = EpochEnd(epoch + 1, model, improved, partial(_resume_point, optimisation, chosen, callbacks, epoch + 1))
         run_callbacks(callbacks, row, state)
         if state.stop_reason:
             job.log(f"  early stop: {state.stop_reason}")
             break
     return chosen.history, chosen.state
+
+
+def _history_row(
+    epoch: int, loss_sum: float, correct: float, total: float, val_loss: float, val_acc: float,
+    optimizer: torch.optim.Optimizer, started: float, train_seconds: float,
+) -> dict[str, float]:
+    return {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(total, 1),
+        "train_accuracy": correct / max(total, 1),
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "lr": optimizer.param_groups[-1]["lr"],
+        "seconds": time.perf_counter() - started,
+        "images_per_second": total / max(train_seconds, 1e-9),
+    }
 
 
 def _forward_passes(job: NetworkTraining, world: int) -> tuple[nn.Module, Forward, Forward]:
