@@ -80,6 +80,8 @@ def test_a_run_writes_its_plan(tmp_path: Path) -> None:
     assert PLAN_KEYS <= plan.keys()
     assert plan["epochs"] == len(run.history) or plan["epochs"] > len(run.history)  # early stopping may end sooner
     assert plan["measured_s"] is not None and plan["measured_s"] <= 5 * 60
+    assert plan["expected_images_per_s"] > 0  # the exported int8 model, timed before training
+    assert any("should predict about" in reason for reason in plan["reasons"])
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "soon"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import make_shapes_dataset, quiet, scratch_config
+from tests.helpers import make_shapes_dataset, quiet
 from vitrina import api
 from vitrina.config import AugmentConfig, resolve
 from vitrina.errors import ConfigError

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from torch import nn
 from vitrina.description import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SCORE_OUTPUT, ExportInfo, ModelDescription
 from vitrina.errors import ModelError
 from vitrina.inference.predictor import parse_onnx_metadata
-from vitrina.models.onnx_graph import module_to_onnx
+from vitrina.models.onnx_graph import module_to_onnx, quantize_int8_graph
 from vitrina.models.unknown import ScoredNet, UnknownScore
 from vitrina.preprocess import Preprocess
 from vitrina.version import __version__
@@ -87,36 +86,19 @@ def read_description(path: str | Path) -> ModelDescription:
 
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, preprocess: Preprocess) -> None:
     """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calibration`` images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    vote = _vote_nodes(onnx.load_model(str(fp32_path)).graph)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(range(0, len(calibration), 16))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            start = next(self.batches, None)
-            return None if start is None else {INPUT_NAME: preprocess.normalize(calibration[start : start + 16])}
-
-    with tempfile.TemporaryDirectory(prefix="vitrina-int8-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(prepared))
-        except Exception:  # noqa: BLE001 - its symbolic shape inference gives up on some graphs (the kNN score's TopK)
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        graph = onnx.load_model(str(prepared)).graph
+    def excluded(graph: onnx.GraphProto) -> list[str]:
         # A quantised softmax would round every probability to a multiple of 1/255. Of the unknown
         # score only the product with the kNN bank is quantised: at batch 1 that product reads the
         # whole bank, so int8 makes it 4x cheaper; the rest of the score stays in float. The
         # neighbour vote mixes probabilities, so it stays in float whole.
         by_name = {node.name: node for node in graph.node}
-        vote = _vote_nodes(onnx.load_model(str(fp32_path)).graph)
-        excluded = [node.name for node in graph.node if node.op_type == "Softmax" or node.name in vote] + [
+        return [node.name for node in graph.node if node.op_type == "Softmax" or node.name in vote] + [
             name for name in _score_only_nodes(graph) if by_name[name].op_type != "MatMul"]
-        quantize_static(
-            str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-        )
+
+    batches = (preprocess.normalize(calibration[start : start + 16]) for start in range(0, len(calibration), 16))
+    quantize_int8_graph(fp32_path, int8_path, batches, excluded, input_name=INPUT_NAME)
 
 
 def _vote_nodes(graph: onnx.GraphProto) -> set[str]:

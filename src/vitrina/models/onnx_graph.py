@@ -10,7 +10,9 @@ import copy
 import hashlib
 import io
 import os
+import tempfile
 import warnings
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +62,38 @@ def module_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, ou
             except Exception as exc:  # noqa: BLE001
                 raise ModelError(f"cannot export the network to ONNX: {dynamo_error}; {exc}") from None
             return onnx.load_from_string(buffer.getvalue())
+
+
+def quantize_int8_graph(
+    fp32_path: Path, int8_path: Path, batches: Iterable[np.ndarray],
+    exclude: Callable[[Any], list[str]] | None = None, input_name: str = INPUT_NAME,
+) -> None:
+    """Static int8 quantisation of an fp32 graph (QDQ, per-channel int8 weights, uint8 activations),
+    calibrated on ``batches`` of normalised inputs; ``exclude`` names nodes of the prepared graph
+    (an onnx.GraphProto) to keep in float."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    with tempfile.TemporaryDirectory(prefix="vitrina-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(prepared))
+        except Exception:  # noqa: BLE001 - its symbolic shape inference gives up on some graphs (the kNN score's TopK)
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        excluded = exclude(onnx.load_model(str(prepared)).graph) if exclude is not None else []
+        quantize_static(
+            str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+        )
 
 
 def cpu_session(model: bytes | str | Path, threads: int | None = None):  # type: ignore[no-untyped-def]

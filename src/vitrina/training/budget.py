@@ -54,6 +54,8 @@ class BudgetPlan:
     seconds_per_epoch: float = 0.0
     reserve_s: float = 0.0  # after training: evaluation, the extras, the features they need
     reasons: list[str] = field(default_factory=list)
+    # vitrina predict with the exported int8 model on this machine, measured before training
+    expected_images_per_s: float | None = None
 
     def write(self, run_dir: Path) -> None:
         (run_dir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")

@@ -24,6 +24,7 @@ from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.data.samples import Dataset
 from vitrina.description import ModelDescription
 from vitrina.errors import VitrinaError
+from vitrina.inference.expected_speed import PHOTOS_TIMED, PredictionSpeed, measure_prediction_speed
 from vitrina.models.checkpoint import save_model
 from vitrina.models.registry import create_model
 from vitrina.models.runtime import predict_logits, resolve_device, resolve_precision, resolve_training_precision
@@ -167,6 +168,7 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
         spent = sum(float(row.get("seconds", 0.0)) for row in resume_state.get("history", []))
         return Deadline(time.perf_counter() + max(0.0, previous.budget_s - spent), previous.reserve_s, run.log)
     on_prefix = run.device.type == "cpu" and t.feature_runtime != "torch" and t.freeze_bn != "no"
+    prediction = _expected_prediction_speed(run, model, decoded["train"])
     speed = calibrate_speed(model, run.plan, t.unfreeze_blocks, run.device, run.train_precision,
                             prefix_cache=run.cache_dir if on_prefix else None)
     n_eval = sum(len(d.index) for split, d in decoded.items() if split != "train")
@@ -174,6 +176,9 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
                          n_train=len(decoded["train"].index), n_val=len(decoded["val"].index), n_eval=n_eval,
                          explicit_epochs=t.epochs is not None, unfreeze_blocks=t.unfreeze_blocks, precision=run.train_precision,
                          log=run.log, warm_start=t.warm_start_head, bank_images=MAX_BANK)
+    if prediction is not None:
+        budget.reasons.append(prediction.describe())
+        budget.expected_images_per_s = round(prediction.images_per_second, 1)
     run.plan = replace(run.plan, epochs=budget.epochs)
     run.log(f"plan for {budget_s / 60:g} minutes: {budget.epochs} epochs, about {budget.estimated_s / 60:.1f} min in all")
     for reason in budget.reasons:
@@ -181,6 +186,16 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
     if run.main:
         budget.write(run.run_dir)
     return Deadline(started + budget_s, budget.reserve_s, run.log)
+
+
+def _expected_prediction_speed(run: _Run, model: nn.Module, train: DecodedImages) -> PredictionSpeed | None:
+    """How fast the exported model will predict here (measured); None where it cannot be measured."""
+    samples = run.dataset.splits["train"]
+    try:
+        return measure_prediction_speed(model, run.plan.preprocess, train.images, [samples[i] for i in train.index[:PHOTOS_TIMED]])
+    except Exception as exc:  # noqa: BLE001 - a figure for the plan: a graph ONNX cannot take must not stop training
+        run.log(f"  (the exported model's speed could not be measured: {type(exc).__name__}: {exc})")
+        return None
 
 
 def _fit_head(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray], callbacks: list[Callback]) -> list[dict[str, float]]:
