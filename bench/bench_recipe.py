@@ -13,11 +13,20 @@ reported split (validation is 1% of train, the least vitrina takes). Prints per 
 accuracy with its binomial standard error, train seconds (and the plan's estimate), peak memory,
 and the target. For freiburg also the accuracy on test photos with no near copy in train.
 
-    python bench/bench_recipe.py [--only freiburg,avito,clothing,fashion] [--variants default,plain] [--runs DIR]
+Candidate changes (``--variants default,ema,llrd,trivial,mix``) are the default plus one setting
+each; for every candidate the benchmark prints its accuracy delta against the default on each
+dataset with the binomial standard error of the difference, and the rule that decides a
+default: kept only if it helps on average and hurts no dataset by more than one standard error.
+``--screen-epochs N`` screens cheaply: the default and the candidates train N epochs with no
+budget (runs kept apart from the full ones); ``--units split0,seed0`` runs only those units.
+
+    python bench/bench_recipe.py [--only freiburg,avito,clothing,fashion] [--variants default,plain]
+                                 [--runs DIR] [--screen-epochs N] [--units U,...]
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -33,6 +42,21 @@ PLAIN = ["--model", "efficientnet_lite2", "--mode", "finetune", "--epochs", "6",
          "--set", "train.unfreeze_blocks=-1", "--set", "model.input_size=260", "--set", "train.precision=bf16",
          "--set", "train.patience=0", "--set", "train.neighbour_vote=false", "--set", "train.flip_average=false",
          "--set", "train.budget_minutes=null"]
+CANDIDATES = {
+    "ema": ["--set", "train.ema_decay=0.998"],
+    "llrd": ["--set", "train.layer_decay=0.7"],
+    "trivial": ["--set", "augment.trivialaugment=true"],
+    "mix": ["--set", "augment.mixup=0.2", "--set", "augment.cutmix=1.0"],
+}
+
+
+def variant_flags(variant: str, screen_epochs: int | None) -> list[str]:
+    if variant == "plain":
+        return PLAIN
+    if variant != "default" and variant not in CANDIDATES:
+        raise SystemExit(f"unknown variant {variant!r} (default, plain, {', '.join(CANDIDATES)})")
+    screen = ["--epochs", str(screen_epochs), "--set", "train.budget_minutes=null"] if screen_epochs else []
+    return screen + CANDIDATES.get(variant, [])
 
 
 def freiburg_yaml(split: int, folder: Path) -> Path:
@@ -65,6 +89,7 @@ def train(out: Path, data: str, flags: list[str]) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     plan = out / "plan.json"
     metrics["estimated_s"] = json.loads(plan.read_text())["estimated_s"] if plan.is_file() else float("nan")
+    metrics["run"] = out
     return metrics
 
 
@@ -78,27 +103,78 @@ def main() -> None:
     parser.add_argument("--only", default="freiburg,avito,clothing,fashion")
     parser.add_argument("--variants", default="default,plain")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench-recipe")
+    parser.add_argument("--screen-epochs", type=int, default=None)
+    parser.add_argument("--units", default=None, help="only these units, e.g. split0,seed0")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"{SHARED} not found: this benchmark needs ../shared/datasets; nothing measured.")
         return
     args.runs.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.units.split(",")) if args.units else None
     table = []
     for name in args.only.split(","):
         for variant in args.variants.split(","):
             if variant == "plain" and name == "fashion":
                 continue
-            print(f"{name} / {variant}", flush=True)
-            found = [train(args.runs / name / variant / unit, data, PLAIN + flags if variant == "plain" else flags)
-                     for unit, data, flags in units(name, args.runs)]
-            accs, counts = [m["accuracy"] for m in found], [m["n_images"] for m in found]
-            table.append((name, variant, sum(accs) / len(accs), standard_error(accs, counts), accs, found))
+            folder = variant if variant == "plain" or not args.screen_epochs else f"{variant}-e{args.screen_epochs}"
+            print(f"{name} / {folder}", flush=True)
+            chosen = [(u, d, f) for u, d, f in units(name, args.runs) if wanted is None or u in wanted]
+            found = [train(args.runs / name / folder / unit, data, variant_flags(variant, args.screen_epochs) + flags)
+                     for unit, data, flags in chosen]
+            if found:
+                accs, counts = [m["accuracy"] for m in found], [m["n_images"] for m in found]
+                table.append((name, variant, sum(accs) / len(accs), standard_error(accs, counts), accs, found))
+    print_table(table)
+    print_deltas(table, screening=bool(args.screen_epochs or args.units))
+
+
+def print_table(table: list) -> None:
     print("\n| dataset | variant | accuracy (mean ± SE) | per run | target | train s (max) | plan's estimate s | peak MB (max) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, variant, mean, se, accs, found in table:
         print(f"| {name} | {variant} | {mean:.2%} ± {se:.2%} | {', '.join(f'{a:.2%}' for a in accs)} | {TARGETS[name]:.1%} | "
               f"{max(m['train_seconds'] for m in found):.0f} | {max(m['estimated_s'] for m in found):.0f} | "
               f"{max(m['peak_rss_mb'] for m in found):.0f} |")
+
+
+def correct_by_photo(run: Path) -> dict[str, int]:
+    """Each reported photo's correctness (1 or 0), from the run's predictions on its reported split."""
+    split = json.loads((run / "metrics.json").read_text())["split"]
+    with open(run / f"predictions_{split}.csv", newline="") as fh:
+        return {row["path"]: int(row["correct"]) for row in csv.DictReader(fh)}
+
+
+def paired_delta(candidate: list[Path], default: list[Path]) -> tuple[float, float]:
+    """Mean accuracy difference over the units and its standard error, paired photo by photo
+    (both variants answer the same photos, so their errors are not independent)."""
+    deltas, variances = [], []
+    for a, b in zip(candidate, default):
+        ca, cb = correct_by_photo(a), correct_by_photo(b)
+        diff = [ca[p] - cb[p] for p in ca.keys() & cb.keys()]
+        mean = sum(diff) / len(diff)
+        deltas.append(mean)
+        variances.append(sum((d - mean) ** 2 for d in diff) / max(1, len(diff) - 1) / len(diff))
+    return sum(deltas) / len(deltas), math.sqrt(sum(variances)) / len(deltas)
+
+
+def print_deltas(table: list, screening: bool) -> None:
+    """Each candidate against the default, per dataset (paired standard errors), and the rule's verdict."""
+    default = {name: found for name, variant, _, _, _, found in table if variant == "default"}
+    for candidate in dict.fromkeys(v for _, v, *_ in table if v in CANDIDATES):
+        rows = []
+        for name, variant, _, _, _, found in table:
+            if variant != candidate or name not in default or (candidate == "llrd" and name == "fashion"):
+                continue  # layer-wise rates apply to fine-tuning only
+            rows.append((name, *paired_delta([m["run"] for m in found], [m["run"] for m in default[name]])))
+        if not rows:
+            continue
+        average = sum(d for _, d, _ in rows) / len(rows)
+        hurt = [name for name, d, se in rows if d < -se]
+        verdict = "keep" if average > 0 and not hurt else "do not keep"
+        complete = not screening and len(rows) == (3 if candidate == "llrd" else 4)
+        cells = ", ".join(f"{name} {d:+.2%} (SE {se:.2%})" for name, d, se in rows)
+        print(f"{candidate}: {cells}; mean {average:+.2%}; hurts by more than one SE: {', '.join(hurt) or 'none'} -> "
+              + (verdict if complete else f"screen: {verdict} (a default is decided on full runs of every dataset)"))
 
 
 if __name__ == "__main__":

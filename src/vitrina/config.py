@@ -94,6 +94,9 @@ class TrainConfig:
     # Wall time for `vitrina train` (vitrina.training.budget): the epochs are planned to fit, and
     # training stops cleanly at the budget keeping the best epoch. None: no budget.
     budget_minutes: float | None = 30.0
+    # The plan times the exported model (int8) before training and prints its expected images/s:
+    # 5-20 s the first time for a backbone, about a second once its graph is cached.
+    expected_speed: bool = True
     balance: Literal["none", "weights", "sampler"] = "none"
     # Fine-tuning trains the last N backbone blocks (-1 = all). The early high-resolution blocks
     # cost most of the backward pass on a CPU and change least from their ImageNet weights.

@@ -74,9 +74,10 @@ def test_the_deadline_stops_when_another_epoch_would_not_fit() -> None:
 
 def test_a_run_writes_its_plan(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
-    config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 5})
+    config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 5, "train.expected_speed": True})
     run = api.train(data, config, out=tmp_path / "run", progress=False, log=quiet)
     plan = json.loads((run.run_dir / "plan.json").read_text())
+    assert list((tmp_path / "cache" / "onnx").glob("speed-*.int8.onnx"))  # a second run only times it
     assert PLAN_KEYS <= plan.keys()
     assert plan["epochs"] == len(run.history) or plan["epochs"] > len(run.history)  # early stopping may end sooner
     assert plan["measured_s"] is not None and plan["measured_s"] <= 5 * 60

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from tests.helpers import make_shapes_dataset, quiet
@@ -86,6 +87,10 @@ def test_finetune_with_every_regulariser_trains_and_resumes(tmp_path: Path) -> N
     assert state["ema_steps"] > 0 and state["ema_average"]
     saved = json.loads((run.run_dir / "model.json").read_text())
     assert saved["classes"] == ["bar", "disc", "square"]
+    # The run keeps the averaged weights of its best epoch; the resume point holds the raw ones.
+    best, last = load_file(run.run_dir / "model.safetensors"), load_file(run.run_dir / "last.safetensors")
+    trained = [k for k in best if k.startswith("backbone.blocks.6") and k.endswith("weight")]
+    assert trained and any(not torch.equal(best[k], last[k]) for k in trained)
 
 
 def test_layer_decay_gives_each_trained_block_its_own_learning_rate(tmp_path: Path) -> None:
@@ -104,3 +109,8 @@ def test_layer_decay_gives_each_trained_block_its_own_learning_rate(tmp_path: Pa
     assert [g["name"] for g in groups][-1] == "head"
     plain = _parameter_groups(Job(model, 1.0))  # type: ignore[arg-type]
     assert [g["lr"] for g in plain] == [0.1, 1.0]
+
+
+def test_trivialaugment_and_randaugment_together_are_refused() -> None:
+    with pytest.raises(ConfigError, match="trivialaugment"):
+        build_augment(AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, color_jitter=0, trivialaugment=True, randaugment=2))

@@ -8,7 +8,7 @@ the neighbour vote change the figure little; a mirror average, where one is kept
 """
 from __future__ import annotations
 
-import copy
+import hashlib
 import statistics
 import tempfile
 import time
@@ -24,7 +24,7 @@ from vitrina.data.images import DEFAULT_MAX_PIXELS, open_sample
 from vitrina.data.samples import Sample
 from vitrina.errors import ImageError
 from vitrina.inference.predictor import RUN_BATCH, default_threads
-from vitrina.models.onnx_graph import INPUT_NAME, cpu_session, module_to_onnx, quantize_int8_graph
+from vitrina.models.onnx_graph import INPUT_NAME, cached_graph, cpu_session, module_to_onnx, quantize_int8_graph
 from vitrina.preprocess import Preprocess
 
 PHOTOS_TIMED = 16
@@ -49,24 +49,26 @@ class PredictionSpeed:
 
 def measure_prediction_speed(
     model: nn.Module, preprocess: Preprocess, images: np.ndarray, samples: Sequence[Sample], cores: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> PredictionSpeed:
     """Time ``model`` exported and quantised (calibrated on ``images``, uint8 NxHxWxC already
-    resized) and the decoding of ``samples`` (a few training photos)."""
+    resized) and the decoding of ``samples`` (a few training photos).
+
+    ``cache_dir``: the int8 graph is kept there under a digest of the architecture and input
+    shape (the weights barely change its speed), so later runs of the same model only time it.
+    """
     cores = cores or default_threads()
-    return PredictionSpeed(_network_ms(model, preprocess, images), _preprocess_ms(preprocess, samples), cores)
+    return PredictionSpeed(_network_ms(model, preprocess, images, cache_dir), _preprocess_ms(preprocess, samples), cores)
 
 
-def _network_ms(model: nn.Module, preprocess: Preprocess, images: np.ndarray) -> float:
-    net = copy.deepcopy(model).cpu().float().eval()
-    size, channels = preprocess.input_size, preprocess.channels
+def _network_ms(model: nn.Module, preprocess: Preprocess, images: np.ndarray, cache_dir: str | Path | None) -> float:
     sample = np.asarray(images[:PHOTOS_TIMED])
     batch = preprocess.normalize(np.resize(sample, (RUN_BATCH, *sample.shape[1:])))
     with tempfile.TemporaryDirectory(prefix="vitrina-speed-") as tmp:
-        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        proto = module_to_onnx(net, torch.zeros(2, channels, size, size), INPUT_NAME, "logits")
-        fp32.write_bytes(proto.SerializeToString())
-        quantize_int8_graph(fp32, int8, [preprocess.normalize(sample)])
-        session = cpu_session(int8, threads=1)
+        shape = f"{preprocess.channels}x{preprocess.input_size}"
+        key = hashlib.blake2b(f"{model!r}|{shape}".encode(), digest_size=12).hexdigest()
+        path = Path(cache_dir) / "onnx" / f"speed-{key}.int8.onnx" if cache_dir is not None else Path(tmp) / "int8.onnx"
+        session = cpu_session(cached_graph(path, lambda: _int8_graph(model, preprocess, sample, Path(tmp))), threads=1)
     session.run(None, {INPUT_NAME: batch})  # the first run allocates
     timings = []
     deadline = time.perf_counter() + 1.0
@@ -75,6 +77,17 @@ def _network_ms(model: nn.Module, preprocess: Preprocess, images: np.ndarray) ->
         session.run(None, {INPUT_NAME: batch})
         timings.append(time.perf_counter() - started)
     return 1000.0 * statistics.median(timings) / RUN_BATCH
+
+
+def _int8_graph(model: nn.Module, preprocess: Preprocess, calibration: np.ndarray, folder: Path):  # type: ignore[no-untyped-def]
+    """``model`` as an int8 ONNX graph (an onnx.ModelProto), calibrated on ``calibration``."""
+    import onnx  # lazy: onnx's Python package loads only where a graph is written
+
+    size, channels = preprocess.input_size, preprocess.channels
+    fp32, int8 = folder / "fp32.onnx", folder / "int8-new.onnx"
+    fp32.write_bytes(module_to_onnx(model, torch.zeros(2, channels, size, size), INPUT_NAME, "logits").SerializeToString())
+    quantize_int8_graph(fp32, int8, [preprocess.normalize(calibration)])
+    return onnx.load_model(str(int8))
 
 
 def _preprocess_ms(preprocess: Preprocess, samples: Sequence[Sample]) -> float:

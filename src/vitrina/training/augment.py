@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from vitrina.config import AugmentConfig
+from vitrina.errors import ConfigError
 
 
 class BatchAugment:
@@ -36,6 +37,8 @@ class BatchAugment:
             v2.RandAugment(num_ops=cfg.randaugment, magnitude=min(30, round(cfg.randaugment_magnitude * strength)))
             if cfg.randaugment > 0 else None
         )
+        if cfg.trivialaugment and cfg.randaugment > 0:
+            raise ConfigError("augment.trivialaugment and augment.randaugment are two choices of one thing: turn one off")
         self.trivialaugment = v2.TrivialAugmentWide() if cfg.trivialaugment else None
 
     def is_identity(self) -> bool:

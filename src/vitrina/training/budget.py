@@ -152,7 +152,7 @@ def plan_epochs(
         per_epoch = n_train * calibration.step_s_per_image + n_val * forward
     fixed = spent_s + features_s + after_s
     reasons = [
-        f"already spent {spent_s:.0f} s (grouping near copies, decoding)",
+        f"already spent {spent_s:.0f} s (grouping near copies, decoding, timing the exported model)",
         (f"calibrated here: a training step {1000 * calibration.step_s_per_image:.1f} ms and an inference pass "
          f"{1000 * forward:.1f} ms per image ({precision} training)"),
         f"frozen features about {features_s:.0f} s, evaluation and extras about {after_s:.0f} s",

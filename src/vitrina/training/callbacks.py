@@ -27,7 +27,7 @@ class EpochEnd:
 
     epoch: int  # epochs finished, counting from 1
     model: nn.Module
-    improved: bool  # this epoch is the best so far: its weights are the ones the loop returns
+    improved: bool  # this epoch is the best so far: its weights (averaged, with train.ema_decay) are the ones the loop returns
     # Everything --resume needs to continue after this epoch (the network loop only).
     resume_point: Callable[[], dict[str, Any]] | None = None
     stop_reason: str | None = None

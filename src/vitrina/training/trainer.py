@@ -190,9 +190,12 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
 
 def _expected_prediction_speed(run: _Run, model: nn.Module, train: DecodedImages) -> PredictionSpeed | None:
     """How fast the exported model will predict here (measured); None where it cannot be measured."""
+    if not run.config.train.expected_speed:
+        return None
     samples = run.dataset.splits["train"]
     try:
-        return measure_prediction_speed(model, run.plan.preprocess, train.images, [samples[i] for i in train.index[:PHOTOS_TIMED]])
+        return measure_prediction_speed(model, run.plan.preprocess, train.images, [samples[i] for i in train.index[:PHOTOS_TIMED]],
+                                        cache_dir=run.cache_dir)
     except Exception as exc:  # noqa: BLE001 - a figure for the plan: a graph ONNX cannot take must not stop training
         run.log(f"  (the exported model's speed could not be measured: {type(exc).__name__}: {exc})")
         return None
