@@ -27,7 +27,7 @@ TRAIN_STATE = "train_state.pt"  # optimizer, schedule, history and counters of t
 LAST_STEM = "last"  # last.safetensors / last.json: the weights after the last finished epoch
 
 
-NOT_COMPUTED = ("train.device", "train.workers", "train.cache_dir")  # where or how fast, not what training computes
+NOT_COMPUTED = ("train.device", "train.workers", "train.cache_dir", "train.expected_speed")  # where or how fast, not what training computes
 
 
 def relevant_settings(config: Config | dict[str, Any]) -> dict[str, Any]:
