@@ -16,6 +16,19 @@ from vitrina.quality.clean import CleanSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT / ".." / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _plans_do_not_time_the_exported_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exporting and quantising a model takes seconds per run: only the tests marked
+    ``expected_speed`` time it for real (runs in subprocesses always do); the others get a fixed figure."""
+    if request.node.get_closest_marker("expected_speed") is None:
+        from vitrina.inference.expected_speed import PredictionSpeed
+        from vitrina.training import trainer
+
+        monkeypatch.setattr(trainer, "measure_prediction_speed", lambda *args, **kwargs: PredictionSpeed(5.0, 1.0, 2))
+
+
 # One backbone; a lower off-topic limit than the default, as 3 classes of 30 photos spread the distances wide.
 ONE_BACKBONE = CleanSettings(models="efficientnet_lite0", outlier_z=2.0)
 

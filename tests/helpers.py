@@ -19,8 +19,7 @@ from vitrina.config import Config, resolve
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "src" / "vitrina" / "demo" / "clothing"
 # Small scratch runs: a few seconds each.
-# The plan's timing of the exported model is tested on its own (tests/training/test_budget.py).
-TINY = {"model.input_size": 32, "train.batch_size": 16, "train.workers": 1, "train.patience": 0, "train.expected_speed": False}
+TINY = {"model.input_size": 32, "train.batch_size": 16, "train.workers": 1, "train.patience": 0}
 # Small inputs and eager PyTorch features (no ONNX export) keep a clean run to seconds.
 CLEAN_TINY = {"model.input_size": 96, "train.feature_runtime": "torch", "train.workers": 1}
 DIRTY_CLASSES = ("hat", "pants", "shoes")
@@ -72,7 +71,7 @@ def scratch_config(tmp_path: Path, **extra: object) -> Config:
     overrides = {
         "train.mode": "scratch", "model.name": "cnn1", "model.input_size": 32, "train.epochs": 4,
         "train.batch_size": 16, "train.workers": 1, "train.cache_dir": str(tmp_path / "cache"), "train.patience": 0,
-        "train.expected_speed": False, **extra,
+        **extra,
     }
     return resolve(overrides=overrides)
 

@@ -72,6 +72,7 @@ def test_the_deadline_stops_when_another_epoch_would_not_fit() -> None:
     assert state.stop_reason and "time budget" in state.stop_reason and deadline.stopped
 
 
+@pytest.mark.expected_speed
 def test_a_run_writes_its_plan(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
     config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 5, "train.expected_speed": True})
