@@ -57,8 +57,13 @@ class NetworkTraining:
 
     @property
     def freeze_bn(self) -> bool:
-        setting = self.config.train.freeze_bn
-        return setting == "yes" or (setting == "auto" and self.plan.mode == "finetune")
+        return batchnorm_frozen(self.config, self.plan.mode)
+
+
+def batchnorm_frozen(config: Config, mode: str) -> bool:
+    """Whether BatchNorm statistics stay as they are (``train.freeze_bn``; auto: when fine-tuning)."""
+    setting = config.train.freeze_bn
+    return setting == "yes" or (setting == "auto" and mode == "finetune")
 
 
 class AugmentedBatches(torch.utils.data.Dataset):
@@ -98,6 +103,12 @@ def trainable_body(model: nn.Module, unfreeze_blocks: int) -> list[nn.Parameter]
     return [p for block in trainable_blocks(model, unfreeze_blocks) for p in block]
 
 
+def runs_frozen_prefix(config: Config, mode: str, device: torch.device, world: int = 1) -> bool:
+    """Whether fine-tuning runs its frozen stages in ONNX Runtime (see :func:`frozen_prefix`)."""
+    frozen_bn = batchnorm_frozen(config, mode)
+    return mode == "finetune" and config.train.feature_runtime != "torch" and frozen_bn and world == 1 and device.type == "cpu"
+
+
 def frozen_prefix(job: NetworkTraining, world: int) -> tuple[Forward, nn.Module] | None:
     """Fine-tuning's frozen stages as an ONNX Runtime session, and the trainable rest of the network.
 
@@ -107,9 +118,7 @@ def frozen_prefix(job: NetworkTraining, world: int) -> tuple[Forward, nn.Module]
     the whole network), and for backbones that :func:`split_at_trainable` can cut.
     """
     t, plan = job.config.train, job.plan
-    if plan.mode != "finetune" or t.feature_runtime == "torch" or not job.freeze_bn or world > 1:
-        return None
-    if job.device.type != "cpu":
+    if not runs_frozen_prefix(job.config, plan.mode, job.device, world):
         return None
     parts = split_at_trainable(job.model, t.unfreeze_blocks)
     if parts is None:

@@ -36,7 +36,7 @@ from vitrina.training.distributed import barrier, is_main_process, local_device_
 from vitrina.training.extras import Extras, fit_extras
 from vitrina.training.features import BackboneFeatures
 from vitrina.training.head import fit_head_on_features
-from vitrina.training.loop import NetworkTraining, train_network
+from vitrina.training.loop import NetworkTraining, runs_frozen_prefix, train_network
 from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
 from vitrina.training.run_folder import (
     config_digest, load_last_weights, load_resume_state, model_meta, open_tensorboard, write_history, write_skipped,
@@ -167,7 +167,7 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
         run.plan = replace(run.plan, epochs=previous.epochs)
         spent = sum(float(row.get("seconds", 0.0)) for row in resume_state.get("history", []))
         return Deadline(time.perf_counter() + max(0.0, previous.budget_s - spent), previous.reserve_s, run.log)
-    on_prefix = run.device.type == "cpu" and t.feature_runtime != "torch" and t.freeze_bn != "no"
+    on_prefix = runs_frozen_prefix(run.config, run.plan.mode, run.device)
     prediction = _expected_prediction_speed(run, model, decoded["train"])
     speed = calibrate_speed(model, run.plan, t.unfreeze_blocks, run.device, run.train_precision,
                             prefix_cache=run.cache_dir if on_prefix else None)
