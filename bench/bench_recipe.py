@@ -18,7 +18,8 @@ each; for every candidate the benchmark prints its accuracy delta against the de
 dataset with the binomial standard error of the difference, and the rule that decides a
 default: kept only if it helps on average and hurts no dataset by more than one standard error.
 ``--screen-epochs N`` screens cheaply: the default and the candidates train N epochs with no
-budget (runs kept apart from the full ones); ``--units split0,seed0`` runs only those units.
+budget (runs kept apart from the full ones); ``--units split0,seed0`` runs only those units. Candidates joined by ``+`` (``ema+trivial``) are
+screened together as one change.
 
     python bench/bench_recipe.py [--only freiburg,avito,clothing,fashion] [--variants default,plain]
                                  [--runs DIR] [--screen-epochs N] [--units U,...]
@@ -53,10 +54,16 @@ CANDIDATES = {
 def variant_flags(variant: str, screen_epochs: int | None) -> list[str]:
     if variant == "plain":
         return PLAIN
-    if variant != "default" and variant not in CANDIDATES:
-        raise SystemExit(f"unknown variant {variant!r} (default, plain, {', '.join(CANDIDATES)})")
+    parts = [] if variant == "default" else variant.split("+")
+    unknown = [part for part in parts if part not in CANDIDATES]
+    if unknown:
+        raise SystemExit(f"unknown variant {variant!r} (default, plain, {', '.join(CANDIDATES)}, or candidates joined by +)")
     screen = ["--epochs", str(screen_epochs), "--set", "train.budget_minutes=null"] if screen_epochs else []
-    return screen + CANDIDATES.get(variant, [])
+    return screen + [flag for part in parts for flag in CANDIDATES[part]]
+
+
+def is_candidate(variant: str) -> bool:
+    return variant not in ("default", "plain")
 
 
 def freiburg_yaml(split: int, folder: Path) -> Path:
@@ -160,11 +167,11 @@ def paired_delta(candidate: list[Path], default: list[Path]) -> tuple[float, flo
 def print_deltas(table: list, screening: bool) -> None:
     """Each candidate against the default, per dataset (paired standard errors), and the rule's verdict."""
     default = {name: found for name, variant, _, _, _, found in table if variant == "default"}
-    for candidate in dict.fromkeys(v for _, v, *_ in table if v in CANDIDATES):
+    for candidate in dict.fromkeys(v for _, v, *_ in table if is_candidate(v)):
         rows = []
         for name, variant, _, _, _, found in table:
             if variant != candidate or name not in default or (candidate == "llrd" and name == "fashion"):
-                continue  # layer-wise rates apply to fine-tuning only
+                continue  # layer-wise rates alone apply to fine-tuning only
             rows.append((name, *paired_delta([m["run"] for m in found], [m["run"] for m in default[name]])))
         if not rows:
             continue
