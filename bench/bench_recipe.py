@@ -11,15 +11,18 @@ The plain recipe: efficientnet_lite2, every block fine-tuned at 260 px, 6 epochs
 selection (patience 0, no neighbour vote, no mirror average), trained on every photo but the
 reported split (validation is 1% of train, the least vitrina takes). Prints per dataset the mean
 accuracy with its binomial standard error, train seconds (and the plan's estimate), peak memory,
-and the target. For freiburg also the accuracy on test photos with no near copy in train.
+and the target; for freiburg also the accuracy on the test photos with no near copy in train
+(bursts straddle the official splits; the carve's grouping rule, across train and test); and
+for the default and the plain recipe (not when screening) the images/s of `vitrina predict` over
+the 4,947 freiburg photos with the model `vitrina export RUN` writes (first unit of each row).
 
 Candidate changes (``--variants default,ema,llrd,trivial,mix``) are the default plus one setting
 each; for every candidate the benchmark prints its accuracy delta against the default on each
 dataset with the binomial standard error of the difference, and the rule that decides a
 default: kept only if it helps on average and hurts no dataset by more than one standard error.
 ``--screen-epochs N`` screens cheaply: the default and the candidates train N epochs with no
-budget (runs kept apart from the full ones); ``--units split0,seed0`` runs only those units. Candidates joined by ``+`` (``ema+trivial``) are
-screened together as one change.
+budget (runs kept apart from the full ones); ``--units split0,seed0`` runs only those units.
+Candidates joined by ``+`` (``ema+trivial``) are screened together as one change.
 
     python bench/bench_recipe.py [--only freiburg,avito,clothing,fashion] [--variants default,plain]
                                  [--runs DIR] [--screen-epochs N] [--units U,...]
@@ -34,7 +37,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+from bench_carve_gap import test_photos_without_near_copy
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
@@ -100,6 +106,31 @@ def train(out: Path, data: str, flags: list[str]) -> dict:
     return metrics
 
 
+def predict_speed(run: Path) -> float:
+    """Images/s of ``vitrina predict`` over the freiburg photos with the default export, end to end."""
+    vitrina = [sys.executable, "-m", "vitrina"]
+    subprocess.run([*vitrina, "export", str(run)], check=True, capture_output=True, cwd=REPO)
+    out = Path(tempfile.mkdtemp(prefix="vitrina-recipe-")) / "rows.csv"
+    started = time.perf_counter()
+    subprocess.run([*vitrina, "predict", str(run), str(SHARED / "freiburg-groceries" / "images"), "--out", str(out), "--quiet"],
+                   check=True, capture_output=True, cwd=REPO)
+    seconds = time.perf_counter() - started
+    return (sum(1 for _ in open(out)) - 1) / seconds
+
+
+def accuracy_without_near_copy(runs: list[Path], unique: dict[int, set[str]]) -> tuple[float, int]:
+    """Mean over freiburg's splits of the accuracy on the test photos with no near copy in train,
+    and how many photos that is (summed over the splits)."""
+    accuracies, photos = [], 0
+    for run in runs:
+        split = int(run.name.removeprefix("split"))
+        correct = correct_by_photo(run)
+        kept = [correct[p] for p in unique[split] if p in correct]
+        accuracies.append(sum(kept) / len(kept))
+        photos += len(kept)
+    return sum(accuracies) / len(accuracies), photos
+
+
 def standard_error(accuracies: list[float], counts: list[int]) -> float:
     """Binomial standard error of the mean accuracy."""
     return math.sqrt(sum(a * (1 - a) / n for a, n in zip(accuracies, counts))) / len(accuracies)
@@ -118,6 +149,8 @@ def main() -> None:
         return
     args.runs.mkdir(parents=True, exist_ok=True)
     wanted = set(args.units.split(",")) if args.units else None
+    screening = bool(args.screen_epochs or args.units)
+    unique: dict[int, set[str]] = {}
     table = []
     for name in args.only.split(","):
         for variant in args.variants.split(","):
@@ -130,18 +163,37 @@ def main() -> None:
                      for unit, data, flags in chosen]
             if found:
                 accs, counts = [m["accuracy"] for m in found], [m["n_images"] for m in found]
-                table.append((name, variant, sum(accs) / len(accs), standard_error(accs, counts), accs, found))
+                extra = describe_row(name, variant, [m["run"] for m in found], screening, unique)
+                table.append((name, variant, sum(accs) / len(accs), standard_error(accs, counts), accs, found, extra))
     print_table(table)
-    print_deltas(table, screening=bool(args.screen_epochs or args.units))
+    print_deltas(table, screening)
+
+
+def describe_row(name: str, variant: str, runs: list[Path], screening: bool, unique: dict[int, set[str]]) -> dict:
+    """A row's figures beyond accuracy: freiburg's test photos with no near copy in train, and
+    the exported model's prediction speed (the default and the plain recipe, full runs only)."""
+    extra = {"no_near_copy": "—", "images_per_s": float("nan")}
+    if name == "freiburg":
+        for run in runs:
+            split = int(run.name.removeprefix("split"))
+            if split not in unique:
+                unique[split] = test_photos_without_near_copy(str(freiburg_yaml(split, run.parent.parent.parent)))
+        accuracy, photos = accuracy_without_near_copy(runs, unique)
+        extra["no_near_copy"] = f"{accuracy:.2%} ({photos} photos)"
+    if not screening and variant in ("default", "plain"):
+        extra["images_per_s"] = predict_speed(runs[0])
+    return extra
 
 
 def print_table(table: list) -> None:
-    print("\n| dataset | variant | accuracy (mean ± SE) | per run | target | train s (max) | plan's estimate s | peak MB (max) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, variant, mean, se, accs, found in table:
+    print("\n| dataset | variant | accuracy (mean ± SE) | per run | target | test, no near copy in train | train s (max) "
+          "| plan's estimate s | peak MB (max) | predict images/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, variant, mean, se, accs, found, extra in table:
         print(f"| {name} | {variant} | {mean:.2%} ± {se:.2%} | {', '.join(f'{a:.2%}' for a in accs)} | {TARGETS[name]:.1%} | "
-              f"{max(m['train_seconds'] for m in found):.0f} | {max(m['estimated_s'] for m in found):.0f} | "
-              f"{max(m['peak_rss_mb'] for m in found):.0f} |")
+              f"{extra['no_near_copy']} | {max(m['train_seconds'] for m in found):.0f} | "
+              f"{max(m['estimated_s'] for m in found):.0f} | {max(m['peak_rss_mb'] for m in found):.0f} | "
+              f"{extra['images_per_s']:.1f} |")
 
 
 def correct_by_photo(run: Path) -> dict[str, int]:
@@ -166,10 +218,10 @@ def paired_delta(candidate: list[Path], default: list[Path]) -> tuple[float, flo
 
 def print_deltas(table: list, screening: bool) -> None:
     """Each candidate against the default, per dataset (paired standard errors), and the rule's verdict."""
-    default = {name: found for name, variant, _, _, _, found in table if variant == "default"}
+    default = {name: found for name, variant, _, _, _, found, _ in table if variant == "default"}
     for candidate in dict.fromkeys(v for _, v, *_ in table if is_candidate(v)):
         rows = []
-        for name, variant, _, _, _, found in table:
+        for name, variant, _, _, _, found, _ in table:
             if variant != candidate or name not in default or (candidate == "llrd" and name == "fashion"):
                 continue  # layer-wise rates alone apply to fine-tuning only
             rows.append((name, *paired_delta([m["run"] for m in found], [m["run"] for m in default[name]])))
