@@ -145,10 +145,11 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "vitrina", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--set", "train.ema_decay=0.9"]], ids=["plain", "weight-average"])
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path, extra: list[str]) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=16)
     common = ["--mode", "scratch", "--model", "cnn1", "--epochs", "4", "--batch-size", "16", "--workers", "1", "--quiet",
-              "--set", "model.input_size=32", "--set", "train.patience=0", "--set", f"train.cache_dir={tmp_path / 'cache'}"]
+              "--set", "model.input_size=32", "--set", "train.patience=0", "--set", f"train.cache_dir={tmp_path / 'cache'}", *extra]
     full = _cli("train", str(data), "--out", str(tmp_path / "full"), *common, cwd=tmp_path)
     assert full.wait(timeout=300) == 0, full.stdout.read()
 
@@ -174,6 +175,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     assert [r["epoch"] for r in b] == [1, 2, 3, 4]
     assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
     assert [r["val_accuracy"] for r in b] == pytest.approx([r["val_accuracy"] for r in a])
+    from safetensors.torch import load_file
+
+    kept_a, kept_b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    assert all(torch.allclose(kept_a[k], kept_b[k], atol=1e-5) for k in kept_a), "the kept weights (averaged, with ema) match"
 
     changed = _cli("train", str(data), "--out", str(tmp_path / "killed"), "--resume", *common, "--lr", "0.5", cwd=tmp_path)
     output = changed.communicate(timeout=120)[0]
