@@ -16,7 +16,7 @@ and the target; for freiburg also the accuracy on the test photos with no near c
 for the default and the plain recipe (not when screening) the images/s of `vitrina predict` over
 the 4,947 freiburg photos with the model `vitrina export RUN` writes (first unit of each row).
 
-Candidate changes (``--variants default,ema,llrd,trivial,mix``) are the default plus one setting
+Candidate changes (``--variants default,ema,llrd,trivial,mix,size224``) are the default plus one setting
 each; for every candidate the benchmark prints its accuracy delta against the default on each
 dataset with the binomial standard error of the difference, and the rule that decides a
 default: kept only if it helps on average and hurts no dataset by more than one standard error.
@@ -54,6 +54,7 @@ CANDIDATES = {
     "llrd": ["--set", "train.layer_decay=0.7"],
     "trivial": ["--set", "augment.trivialaugment=true"],
     "mix": ["--set", "augment.mixup=0.2", "--set", "augment.cutmix=1.0"],
+    "size224": ["--set", "model.input_size=224"],  # the backbone's own size: cheaper to predict, see docs/benchmarks.md
 }
 
 
@@ -154,7 +155,7 @@ def main() -> None:
     table = []
     for name in args.only.split(","):
         for variant in args.variants.split(","):
-            if variant == "plain" and name == "fashion":
+            if name == "fashion" and variant in ("plain", "llrd", "size224"):  # pretrained backbones only
                 continue
             folder = variant if variant == "plain" or not args.screen_epochs else f"{variant}-e{args.screen_epochs}"
             print(f"{name} / {folder}", flush=True)
@@ -222,15 +223,15 @@ def print_deltas(table: list, screening: bool) -> None:
     for candidate in dict.fromkeys(v for _, v, *_ in table if is_candidate(v)):
         rows = []
         for name, variant, _, _, _, found, _ in table:
-            if variant != candidate or name not in default or (candidate == "llrd" and name == "fashion"):
-                continue  # layer-wise rates alone apply to fine-tuning only
+            if variant != candidate or name not in default or (candidate in ("llrd", "size224") and name == "fashion"):
+                continue  # layer-wise rates and transfer input sizes apply to pretrained backbones only
             rows.append((name, *paired_delta([m["run"] for m in found], [m["run"] for m in default[name]])))
         if not rows:
             continue
         average = sum(d for _, d, _ in rows) / len(rows)
         hurt = [name for name, d, se in rows if d < -se]
         verdict = "keep" if average > 0 and not hurt else "do not keep"
-        complete = not screening and len(rows) == (3 if candidate == "llrd" else 4)
+        complete = not screening and len(rows) == (3 if candidate in ("llrd", "size224") else 4)
         cells = ", ".join(f"{name} {d:+.2%} (SE {se:.2%})" for name, d, se in rows)
         print(f"{candidate}: {cells}; mean {average:+.2%}; hurts by more than one SE: {', '.join(hurt) or 'none'} -> "
               + (verdict if complete else f"screen: {verdict} (a default is decided on full runs of every dataset)"))
