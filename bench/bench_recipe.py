@@ -204,17 +204,18 @@ def correct_by_photo(run: Path) -> dict[str, int]:
         return {row["path"]: int(row["correct"]) for row in csv.DictReader(fh)}
 
 
-def paired_delta(candidate: list[Path], default: list[Path]) -> tuple[float, float]:
-    """Mean accuracy difference over the units and its standard error, paired photo by photo
-    (both variants answer the same photos, so their errors are not independent)."""
-    deltas, variances = [], []
+def paired_delta(candidate: list[Path], default: list[Path]) -> tuple[float, float, int]:
+    """Mean accuracy difference over the units, its standard error, paired photo by photo (both
+    variants answer the same photos, so their errors are not independent), and the net photos."""
+    deltas, variances, net = [], [], 0
     for a, b in zip(candidate, default):
         ca, cb = correct_by_photo(a), correct_by_photo(b)
         diff = [ca[p] - cb[p] for p in ca.keys() & cb.keys()]
         mean = sum(diff) / len(diff)
         deltas.append(mean)
         variances.append(sum((d - mean) ** 2 for d in diff) / max(1, len(diff) - 1) / len(diff))
-    return sum(deltas) / len(deltas), math.sqrt(sum(variances)) / len(deltas)
+        net += sum(diff)
+    return sum(deltas) / len(deltas), math.sqrt(sum(variances)) / len(deltas), net
 
 
 def print_deltas(table: list, screening: bool) -> None:
@@ -228,11 +229,11 @@ def print_deltas(table: list, screening: bool) -> None:
             rows.append((name, *paired_delta([m["run"] for m in found], [m["run"] for m in default[name]])))
         if not rows:
             continue
-        average = sum(d for _, d, _ in rows) / len(rows)
-        hurt = [name for name, d, se in rows if d < -se]
+        average = sum(d for _, d, _, _ in rows) / len(rows)
+        hurt = [name for name, d, se, _ in rows if d < -se * (1 + 1e-9)]  # exactly one SE (one photo of n) is not more
         verdict = "keep" if average > 0 and not hurt else "do not keep"
         complete = not screening and len(rows) == (3 if candidate in ("llrd", "size224") else 4)
-        cells = ", ".join(f"{name} {d:+.2%} (SE {se:.2%})" for name, d, se in rows)
+        cells = ", ".join(f"{name} {d:+.2%} (SE {se:.2%}, {net:+d} photos)" for name, d, se, net in rows)
         print(f"{candidate}: {cells}; mean {average:+.2%}; hurts by more than one SE: {', '.join(hurt) or 'none'} -> "
               + (verdict if complete else f"screen: {verdict} (a default is decided on full runs of every dataset)"))
 
