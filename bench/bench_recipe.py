@@ -125,8 +125,8 @@ def accuracy_without_near_copy(runs: list[Path], unique: dict[int, set[str]]) ->
     accuracies, photos = [], 0
     for run in runs:
         split = int(run.name.removeprefix("split"))
-        correct = correct_by_photo(run)
-        kept = [correct[p] for p in unique[split] if p in correct]
+        correct = {os.path.realpath(path): ok for path, ok in correct_by_photo(run).items()}  # the same file by any route
+        kept = [correct[p] for p in map(os.path.realpath, unique[split]) if p in correct]
         accuracies.append(sum(kept) / len(kept))
         photos += len(kept)
     return sum(accuracies) / len(accuracies), photos
