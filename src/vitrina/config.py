@@ -107,8 +107,10 @@ class TrainConfig:
     warm_start_head: bool = True  # fine-tuning: fit the head on cached features first
     feature_copies: int | None = None  # bottleneck: augmented feature copies per training image
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # Validate and keep an exponential moving average of the trained weights (0 = off; e.g. 0.998).
-    ema_decay: float = 0.0
+    # Fine-tuning and scratch training validate and keep an exponential moving average of the
+    # trained weights (0 = off). Screened at 8 epochs on one split of each dataset
+    # (bench/bench_recipe.py, docs/benchmarks.md#regularisation): it helped on average and hurt none.
+    ema_decay: float = 0.998
     # Fine-tuning: each trained block's learning rate is this times the next block's (1 = all alike).
     layer_decay: float = 1.0
     # Frozen-backbone features: auto = ONNX Runtime on a CPU in fp32 (about 3x eager PyTorch), torch otherwise.

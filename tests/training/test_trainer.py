@@ -145,7 +145,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "vitrina", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.parametrize("extra", [[], ["--set", "train.ema_decay=0.9"]], ids=["plain", "weight-average"])
+@pytest.mark.parametrize("extra", [["--set", "train.ema_decay=0"], ["--set", "train.ema_decay=0.9"]], ids=["plain", "weight-average"])
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path, extra: list[str]) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=16)
     common = ["--mode", "scratch", "--model", "cnn1", "--epochs", "4", "--batch-size", "16", "--workers", "1", "--quiet",
