@@ -73,7 +73,7 @@ def test_out_of_range_regularisation_settings_are_clear_errors(key: str, value: 
         resolve(overrides={key: value})
 
 
-def test_finetune_with_every_regulariser_trains_and_resumes(tmp_path: Path) -> None:
+def test_finetune_with_every_regulariser_keeps_the_average_and_a_raw_resume_point(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=12, size=64)
     cfg = {
         "train.mode": "finetune", "model.input_size": 64, "train.epochs": 2, "train.batch_size": 8, "train.workers": 1,
