@@ -125,7 +125,7 @@ def accuracy_without_near_copy(runs: list[Path], unique: dict[int, set[str]]) ->
     accuracies, photos = [], 0
     for run in runs:
         split = int(run.name.removeprefix("split"))
-        correct = {os.path.realpath(path): ok for path, ok in correct_by_photo(run).items()}  # the same file by any route
+        correct = correct_by_photo(run)
         kept = [correct[p] for p in map(os.path.realpath, unique[split]) if p in correct]
         accuracies.append(sum(kept) / len(kept))
         photos += len(kept)
@@ -201,7 +201,7 @@ def correct_by_photo(run: Path) -> dict[str, int]:
     """Each reported photo's correctness (1 or 0), from the run's predictions on its reported split."""
     split = json.loads((run / "metrics.json").read_text())["split"]
     with open(run / f"predictions_{split}.csv", newline="") as fh:
-        return {row["path"]: int(row["correct"]) for row in csv.DictReader(fh)}
+        return {os.path.realpath(row["path"]): int(row["correct"]) for row in csv.DictReader(fh)}  # a file by any route
 
 
 def paired_delta(candidate: list[Path], default: list[Path]) -> tuple[float, float, int]:
