@@ -164,7 +164,7 @@ def main() -> None:
                      for unit, data, flags in chosen]
             if found:
                 accs, counts = [m["accuracy"] for m in found], [m["n_images"] for m in found]
-                extra = describe_row(name, variant, [m["run"] for m in found], screening, unique)
+                extra = describe_row(name, variant, [m["run"] for m in found], bool(args.screen_epochs), unique)
                 table.append((name, variant, sum(accs) / len(accs), standard_error(accs, counts), accs, found, extra))
     print_table(table)
     print_deltas(table, screening)
@@ -172,7 +172,7 @@ def main() -> None:
 
 def describe_row(name: str, variant: str, runs: list[Path], screening: bool, unique: dict[int, set[str]]) -> dict:
     """A row's figures beyond accuracy: freiburg's test photos with no near copy in train, and
-    the exported model's prediction speed (the default and the plain recipe, full runs only)."""
+    the exported model's prediction speed (the default and the plain recipe, runs of the full length)."""
     extra = {"no_near_copy": "—", "images_per_s": float("nan")}
     if name == "freiburg":
         for run in runs:
