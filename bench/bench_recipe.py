@@ -110,13 +110,15 @@ def train(out: Path, data: str, flags: list[str]) -> dict:
 def predict_speed(run: Path) -> float:
     """Images/s of ``vitrina predict`` over the freiburg photos with the default export, end to end."""
     vitrina = [sys.executable, "-m", "vitrina"]
-    subprocess.run([*vitrina, "export", str(run)], check=True, capture_output=True, cwd=REPO)
-    out = Path(tempfile.mkdtemp(prefix="vitrina-recipe-")) / "rows.csv"
-    started = time.perf_counter()
-    subprocess.run([*vitrina, "predict", str(run), str(SHARED / "freiburg-groceries" / "images"), "--out", str(out), "--quiet"],
-                   check=True, capture_output=True, cwd=REPO)
-    seconds = time.perf_counter() - started
-    return (sum(1 for _ in open(out)) - 1) / seconds
+    if not (run / "model.onnx").is_file():  # exported by an earlier sitting: the run has not changed since
+        subprocess.run([*vitrina, "export", str(run)], check=True, capture_output=True, cwd=REPO)
+    with tempfile.TemporaryDirectory(prefix="vitrina-recipe-") as folder:
+        out = Path(folder) / "rows.csv"
+        started = time.perf_counter()
+        subprocess.run([*vitrina, "predict", str(run), str(SHARED / "freiburg-groceries" / "images"), "--out", str(out), "--quiet"],
+                       check=True, capture_output=True, cwd=REPO)
+        seconds = time.perf_counter() - started
+        return (sum(1 for _ in open(out)) - 1) / seconds
 
 
 def accuracy_without_near_copy(runs: list[Path], unique: dict[int, set[str]]) -> tuple[float, int]:
@@ -126,7 +128,7 @@ def accuracy_without_near_copy(runs: list[Path], unique: dict[int, set[str]]) ->
     for run in runs:
         split = int(run.name.removeprefix("split"))
         correct = correct_by_photo(run)
-        kept = [correct[p] for p in map(os.path.realpath, unique[split]) if p in correct]
+        kept = [correct[p] for p in unique[split] if p in correct]
         accuracies.append(sum(kept) / len(kept))
         photos += len(kept)
     return sum(accuracies) / len(accuracies), photos
@@ -170,7 +172,7 @@ def main() -> None:
     print_deltas(table, screening)
 
 
-def describe_row(name: str, variant: str, runs: list[Path], screening: bool, unique: dict[int, set[str]]) -> dict:
+def describe_row(name: str, variant: str, runs: list[Path], short_runs: bool, unique: dict[int, set[str]]) -> dict:
     """A row's figures beyond accuracy: freiburg's test photos with no near copy in train, and
     the exported model's prediction speed (the default and the plain recipe, runs of the full length)."""
     extra = {"no_near_copy": "—", "images_per_s": float("nan")}
@@ -178,10 +180,11 @@ def describe_row(name: str, variant: str, runs: list[Path], screening: bool, uni
         for run in runs:
             split = int(run.name.removeprefix("split"))
             if split not in unique:
-                unique[split] = test_photos_without_near_copy(str(freiburg_yaml(split, run.parent.parent.parent)))
+                found = test_photos_without_near_copy(str(freiburg_yaml(split, run.parent.parent.parent)))
+                unique[split] = {os.path.realpath(path) for path in found}  # matched by file, as correct_by_photo keys
         accuracy, photos = accuracy_without_near_copy(runs, unique)
         extra["no_near_copy"] = f"{accuracy:.2%} ({photos} photos)"
-    if not screening and variant in ("default", "plain"):
+    if not short_runs and variant in ("default", "plain"):
         extra["images_per_s"] = predict_speed(runs[0])
     return extra
 
