@@ -103,3 +103,12 @@ def test_a_budget_too_small_leaves_no_run_folder(tmp_path: Path, monkeypatch: py
     with pytest.raises(ConfigError, match=r"too small for this data.*--budget \d+ or more"):
         api.train(data, config, out=tmp_path / "run", progress=False, log=quiet)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_reasons_say_whether_the_model_was_asked_for() -> None:
+    default = planned(30).reasons[-1]
+    asked = plan_epochs(finetune_plan(), Calibration(0.05, 0.01), budget_s=1800, spent_s=20.0, n_train=1000, n_val=200,
+                        n_eval=400, explicit_epochs=False, unfreeze_blocks=3, precision="bf16", log=quiet,
+                        explicit_model=True).reasons[-1]
+    assert default.startswith("efficientnet_lite0 at 288 px: the measured default")
+    assert asked == "efficientnet_lite0 at 288 px: as asked"

@@ -175,7 +175,8 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
     budget = plan_epochs(run.plan, speed, budget_s=budget_s, spent_s=time.perf_counter() - started,
                          n_train=len(decoded["train"].index), n_val=len(decoded["val"].index), n_eval=n_eval,
                          explicit_epochs=t.epochs is not None, unfreeze_blocks=t.unfreeze_blocks, precision=run.train_precision,
-                         log=run.log, warm_start=t.warm_start_head, bank_images=MAX_BANK)
+                         log=run.log, warm_start=t.warm_start_head, bank_images=MAX_BANK,
+                         explicit_model=run.config.model.name is not None or run.config.model.input_size is not None)
     if prediction is not None:
         budget.reasons.append(prediction.describe())
         budget.expected_images_per_s = round(prediction.images_per_second, 1)
