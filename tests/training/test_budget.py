@@ -31,11 +31,12 @@ def finetune_plan(epochs: int = 8) -> Plan:
     return Plan("finetune", "efficientnet_lite0", Preprocess(input_size=288), True, epochs, 32, 1e-3, 1e-4)
 
 
-def planned(budget_minutes: float, explicit: bool = False, messages: list[str] | None = None) -> BudgetPlan:
+def planned(budget_minutes: float, explicit: bool = False, messages: list[str] | None = None,
+            explicit_model: bool = False) -> BudgetPlan:
     # 1,000 training photos at 50 ms a step and 10 ms a pass: an epoch about 52 s.
     return plan_epochs(finetune_plan(), Calibration(0.05, 0.01), budget_s=budget_minutes * 60, spent_s=20.0, n_train=1000,
                        n_val=200, n_eval=400, explicit_epochs=explicit, unfreeze_blocks=3, precision="bf16",
-                       log=(messages.append if messages is not None else quiet))
+                       log=(messages.append if messages is not None else quiet), explicit_model=explicit_model)
 
 
 @pytest.mark.parametrize("minutes", [0, -5, "ten", math.nan, math.inf, True])
@@ -107,8 +108,6 @@ def test_a_budget_too_small_leaves_no_run_folder(tmp_path: Path, monkeypatch: py
 
 def test_the_reasons_say_whether_the_model_was_asked_for() -> None:
     default = planned(30).reasons[-1]
-    asked = plan_epochs(finetune_plan(), Calibration(0.05, 0.01), budget_s=1800, spent_s=20.0, n_train=1000, n_val=200,
-                        n_eval=400, explicit_epochs=False, unfreeze_blocks=3, precision="bf16", log=quiet,
-                        explicit_model=True).reasons[-1]
+    asked = planned(30, explicit_model=True).reasons[-1]
     assert default.startswith("efficientnet_lite0 at 288 px: the measured default")
     assert asked == "efficientnet_lite0 at 288 px: as asked"
