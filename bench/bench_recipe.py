@@ -16,7 +16,7 @@ and the target; for freiburg also the accuracy on the test photos with no near c
 for the default and the plain recipe (not when screening) the images/s of `vitrina predict` over
 the 4,947 freiburg photos with the model `vitrina export RUN` writes (first unit of each row).
 
-Candidate changes (``--variants default,no-ema,llrd,trivial,mix,size224,all-blocks``) are the default plus one setting
+Candidate changes (``--variants default,no-ema,llrd,trivial,mix,size224,all-blocks,lite2``) are the default plus one setting
 each; for every candidate the benchmark prints its accuracy delta against the default on each
 dataset with the binomial standard error of the difference, and the rule that decides a
 default: kept only if it helps on average and hurts no dataset by more than one standard error.
@@ -56,6 +56,7 @@ CANDIDATES = {
     "mix": ["--set", "augment.mixup=0.2", "--set", "augment.cutmix=1.0"],
     "size224": ["--set", "model.input_size=224"],  # the backbone's own size: cheaper to predict, see docs/benchmarks.md
     "all-blocks": ["--set", "train.unfreeze_blocks=-1"],  # every block in bf16 where the CPU has it: more of the budget
+    "lite2": ["--model", "efficientnet_lite2", "--set", "model.input_size=260"],  # a larger backbone at its own size
 }
 
 
@@ -158,7 +159,7 @@ def main() -> None:
     table = []
     for name in args.only.split(","):
         for variant in args.variants.split(","):
-            if name == "fashion" and variant in ("plain", "llrd", "size224"):  # pretrained backbones only
+            if name == "fashion" and variant in ("plain", "llrd", "size224", "all-blocks", "lite2"):  # pretrained backbones only
                 continue
             folder = variant if variant == "plain" or not args.screen_epochs else f"{variant}-e{args.screen_epochs}"
             print(f"{name} / {folder}", flush=True)
