@@ -58,6 +58,7 @@ CANDIDATES = {
     "all-blocks": ["--set", "train.unfreeze_blocks=-1"],  # every block in bf16 where the CPU has it: more of the budget
     "lite2": ["--model", "efficientnet_lite2", "--set", "model.input_size=260"],  # a larger backbone at its own size
 }
+PRETRAINED_ONLY = {"plain", "llrd", "size224", "all-blocks", "lite2"}  # not for a network trained from scratch
 
 
 def variant_flags(variant: str, screen_epochs: int | None) -> list[str]:
@@ -159,7 +160,7 @@ def main() -> None:
     table = []
     for name in args.only.split(","):
         for variant in args.variants.split(","):
-            if name == "fashion" and variant in ("plain", "llrd", "size224", "all-blocks", "lite2"):  # pretrained backbones only
+            if name == "fashion" and PRETRAINED_ONLY.intersection(variant.split("+")):
                 continue
             folder = variant if variant == "plain" or not args.screen_epochs else f"{variant}-e{args.screen_epochs}"
             print(f"{name} / {folder}", flush=True)
