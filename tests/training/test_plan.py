@@ -32,7 +32,10 @@ def test_small_grayscale_data_gets_the_fashion_cnn_with_a_flip_only(pixel_csv: P
     assert config.augment.hflip == 0.5 and config.train.label_smoothing == 0
     plan = make_plan(dataset, config)
     assert (plan.mode, plan.model, plan.preprocess.channels, plan.preprocess.input_size) == ("scratch", "fmnist_cnn", 1, 28)
-    assert plan.epochs == 10
+    assert (plan.epochs, plan.weight_decay) == (20, 0.05)
+    photos = load_dataset(DEMO, resolve().data, carve_val=True)
+    scratch = make_plan(photos, with_recommended_settings(photos, resolve(overrides={"train.mode": "scratch"})))
+    assert (scratch.epochs, scratch.weight_decay) == (20, 5e-4), "the small-grayscale settings stay with such data"
 
 
 def test_photos_get_the_photo_augmentation_and_explicit_settings_win() -> None:

@@ -179,8 +179,8 @@ def plan_epochs(
         needed = fixed / 60
         raise ConfigError(f"a budget of {budget_s / 60:g} minutes is too small for this data: it needs about "
                           f"{math.ceil(needed * 1.1)} minutes; give --budget {math.ceil(needed * 1.1)} or more")
-    why = "as asked" if explicit_model else "the measured default for this data" + (
-        " (efficientnet_lite1 and lite2 are chosen only where their gain is shown to pay for their cost)" if plan.pretrained else "")
+    heavier = " (efficientnet_lite2 measured no better for its cost; --model picks another)"
+    why = "as asked" if explicit_model else "the measured default for this data" + (heavier if plan.pretrained else "")
     reasons.append(f"{plan.model} at {plan.preprocess.input_size} px: {why}")
     return BudgetPlan(plan.model, plan.preprocess.input_size, unfreeze_blocks if plan.mode == "finetune" else None, epochs,
                       plan.batch_size, precision, budget_s, round(fixed + epochs * per_epoch, 1),
