@@ -9,6 +9,7 @@ import pytest
 from vitrina.config import resolve
 from vitrina.data.sources import load_dataset
 from vitrina.training.plan import RECOMMENDED_AUGMENT, make_plan, with_recommended_settings
+from vitrina.training.tune import default_params
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
 
@@ -33,6 +34,8 @@ def test_small_grayscale_data_gets_the_fashion_cnn_with_a_flip_only(pixel_csv: P
     plan = make_plan(dataset, config)
     assert (plan.mode, plan.model, plan.preprocess.channels, plan.preprocess.input_size) == ("scratch", "fmnist_cnn", 1, 28)
     assert (plan.epochs, plan.weight_decay) == (20, 0.05)
+    searched = ("lr", "weight_decay", "epochs")
+    assert default_params(config, plan, searched) == {"lr": plan.lr, "weight_decay": 0.05, "epochs": 20}, "tune's first trial is the plan"
     photos = load_dataset(DEMO, resolve().data, carve_val=True)
     scratch = make_plan(photos, with_recommended_settings(photos, resolve(overrides={"train.mode": "scratch"})))
     assert (scratch.epochs, scratch.weight_decay) == (20, 5e-4), "the small-grayscale settings stay with such data"

@@ -28,7 +28,7 @@ from vitrina.config import Config
 from vitrina.data.samples import Dataset
 from vitrina.errors import ConfigError
 from vitrina.plots import trials_chart
-from vitrina.training.plan import RECOMMENDED, RECOMMENDED_HEAD, make_plan, with_recommended_settings
+from vitrina.training.plan import Plan, make_plan, with_recommended_settings
 from vitrina.training.trainer import train as run_training
 
 Log = Callable[[str], None]
@@ -59,17 +59,16 @@ class TuneResult:
 
 
 # ----------------------------------------------------------------------------- search space
-def default_params(config: Config, mode: str, searched: tuple[str, ...]) -> dict[str, Any]:
-    """The base configuration's values of the searched parameters (recommended where unset)."""
-    t, rec = config.train, RECOMMENDED[mode]
+def default_params(config: Config, plan: Plan, searched: tuple[str, ...]) -> dict[str, Any]:
+    """The base configuration's values of the searched parameters (the plan's where unset)."""
     values = {
-        "lr": t.lr if t.lr is not None else rec["lr"],
-        "weight_decay": t.weight_decay if t.weight_decay is not None else rec["weight_decay"],
+        "lr": plan.lr,
+        "weight_decay": plan.weight_decay,
         "dropout": config.model.dropout,
-        "head": config.model.head if config.model.head != "auto" else RECOMMENDED_HEAD[mode],
+        "head": plan.head,
         "augment": 1.0,
-        "epochs": t.epochs if t.epochs is not None else rec["epochs"],
-        "unfreeze_blocks": t.unfreeze_blocks,
+        "epochs": plan.epochs,
+        "unfreeze_blocks": config.train.unfreeze_blocks,
     }
     return {name: values[name] for name in searched}
 
@@ -256,7 +255,7 @@ def tune(
     searched = stored or search_space(mode, search)
     study.set_user_attr("search", list(searched))
     if not any(_is_default(t) and t.state in (TrialState.COMPLETE, TrialState.WAITING) for t in study.trials):
-        study.enqueue_trial(default_params(base, mode, searched), user_attrs={"default": True})
+        study.enqueue_trial(default_params(base, make_plan(dataset, base), searched), user_attrs={"default": True})
     counts = _count(study)
     finished = counts["complete"] + counts["pruned"]
     if finished:
