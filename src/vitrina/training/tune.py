@@ -3,7 +3,7 @@
 :func:`tune` trains one configuration per trial with the training engine on splits loaded
 once, maximises the best validation accuracy, and keeps the study in ``study.db`` (SQLite), so a
 killed search resumes with every finished trial. The first trial is the base configuration as
-given (recommended values where unset), which measures the search's margin over it. The best
+given (the plan's values where unset, as `vitrina train` would run it), which measures the search's margin over it. The best
 trial's full configuration is written as ``best_config.yaml`` for ``vitrina train --config``.
 Bottleneck trials reuse the cached backbone features and take seconds.
 """
@@ -43,6 +43,7 @@ SEARCHED = {
     "scratch": ("lr", "weight_decay", "dropout", "augment", "epochs"),
     "finetune": ("lr", "weight_decay", "dropout", "augment", "epochs", "unfreeze_blocks"),
 }
+HEADS = ("linear", "mlp", "mlp_ensemble")  # every head bottleneck training can fit, the plan's own included
 EPOCH_RANGE = {"bottleneck": (20, 200, 10), "scratch": (5, 40, 5), "finetune": (2, 12, 1)}
 # The augmentation settings that "augment" (a strength, 1 = the base config) scales together.
 AUGMENT_SCALED = ("rotation", "shift", "shear", "zoom", "color_jitter")
@@ -91,7 +92,7 @@ def suggest(trial: Trial, mode: str, searched: tuple[str, ...]) -> dict[str, Any
         "lr": lambda: trial.suggest_float("lr", 1e-4 if mode != "finetune" else 2e-5, 3e-2, log=True),
         "weight_decay": lambda: trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
         "dropout": lambda: trial.suggest_float("dropout", 0.0, 0.6),
-        "head": lambda: trial.suggest_categorical("head", ["linear", "mlp"]),
+        "head": lambda: trial.suggest_categorical("head", list(HEADS)),
         "augment": lambda: trial.suggest_float("augment", 0.0, 2.0),
         "epochs": lambda: trial.suggest_int("epochs", low, high, step=step),
         "unfreeze_blocks": lambda: trial.suggest_int("unfreeze_blocks", 1, 9),
@@ -244,7 +245,8 @@ def tune(
     between trials). With neither, ``DEFAULT_TRIALS`` trials. ``search`` names the searched
     parameters (default: those of the mode, see ``SEARCHED``).
     """
-    mode = make_plan(dataset, base).mode
+    plan = make_plan(dataset, base)  # the recommended settings and the resolved mode below leave it as it is
+    mode = plan.mode
     # The augmentation strength scales the data's recommended values, so fill them in first.
     base = config_lib.apply(with_recommended_settings(dataset, base), {"train.mode": mode})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -255,7 +257,7 @@ def tune(
     searched = stored or search_space(mode, search)
     study.set_user_attr("search", list(searched))
     if not any(_is_default(t) and t.state in (TrialState.COMPLETE, TrialState.WAITING) for t in study.trials):
-        study.enqueue_trial(default_params(base, make_plan(dataset, base), searched), user_attrs={"default": True})
+        study.enqueue_trial(default_params(base, plan, searched), user_attrs={"default": True})
     counts = _count(study)
     finished = counts["complete"] + counts["pruned"]
     if finished:
