@@ -227,6 +227,15 @@ def test_the_export_writes_the_precision_its_tolerance_allows_and_the_other_besi
         api.export(copy, config=resolve(overrides={"export.int8_tolerance": -1}), log=quiet)
 
 
+def test_a_change_of_exactly_the_tolerance_is_within_it() -> None:
+    labels = np.zeros(600, dtype=np.int64)
+    fp32_top1, int8_top1 = labels.copy(), labels.copy()
+    fp32_top1[:56], int8_top1[:59] = 1, 1  # 544 and 541 of 600 right: 3 photos, 0.5 points
+    change = export_run.accuracy_change_points(fp32_top1, int8_top1, labels)
+    assert change == -0.5 and change >= -export_run.INT8_TOLERANCE_POINTS
+    assert export_run.accuracy_change_points(labels, labels, labels) == 0.0
+
+
 def test_a_run_folder_exported_by_0_1_0_predicts_with_its_int8_file_only_when_it_kept_the_accuracy(cnn_export, tmp_path: Path) -> None:
     from vitrina.export.loading import load_predictor
 
