@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -56,6 +57,18 @@ def make_image() -> Callable[..., Path]:
 
 
 # ----------------------------------------------------------------------------- small trained runs (once per session)
+@pytest.fixture
+def pixel_csv(tmp_path: Path) -> Path:
+    """A Fashion-MNIST-like CSV: label, then 784 grayscale pixels per row."""
+    rng = np.random.default_rng(0)
+    rows = ["label," + ",".join(f"pixel{i + 1}" for i in range(784))]
+    for i in range(40):
+        rows.append(f"{i % 4}," + ",".join(str(v) for v in rng.integers(0, 256, 784)))
+    path = tmp_path / "pixels.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")

@@ -3,28 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import optuna
 import pytest
 
 from vitrina.config import resolve
 from vitrina.data.sources import load_dataset
 from vitrina.training.plan import RECOMMENDED_AUGMENT, make_plan, with_recommended_settings
-from vitrina.training.tune import SEARCHED, default_params, suggest
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
-
-
-@pytest.fixture
-def pixel_csv(tmp_path: Path) -> Path:
-    """A Fashion-MNIST-like CSV: label, then 784 grayscale pixels per row."""
-    rng = np.random.default_rng(0)
-    rows = ["label," + ",".join(f"pixel{i + 1}" for i in range(784))]
-    for i in range(40):
-        rows.append(f"{i % 4}," + ",".join(str(v) for v in rng.integers(0, 256, 784)))
-    path = tmp_path / "pixels.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def test_small_grayscale_data_gets_the_fashion_cnn_with_a_flip_only(pixel_csv: Path) -> None:
@@ -40,25 +25,6 @@ def test_small_grayscale_data_gets_the_fashion_cnn_with_a_flip_only(pixel_csv: P
     assert scratch.weight_decay == 5e-4, "the small-grayscale decay stays with such data"
     sgd = make_plan(dataset, with_recommended_settings(dataset, resolve(overrides={"train.optimizer": "sgd"})))
     assert sgd.weight_decay == 5e-4, "0.05 is a decoupled (AdamW) decay: added to the gradient it would be far too strong"
-
-
-def test_tunes_first_trial_is_the_plan_with_explicit_settings_winning(pixel_csv: Path) -> None:
-    dataset = load_dataset(pixel_csv, resolve().data, carve_val=True)
-    searched = ("lr", "weight_decay", "epochs")
-    planned = resolve()
-    assert default_params(planned, make_plan(dataset, planned), searched) == {"lr": 3e-3, "weight_decay": 0.05, "epochs": 20}
-    mine = resolve(overrides={"train.weight_decay": 1e-3, "train.epochs": 7})
-    assert default_params(mine, make_plan(dataset, mine), searched) == {"lr": 3e-3, "weight_decay": 1e-3, "epochs": 7}
-
-
-@pytest.mark.parametrize("mode", ["bottleneck", "finetune", "scratch"])
-def test_tunes_first_trial_lies_in_the_search_space(mode: str) -> None:
-    dataset = load_dataset(DEMO, resolve().data, carve_val=True)
-    config = resolve(overrides={"train.mode": mode, **({"model.name": "cnn3"} if mode == "scratch" else {})})
-    plan = make_plan(dataset, config)
-    searched = SEARCHED[mode]
-    first = default_params(config, plan, searched)
-    assert suggest(optuna.trial.FixedTrial(first), mode, searched) == first  # FixedTrial refuses a value outside the space
 
 
 def test_photos_get_the_photo_augmentation_and_explicit_settings_win() -> None:

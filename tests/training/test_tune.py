@@ -13,12 +13,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import TINY
+from tests.helpers import DEMO, TINY
 from vitrina import api
 from vitrina.cli import main
 from vitrina.config import resolve
+from vitrina.data.sources import load_dataset
 from vitrina.errors import ConfigError, VitrinaError
-from vitrina.training.tune import EpochPruner
+from vitrina.training.plan import make_plan
+from vitrina.training.tune import SEARCHED, EpochPruner, default_params, suggest
 
 SCRATCH_FLAGS = ["--mode", "scratch", "--model", "cnn1", "--epochs", "2"]
 
@@ -120,3 +122,22 @@ def test_epoch_pruner_reports_each_epoch_and_stops_a_bad_trial() -> None:
     assert trial.reported == [(0.4444, 1)]
     with pytest.raises(optuna.TrialPruned):
         pruner({"val_accuracy": 0.3333, "val_loss": 1.1})
+
+
+def test_tunes_first_trial_is_the_plan_with_explicit_settings_winning(pixel_csv: Path) -> None:
+    dataset = load_dataset(pixel_csv, resolve().data, carve_val=True)
+    searched = ("lr", "weight_decay", "epochs")
+    planned = resolve()
+    assert default_params(planned, make_plan(dataset, planned), searched) == {"lr": 3e-3, "weight_decay": 0.05, "epochs": 20}
+    mine = resolve(overrides={"train.weight_decay": 1e-3, "train.epochs": 7})
+    assert default_params(mine, make_plan(dataset, mine), searched) == {"lr": 3e-3, "weight_decay": 1e-3, "epochs": 7}
+
+
+@pytest.mark.parametrize("mode", ["bottleneck", "finetune", "scratch"])
+def test_tunes_first_trial_lies_in_the_search_space(mode: str) -> None:
+    dataset = load_dataset(DEMO, resolve().data, carve_val=True)
+    config = resolve(overrides={"train.mode": mode, **({"model.name": "cnn3"} if mode == "scratch" else {})})
+    plan = make_plan(dataset, config)
+    searched = SEARCHED[mode]
+    first = default_params(config, plan, searched)
+    assert suggest(optuna.trial.FixedTrial(first), mode, searched) == first  # FixedTrial refuses a value outside the space

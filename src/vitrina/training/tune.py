@@ -3,8 +3,9 @@
 :func:`tune` trains one configuration per trial with the training engine on splits loaded
 once, maximises the best validation accuracy, and keeps the study in ``study.db`` (SQLite), so a
 killed search resumes with every finished trial. The first trial is the base configuration as
-given (the plan's values where unset, as `vitrina train` would run it), which measures the search's margin over it. The best
-trial's full configuration is written as ``best_config.yaml`` for ``vitrina train --config``.
+given (the plan's values where unset, as `vitrina train` would run it), which measures the
+search's margin over it. The best trial's full configuration is written as ``best_config.yaml``
+for ``vitrina train --config``.
 Bottleneck trials reuse the cached backbone features and take seconds.
 """
 from __future__ import annotations
