@@ -76,6 +76,7 @@ def test_every_field_round_trips(tmp_path: Path) -> None:
         ({"unknown": {"score": "magic", "threshold": 1}}, "unknown.score"),
         ({"unknown": {"score": "knn", "threshold": 0.2, "file": "../../etc/passwd"}}, "file name beside the model"),
         ({"neighbours": {"k": 0, "temperature": 0.1, "weight": 0.5, "bank_size": 3}}, "neighbours.k"),
+        ({"neighbours": {"k": 5, "temperature": 0.1, "weight": 0.5, "bank_size": 3, "validation_photos": -1}}, "neighbours.validation_photos"),
         ({"thresholds": {"confidence": 2}}, "thresholds.confidence"),
         ({"hidden": "wide"}, "hidden"),
         ({"format": "other/9"}, "format"),
@@ -92,3 +93,12 @@ def test_a_missing_key_names_it() -> None:
     del data["preprocess"]
     with pytest.raises(ModelError, match="lacks 'preprocess'"):
         ModelDescription.from_dict(data, "model.json")
+
+
+def test_a_vote_that_holds_the_validation_photos_says_so_and_round_trips() -> None:
+    data = json.loads((LEGACY / "model.json").read_text())
+    data["neighbours"] = {**data["neighbours"], "bank_size": 300, "validation_photos": 60}
+    description = ModelDescription.from_dict(data, "model.json")
+    assert description.neighbours == NeighbourVote(k=20, temperature=0.05, weight=0.5, bank_size=300, validation_photos=60)
+    assert description.to_dict()["neighbours"]["validation_photos"] == 60
+    assert ModelDescription.from_dict(description.to_dict(), "again").neighbours == description.neighbours

@@ -125,6 +125,9 @@ class TrainConfig:
     # Mix the head's probabilities with a vote of the nearest training photos when that is more
     # accurate on the validation split (vitrina.models.neighbours; freiburg split 0: +3.4 points).
     neighbour_vote: bool = True
+    # Once the vote and every threshold are chosen on the validation photos, add those photos to
+    # the vote's bank, so it votes with every photo given (their figures are from before).
+    vote_includes_validation: bool = True
     # Offer averaging each photo's probabilities with its mirror image's; kept only when it gets
     # more validation photos right (prediction then costs two passes).
     flip_average: bool = True

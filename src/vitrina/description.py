@@ -118,24 +118,28 @@ class UnknownDetector:
 @dataclass(frozen=True)
 class NeighbourVote:
     """The vote of the ``k`` most similar of ``bank_size`` training photos, mixed with the head's
-    probabilities at ``weight`` (see :mod:`vitrina.models.neighbours`)."""
+    probabilities at ``weight`` (see :mod:`vitrina.models.neighbours`); ``validation_photos`` of
+    the bank are the run's validation photos, added once everything chosen on them was chosen."""
 
     k: int
     temperature: float
     weight: float
     bank_size: int
+    validation_photos: int = 0
 
     @classmethod
     def parse(cls, data: Any, name: str = "neighbours") -> "NeighbourVote":
         data = _dict(data, name)
         try:
             return cls(_count(data["k"], f"{name}.k"), _number(data["temperature"], f"{name}.temperature", 1e-9),
-                       _number(data["weight"], f"{name}.weight", 0.0, 1.0), _count(data["bank_size"], f"{name}.bank_size"))
+                       _number(data["weight"], f"{name}.weight", 0.0, 1.0), _count(data["bank_size"], f"{name}.bank_size"),
+                       _count(data.get("validation_photos", 0), f"{name}.validation_photos", low=0))
         except KeyError as exc:
             raise ValueError(f"{name} lacks {exc.args[0]!r}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "temperature": self.temperature, "weight": self.weight, "bank_size": self.bank_size}
+        extra = {"validation_photos": self.validation_photos} if self.validation_photos else {}  # older model files lack it
+        return {"k": self.k, "temperature": self.temperature, "weight": self.weight, "bank_size": self.bank_size, **extra}
 
 
 @dataclass(frozen=True)

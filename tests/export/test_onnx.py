@@ -267,6 +267,7 @@ def test_a_model_with_a_neighbour_vote_exports_and_predicts_the_same_everywhere(
     import torch
 
     from vitrina.export.loading import load_predictor
+    from vitrina.export.loading import load_predictor
     from vitrina.models.checkpoint import load_model, save_model
     from vitrina.models.neighbours import NeighbourVote
 
@@ -381,3 +382,46 @@ def test_an_adaptive_mirror_average_is_the_same_in_every_runtime(cnn_export, tmp
     assert "mirror" in export_graph.read_description(copy / "model.onnx").to_dict()
     evaluated = predict_probabilities(model, images, plain.preprocess, torch.device("cpu"), mirror=load_model(copy)[1].mirror)
     np.testing.assert_allclose(evaluated, expected, atol=1e-4)
+
+
+def test_int8s_accuracy_check_leaves_the_votes_validation_photos_out(cnn_export, tmp_path: Path) -> None:
+    """Validation photos in the vote's bank would find themselves: int8 is checked against a vote without them."""
+    import torch
+
+    from vitrina.export.loading import load_predictor
+    from vitrina.models.checkpoint import load_model, save_model
+    from vitrina.models.neighbours import NeighbourVote
+
+    run, _, _ = cnn_export
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard", "*.onnx"))
+    model, meta = load_model(copy)
+    reference = export_checks.reference_images(copy, meta, int8=True)
+    loader = load_predictor(copy, "torch")
+    photos = sorted((DEMO / "train").rglob("*.jpg"))[:40]
+    with torch.inference_mode():
+        def features(images: np.ndarray) -> torch.Tensor:
+            return model.forward_features(torch.from_numpy(meta.preprocess.normalize(images)))
+        train = features(np.stack([loader.load(p) for p in photos]))
+        val = features(reference.validation)
+    # the validation photos join under the wrong labels: a check that kept them would see them misvote
+    wrong = (torch.from_numpy(reference.validation_labels) + 1) % meta.num_classes
+    labels = torch.cat([torch.tensor([meta.classes.index(p.parent.name) for p in photos]), wrong])
+    model.vote = NeighbourVote(torch.cat([train, val]), labels, meta.num_classes, k=5, temperature=0.1, weight=0.5)
+    save_model(copy, model, meta.with_changes(neighbours=model.vote.describe(validation_photos=len(val))))
+
+    def accuracy(vote: NeighbourVote) -> float:
+        model.vote = vote
+        with torch.inference_mode():
+            probs = model.classify(val)[0].numpy()
+        return float((probs.argmax(1) == reference.validation_labels).mean())
+
+    full = model.vote
+    left_out = accuracy(full.without_last(len(val)))
+    assert accuracy(full) < left_out, "the test's wrong labels must matter"
+    lines: list[str] = []
+    result = api.export(copy, log=lines.append)
+    assert result.int8 is not None and result.int8["vote_photos_left_out"] == len(val)
+    assert result.int8["fp32_accuracy"] == pytest.approx(left_out, abs=1.5 / len(val))
+    assert any(f"leaves the {len(val)} validation photos out" in line for line in lines)
+    assert f"{len(val)} of them the validation photos" in result.card_path.read_text()

@@ -234,3 +234,36 @@ def test_damaged_resume_files_are_clear_errors(tmp_path: Path, damage: str) -> N
         api.train(data, config, out=tmp_path / "run", resume=True, progress=False, log=quiet)
     assert "start a new run" in str(error.value) and "weights_only" not in str(error.value)
     assert not Path("/tmp/vitrina-pickle-ran").exists()
+
+
+def test_the_validation_photos_join_the_vote_after_their_figures_are_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import torch
+
+    from vitrina.models.neighbours import NeighbourVote, VoteChoice
+    from vitrina.training import extras, trainer
+
+    def always_vote(bank, bank_labels, val_features, val_logits, val_labels, num_classes):  # type: ignore[no-untyped-def]
+        vote = NeighbourVote(torch.from_numpy(bank), torch.from_numpy(bank_labels), num_classes, k=3, temperature=0.1, weight=0.5)
+        return VoteChoice(vote, 0.0, 1.0, 1)
+
+    before: list[np.ndarray] = []
+
+    def grow(model, found, val_labels, seed, log):  # type: ignore[no-untyped-def]
+        with torch.inference_mode():
+            before.append(model.classify(torch.from_numpy(found.val_features))[0].numpy())
+        # joining under another class's label, each validation photo now votes against itself:
+        # figures taken after this would differ from the ones before
+        return extras.add_validation_to_vote(model, found, (val_labels + 1) % 3, seed, log)
+
+    monkeypatch.setattr(extras, "fit_vote", always_vote)
+    monkeypatch.setattr(trainer, "add_validation_to_vote", grow)
+    data = make_shapes_dataset(tmp_path / "shapes")
+    config = scratch_config(tmp_path, **{"train.epochs": 2, "train.flip_average": False})
+    run = api.train(data, config, out=tmp_path / "run", progress=False, log=quiet).run_dir
+    vote = json.loads((run / "model.json").read_text())["neighbours"]
+    assert vote["validation_photos"] == 12 and vote["bank_size"] == 60 + 12
+    reported = [float(line.split(",")[3]) for line in (run / "predictions_val.csv").read_text().splitlines()[1:]]
+    np.testing.assert_allclose(reported, before[0].max(1), atol=1e-5)  # the figures from before the photos joined
+    evaluation = api.evaluate(run, data, split="val", out=tmp_path / "eval", progress=False)
+    assert "12 validation photos in its bank" in evaluation.metrics["warning"]

@@ -221,7 +221,8 @@ def evaluate_run(
     folder, stem = model_location(model)
     net, meta = load_model(folder, stem=stem)
     config = run_config(folder, overrides)
-    dataset, split = load_split(data, config, split, carve=is_training_data(data, meta.trained_on), run_dir=folder)
+    own_data = is_training_data(data, meta.trained_on)
+    dataset, split = load_split(data, config, split, carve=own_data, run_dir=folder)
     samples = dataset.split(split)
     classes = list(meta.classes)
     label_indices(samples, classes)  # refuse unknown classes before decoding or writing anything
@@ -256,5 +257,9 @@ def evaluate_run(
         tta_metrics = classification_metrics(labels, (probs + mirrored) / 2, classes, split=split)
         metrics["tta"] = {"method": "mean of the image and its horizontal mirror", **{k: tta_metrics[k] for k in TTA_KEYS if k in tta_metrics}}
     metrics.update(model=meta.model, mode=meta.mode, model_path=str(folder / f"{stem}.safetensors"), data=str(data), classes=classes)
+    if own_data and split == "val" and meta.neighbours is not None and meta.neighbours.validation_photos:
+        metrics["warning"] = (f"the neighbour vote holds these {meta.neighbours.validation_photos} validation photos in its bank "
+                              "(added after training chose its settings on them), so these figures are optimistic; "
+                              f"{folder / 'metrics_val.json'} has the figures from before they were added")
     _write_evaluation(out_dir, metrics, probs, labels, kept, decoded, rule, scores)
     return Evaluation(out_dir, metrics)

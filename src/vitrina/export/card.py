@@ -118,7 +118,9 @@ def model_card(description: ModelDescription, int8: dict[str, Any] | None = None
         "class probabilities (softmax) in the class order above."
         + (f" They mix the classifier's softmax (weight {1 - neighbours.weight:g}) with a vote of the "
            f"{neighbours.k} most similar of {neighbours.bank_size} training photos (weight {neighbours.weight:g}), "
-           "whose features the file holds." if neighbours else "")
+           "whose features the file holds" + (f", {neighbours.validation_photos} of them the validation photos, added once "
+                                               "everything chosen on them was chosen" if neighbours.validation_photos else "")
+           + "." if neighbours else "")
         + (" Each photo's probabilities are averaged with its mirror image's (the graph runs the network twice)."
            if description.flip_average else "")
         + _mirror_text(description),

@@ -31,6 +31,7 @@ from vitrina.inference.integrity import onnx_weights_digest
 from vitrina.inference.predictor import OnnxBackend, Predictor
 from vitrina.models.checkpoint import load_model
 from vitrina.models.unknown import load_unknown
+from vitrina.preprocess import Preprocess
 
 INT8_TOLERANCE_POINTS = 0.5  # the default of export.int8_tolerance
 Precision = Literal["auto", "fp32", "int8"]
@@ -57,6 +58,9 @@ class _Graphs:
     description: ModelDescription
     reference: ReferenceImages
     parity: dict[str, Any]
+    # The graph int8's accuracy check quantises and compares instead of ``fp32``: the model with
+    # its neighbour vote's validation photos left out, which would otherwise find themselves.
+    check_fp32: onnx.ModelProto | None = None
 
 
 def export_run(
@@ -150,7 +154,13 @@ def _fp32_graph(run_dir: Path, path: Path, calibration: str | Path | None, with_
         )
     description = describe(meta, metrics, "fp32", {"parity": parity, "check_images": reference.source},
                            outputs=[OUTPUT_NAME] + ([SCORE_OUTPUT] if scorer is not None else []))
-    return _Graphs(proto, description, reference, parity)
+    held = meta.neighbours.validation_photos if meta.neighbours is not None and model.vote is not None else 0
+    check = None
+    if with_int8 and held:
+        model.vote = model.vote.without_last(held)
+        check = to_onnx(model, meta.preprocess, scorer)
+        log(f"int8's accuracy check leaves the {held} validation photos out of the neighbour vote's bank")
+    return _Graphs(proto, description, reference, parity, check)
 
 
 def _int8(path: Path, graphs: _Graphs, log: Log) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -158,22 +168,12 @@ def _int8(path: Path, graphs: _Graphs, log: Log) -> tuple[onnx.ModelProto, dict[
     reference, description = graphs.reference, graphs.description
     preprocess = description.preprocess
     started = time.perf_counter()
-    tmp_fp32 = path.with_name(f".{path.stem}.fp32-for-int8.tmp{os.getpid()}.onnx")
-    tmp_int8 = path.with_name(f".{path.stem}.int8.tmp{os.getpid()}.onnx")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        onnx.save_model(graphs.fp32, str(tmp_fp32))
-        quantize_int8(tmp_fp32, tmp_int8, reference.calibration, preprocess)
-        proto = onnx.load_model(str(tmp_int8))
-    except Exception as exc:  # noqa: BLE001 - the quantiser raises many types
-        raise ModelError(f"{path}: int8 quantisation failed: {exc}") from None
-    finally:
-        tmp_fp32.unlink(missing_ok=True)
-        tmp_int8.unlink(missing_ok=True)
+    proto = _quantized(path, graphs.fp32, reference.calibration, preprocess)
     fp32 = Predictor(OnnxBackend.from_bytes(graphs.fp32.SerializeToString(), "fp32"), description, "fp32")
     int8 = Predictor(OnnxBackend.from_bytes(proto.SerializeToString(), "int8"), description, "int8")
+    check_fp32, check_int8 = (fp32, int8) if graphs.check_fp32 is None else _check_pair(path, graphs)
     images, labels = reference.validation, reference.validation_labels
-    fp32_top1, int8_top1 = fp32.predict_arrays(images).argmax(1), int8.predict_arrays(images).argmax(1)
+    fp32_top1, int8_top1 = check_fp32.predict_arrays(images).argmax(1), check_int8.predict_arrays(images).argmax(1)
     fp32_accuracy, int8_accuracy = float((fp32_top1 == labels).mean()), float((int8_top1 == labels).mean())
     change_points = accuracy_change_points(fp32_top1, int8_top1, labels)
     batch = preprocess.normalize(np.resize(images, (32, *images.shape[1:])))
@@ -187,6 +187,8 @@ def _int8(path: Path, graphs: _Graphs, log: Log) -> tuple[onnx.ModelProto, dict[
         "fp32_images_per_second": images_per_second(fp32.backend, batch),
         "int8_images_per_second": images_per_second(int8.backend, batch),
         "quantize_seconds": round(time.perf_counter() - started, 2),
+        **({"vote_photos_left_out": description.neighbours.validation_photos}
+           if graphs.check_fp32 is not None and description.neighbours is not None else {}),
     }
     log(
         f"int8 on {report['n_images']} validation images: accuracy {fp32_accuracy:.4f} (fp32) -> {int8_accuracy:.4f} (int8), "
@@ -194,6 +196,31 @@ def _int8(path: Path, graphs: _Graphs, log: Log) -> tuple[onnx.ModelProto, dict[
         f"model-only speed {report['fp32_images_per_second']:.0f} -> {report['int8_images_per_second']:.0f} images/s at batch 32"
     )
     return proto, report
+
+
+def _check_pair(path: Path, graphs: _Graphs) -> tuple[Predictor, Predictor]:
+    """fp32 and int8 predictors of ``graphs.check_fp32``, for int8's accuracy check."""
+    assert graphs.check_fp32 is not None
+    description = graphs.description
+    check_int8 = _quantized(path, graphs.check_fp32, graphs.reference.calibration, description.preprocess)
+    return (Predictor(OnnxBackend.from_bytes(graphs.check_fp32.SerializeToString(), "fp32"), description, "fp32"),
+            Predictor(OnnxBackend.from_bytes(check_int8.SerializeToString(), "int8"), description, "int8"))
+
+
+def _quantized(path: Path, fp32: onnx.ModelProto, calibration: np.ndarray, preprocess: Preprocess) -> onnx.ModelProto:
+    """``fp32`` quantised to int8 (static, calibrated on ``calibration``), through temporary files beside ``path``."""
+    tmp_fp32 = path.with_name(f".{path.stem}.fp32-for-int8.tmp{os.getpid()}.onnx")
+    tmp_int8 = path.with_name(f".{path.stem}.int8.tmp{os.getpid()}.onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        onnx.save_model(fp32, str(tmp_fp32))
+        quantize_int8(tmp_fp32, tmp_int8, calibration, preprocess)
+        return onnx.load_model(str(tmp_int8))
+    except Exception as exc:  # noqa: BLE001 - the quantiser raises many types
+        raise ModelError(f"{path}: int8 quantisation failed: {exc}") from None
+    finally:
+        tmp_fp32.unlink(missing_ok=True)
+        tmp_int8.unlink(missing_ok=True)
 
 
 def _write(

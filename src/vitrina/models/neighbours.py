@@ -64,9 +64,17 @@ class NeighbourVote(nn.Module):
         return cls(torch.zeros(d.bank_size, num_features), torch.zeros(d.bank_size, dtype=torch.long), num_classes,
                    d.k, d.temperature, d.weight, centre=torch.zeros(num_features))
 
-    def describe(self) -> VoteDescription:
-        """What ``model.json`` keeps under ``"neighbours"``."""
-        return VoteDescription(self.k, self.temperature, self.weight, int(len(self.bank)))
+    def without_last(self, n: int) -> "NeighbourVote":
+        """The same vote without the bank's last ``n`` photos (where training appended the validation photos)."""
+        if not 0 <= n < len(self.bank):
+            raise ModelError(f"neighbour vote: cannot leave out {n} of its {len(self.bank)} photos")
+        keep = len(self.bank) - n
+        return NeighbourVote(self.bank[:keep], self.labels[:keep], self.num_classes, self.k, self.temperature, self.weight,
+                             centre=self.centre).to(self.bank.device)
+
+    def describe(self, validation_photos: int = 0) -> VoteDescription:
+        """What ``model.json`` keeps under ``"neighbours"`` (``validation_photos``: of the bank, the run's validation photos)."""
+        return VoteDescription(self.k, self.temperature, self.weight, int(len(self.bank)), validation_photos)
 
     def vote(self, features: torch.Tensor) -> torch.Tensor:
         """N x classes: the k nearest training photos' labels, weighted by softmax(similarity / temperature)."""

@@ -33,7 +33,7 @@ from vitrina.training.calibration import ACCEPT_RATE, calibrate, confidence_thre
 from vitrina.training.callbacks import Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, TensorBoardLogger
 from vitrina.training.budget import BudgetPlan, Deadline, calibrate_speed, check_budget, plan_epochs
 from vitrina.training.distributed import barrier, is_main_process, local_device_name, world_position
-from vitrina.training.extras import Extras, fit_extras
+from vitrina.training.extras import Extras, add_validation_to_vote, fit_extras
 from vitrina.training.features import BackboneFeatures
 from vitrina.training.head import fit_head_on_features
 from vitrina.training.loop import NetworkTraining, runs_frozen_prefix, train_network
@@ -330,10 +330,16 @@ def train(
         fields.update(extras.fields)
         val_logits = extras.val_logits
     mirrored = "mirror" in fields
-    split_logits = _split_logits(run, model, decoded, body, mirrored)
     if extras is not None and model.vote is not None and not mirrored:
         val_logits = _head_logits(run, model, extras.val_features)  # what the model now answers: head and vote
     fields["thresholds"] = confidence_threshold(val_logits, ACCEPT_RATE)
+    grown: dict[str, Any] = {}
+    if extras is not None and config.train.vote_includes_validation:
+        grown = add_validation_to_vote(model, extras, labels["val"], config.train.seed, log)
+        fields.update(grown)
+    split_logits = _split_logits(run, model, decoded, body, mirrored)
+    if grown:
+        split_logits["val"] = val_logits  # the validation figures from before its photos joined the vote
     description = model_meta(plan, dataset, config, **fields)
     if extras is not None:
         _save(run, model, description, extras, skipped)
