@@ -168,7 +168,7 @@ def add_validation_to_vote(model: nn.Module, extras: Extras, val_labels: np.ndar
     vote learns from every photo the user gave; returns the vote's new description field.
 
     The bank keeps at most MAX_BANK photos (a seeded subset beyond). Measured on the five freiburg
-    splits and the other datasets in docs/benchmarks.md#the-neighbour-vote-bank.
+    splits and the other datasets in docs/benchmarks.md#neighbour-vote.
     """
     vote = model.vote
     if vote is None or extras.bank is None or extras.bank_labels is None or len(val_labels) == 0:

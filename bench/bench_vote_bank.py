@@ -1,0 +1,92 @@
+"""The neighbour vote's bank with and without the validation photos, on finished runs.
+
+Training chooses the vote's k, temperature and weight on the validation photos with the
+training photos as its bank, then puts the validation photos into the bank too
+(``train.vote_includes_validation``). For each run folder given (the default's runs of
+``bench/bench_recipe.py``), this rebuilds both banks from the run's own network and prints the
+reported split's accuracy with each: the network alone, the vote over the training photos, the
+vote over training and validation photos, and the difference in photos. The network and the
+vote's settings are the run's, so the difference is the bank's alone. Accuracy here is the
+network in fp32 PyTorch without the mirror average (as `vitrina train` reports it when the
+run kept no mirror average).
+
+    python bench/bench_vote_bank.py RUN [RUN ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitrina import config as config_lib
+from vitrina.data.cache import decode_samples, default_cache_dir
+from vitrina.data.sources import load_dataset
+from vitrina.models.checkpoint import load_model
+from vitrina.models.neighbours import NeighbourVote
+from vitrina.models.unknown import MAX_BANK, penultimate_features
+
+
+def split_features(run: Path, model: torch.nn.Module, preprocess, classes: list[str]) -> tuple[str, dict, dict]:  # type: ignore[no-untyped-def]
+    """(reported split, features by split, labels by split) of the run's train, val and reported photos."""
+    listed = json.loads((run / "splits.json").read_text())
+    cfg = config_lib.resolve(run / "config.yaml")
+    pool = {s.path: s for part in load_dataset(listed["source"], cfg.data, carve_val=False).splits.values() for s in part}
+    reported = "test" if "test" in listed["splits"] else next(k for k in listed["splits"] if k not in ("train", "val"))
+    cache = default_cache_dir(cfg.train.cache_dir)
+    features, labels = {}, {}
+    for split in ("train", "val", reported):
+        samples = [pool[p] for p in listed["splits"][split]]
+        decoded = decode_samples(samples, preprocess, cache, progress=False)
+        features[split] = penultimate_features(model, decoded.images, preprocess, torch.device("cpu"), "fp32", cache)
+        labels[split] = np.array([classes.index(samples[i].label) for i in decoded.index])
+    return reported, features, labels
+
+
+def bank_vote(parts: list[str], features: dict, labels: dict, saved: NeighbourVote, seed: int) -> NeighbourVote:
+    bank, bank_labels = np.concatenate([features[p] for p in parts]), np.concatenate([labels[p] for p in parts])
+    if len(bank) > MAX_BANK:
+        rows = np.sort(np.random.default_rng(seed).choice(len(bank), MAX_BANK, replace=False))
+        bank, bank_labels = bank[rows], bank_labels[rows]
+    return NeighbourVote(torch.from_numpy(bank), torch.from_numpy(bank_labels), saved.num_classes, saved.k, saved.temperature, saved.weight)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    args = parser.parse_args()
+    print("| run | split | photos | network alone | vote, training photos | vote, training + validation photos | change (photos) |")
+    print("|---|---|---|---|---|---|---|")
+    changes = []
+    for run in args.runs:
+        model, meta = load_model(run)
+        model.eval()
+        reported, features, labels = split_features(run, model, meta.preprocess, list(meta.classes))
+        saved, seed = model.vote, config_lib.resolve(run / "config.yaml").train.seed
+
+        def accuracy(vote: NeighbourVote | None) -> float:
+            model.vote = vote
+            with torch.inference_mode():
+                return float((model.classify(torch.from_numpy(features[reported]))[0].argmax(1).numpy() == labels[reported]).mean())
+
+        n, alone = len(labels[reported]), accuracy(None)
+        if saved is None:
+            print(f"| {run} | {reported} | {n} | {alone:.2%} | no vote chosen | — | — |")
+            continue
+        train_only = accuracy(bank_vote(["train"], features, labels, saved, seed))
+        with_val = accuracy(bank_vote(["train", "val"], features, labels, saved, seed))
+        changes.append((with_val - train_only, n, train_only, with_val))
+        print(f"| {run} | {reported} | {n} | {alone:.2%} | {train_only:.2%} | {with_val:.2%} | {round((with_val - train_only) * n):+d} |", flush=True)
+    if changes:
+        mean = sum(c[0] for c in changes) / len(changes)
+        # paired changes: the standard error of the mean change across runs where there are several
+        spread = math.sqrt(sum((c[0] - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes)) if len(changes) > 1 else float("nan")
+        print(f"mean change {mean * 100:+.2f} points over {len(changes)} runs (standard error across runs {spread * 100:.2f}); "
+              f"mean accuracy {sum(c[2] for c in changes) / len(changes):.2%} -> {sum(c[3] for c in changes) / len(changes):.2%}")
+
+
+if __name__ == "__main__":
+    main()
