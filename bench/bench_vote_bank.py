@@ -35,7 +35,10 @@ def split_features(run: Path, model: torch.nn.Module, preprocess, classes: list[
     listed = json.loads((run / "splits.json").read_text())
     cfg = config_lib.resolve(run / "config.yaml")
     pool = {s.path: s for part in load_dataset(listed["source"], cfg.data, carve_val=False).splits.values() for s in part}
-    reported = "test" if "test" in listed["splits"] else next(k for k in listed["splits"] if k not in ("train", "val"))
+    others = [k for k in listed["splits"] if k not in ("train", "val")]
+    if not others:
+        raise SystemExit(f"{run}: no split beyond train and val to measure on")
+    reported = "test" if "test" in others else others[0]
     cache = default_cache_dir(cfg.train.cache_dir)
     features, labels = {}, {}
     for split in ("train", "val", reported):
@@ -46,12 +49,14 @@ def split_features(run: Path, model: torch.nn.Module, preprocess, classes: list[
     return reported, features, labels
 
 
-def bank_vote(parts: list[str], features: dict, labels: dict, saved: NeighbourVote, seed: int) -> NeighbourVote:
-    bank, bank_labels = np.concatenate([features[p] for p in parts]), np.concatenate([labels[p] for p in parts])
-    if len(bank) > MAX_BANK:
-        rows = np.sort(np.random.default_rng(seed).choice(len(bank), MAX_BANK, replace=False))
-        bank, bank_labels = bank[rows], bank_labels[rows]
-    return NeighbourVote(torch.from_numpy(bank), torch.from_numpy(bank_labels), saved.num_classes, saved.k, saved.temperature, saved.weight)
+def votes(features: dict, labels: dict, saved: NeighbourVote, seed: int) -> tuple[NeighbourVote, NeighbourVote]:
+    """The vote over the training photos (as training chose it) and the same vote grown by the
+    validation photos, both built as training builds them."""
+    n = len(features["train"])
+    rows = np.arange(n) if n <= MAX_BANK else np.sort(np.random.default_rng(seed).choice(n, MAX_BANK, replace=False))
+    chosen = NeighbourVote(torch.from_numpy(features["train"][rows]), torch.from_numpy(labels["train"][rows]), saved.num_classes,
+                           saved.k, saved.temperature, saved.weight)
+    return chosen, chosen.with_added(features["val"], labels["val"], MAX_BANK, seed)[0]
 
 
 def main() -> None:
@@ -76,8 +81,8 @@ def main() -> None:
         if saved is None:
             print(f"| {run} | {reported} | {n} | {alone:.2%} | no vote chosen | — | — |")
             continue
-        train_only = accuracy(bank_vote(["train"], features, labels, saved, seed))
-        with_val = accuracy(bank_vote(["train", "val"], features, labels, saved, seed))
+        chosen, grown = votes(features, labels, saved, seed)
+        train_only, with_val = accuracy(chosen), accuracy(grown)
         changes.append((with_val - train_only, n, train_only, with_val))
         print(f"| {run} | {reported} | {n} | {alone:.2%} | {train_only:.2%} | {with_val:.2%} | {round((with_val - train_only) * n):+d} |", flush=True)
     if changes:

@@ -103,3 +103,20 @@ def test_bad_arguments_are_clear_errors(served: Path, shapes: Path, tmp_path: Pa
     assert missing.returncode == 2 and "new model not found" in missing.stderr and "Traceback" not in missing.stderr
     with pytest.raises(DataError, match="holdout"):
         api.promote(served, served, shapes, split="holdout", log=quiet)
+
+
+def test_a_vote_that_holds_the_validation_photos_is_not_compared_on_them(served: Path, shapes_run: Path, shapes: Path, tmp_path: Path) -> None:
+    import torch
+
+    from vitrina.errors import ConfigError
+    from vitrina.models.checkpoint import load_model, save_model
+    from vitrina.models.neighbours import NeighbourVote
+
+    new = Path(shutil.copytree(shapes_run, tmp_path / "new", ignore=shutil.ignore_patterns("*.onnx")))
+    model, meta = load_model(new)
+    bank = torch.randn(20, model.num_features)
+    model.vote = NeighbourVote(bank, torch.arange(20) % meta.num_classes, meta.num_classes, k=3, temperature=0.1, weight=0.5)
+    save_model(new, model, meta.with_changes(neighbours=model.vote.describe(validation_photos=5)))
+    with pytest.raises(ConfigError, match="holds its 5 validation photos"):
+        api.promote(new, served, shapes, split="val", log=quiet)
+    assert api.promote(new, served, shapes, split="test", log=quiet).comparison.split == "test"

@@ -267,7 +267,6 @@ def test_a_model_with_a_neighbour_vote_exports_and_predicts_the_same_everywhere(
     import torch
 
     from vitrina.export.loading import load_predictor
-    from vitrina.export.loading import load_predictor
     from vitrina.models.checkpoint import load_model, save_model
     from vitrina.models.neighbours import NeighbourVote
 
@@ -406,9 +405,11 @@ def test_int8s_accuracy_check_leaves_the_votes_validation_photos_out(cnn_export,
         val = features(reference.validation)
     # the validation photos join under the wrong labels: a check that kept them would see them misvote
     wrong = (torch.from_numpy(reference.validation_labels) + 1) % meta.num_classes
-    labels = torch.cat([torch.tensor([meta.classes.index(p.parent.name) for p in photos]), wrong])
-    model.vote = NeighbourVote(torch.cat([train, val]), labels, meta.num_classes, k=5, temperature=0.1, weight=0.5)
-    save_model(copy, model, meta.with_changes(neighbours=model.vote.describe(validation_photos=len(val))))
+    chosen = NeighbourVote(train, torch.tensor([meta.classes.index(p.parent.name) for p in photos]), meta.num_classes,
+                           k=5, temperature=0.1, weight=0.5)
+    grown, added = chosen.with_added(val.numpy(), wrong.numpy(), limit=10_000, seed=0)
+    model.vote = grown
+    save_model(copy, model, meta.with_changes(neighbours=grown.describe(validation_photos=added)))
 
     def accuracy(vote: NeighbourVote) -> float:
         model.vote = vote
@@ -416,9 +417,8 @@ def test_int8s_accuracy_check_leaves_the_votes_validation_photos_out(cnn_export,
             probs = model.classify(val)[0].numpy()
         return float((probs.argmax(1) == reference.validation_labels).mean())
 
-    full = model.vote
-    left_out = accuracy(full.without_last(len(val)))
-    assert accuracy(full) < left_out, "the test's wrong labels must matter"
+    left_out = accuracy(chosen)
+    assert accuracy(grown) < left_out, "the test's wrong labels must matter"
     lines: list[str] = []
     result = api.export(copy, log=lines.append)
     assert result.int8 is not None and result.int8["vote_photos_left_out"] == len(val)

@@ -11,10 +11,10 @@ import torch
 from vitrina.description import MirrorAverage
 from vitrina.models import create_model
 from vitrina.models.neighbours import NeighbourVote
-from vitrina.models.unknown import UnknownScore, penultimate_features
+from vitrina.models.unknown import penultimate_features
 from vitrina.preprocess import Preprocess, mirror_images
 from vitrina.training import extras as extras_module
-from vitrina.training.extras import Extras, add_validation_to_vote, choose_mirror_average, mirror_options, pays_for_itself
+from vitrina.training.extras import add_validation_to_vote, choose_mirror_average, mirror_options, pays_for_itself
 from vitrina.training.plan import Plan
 
 
@@ -118,20 +118,23 @@ def _clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return (np.eye(3, 16)[labels] * 4 + rng.normal(0, 0.3, (n, 16))).astype(np.float32), labels
 
 
-def _extras(bank: np.ndarray, bank_labels: np.ndarray, val: np.ndarray) -> Extras:
-    return Extras(UnknownScore("msp"), val, np.zeros((len(val), 3), np.float32), {}, bank, bank_labels)
+def _chosen(n: int) -> NeighbourVote:
+    bank, labels = _clusters(n, seed=0)
+    return NeighbourVote(torch.from_numpy(bank), torch.from_numpy(labels), 3, k=5, temperature=0.1, weight=0.5)
 
 
 def test_the_validation_photos_join_the_vote_once_it_is_chosen() -> None:
-    bank, bank_labels = _clusters(60, seed=0)
+    chosen = _chosen(60)
     val, val_labels = _clusters(20, seed=1)
-    chosen = NeighbourVote(torch.from_numpy(bank), torch.from_numpy(bank_labels), 3, k=5, temperature=0.1, weight=0.5)
     model, lines = _Voter(chosen), []
-    field = add_validation_to_vote(model, _extras(bank, bank_labels, val), val_labels, seed=0, log=lines.append)
+    field = add_validation_to_vote(model, val, val_labels, seed=0, log=lines.append)
     vote = model.vote
     assert len(vote.bank) == 80 and (vote.k, vote.temperature, vote.weight) == (5, 0.1, 0.5)
     assert field["neighbours"].bank_size == 80 and field["neighbours"].validation_photos == 20
     assert vote.labels[60:].tolist() == val_labels.tolist()
+    # without its last rows it is the chosen vote, exactly: the export's int8 check relies on it
+    back = vote.without_last(20)
+    assert torch.equal(back.bank, chosen.bank) and torch.equal(back.labels, chosen.labels) and torch.equal(back.centre, chosen.centre)
     # a validation photo's nearest photo is now itself
     sims = torch.nn.functional.normalize(torch.from_numpy(val[:1]) - vote.centre, dim=1) @ vote.bank.float().T
     assert int(sims.argmax()) == 60
@@ -140,16 +143,20 @@ def test_the_validation_photos_join_the_vote_once_it_is_chosen() -> None:
 
 def test_the_grown_bank_keeps_at_most_max_bank_photos(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(extras_module, "MAX_BANK", 50)
-    bank, bank_labels = _clusters(40, seed=0)
+    chosen = _chosen(40)
     val, val_labels = _clusters(30, seed=1)
-    model = _Voter(NeighbourVote(torch.from_numpy(bank), torch.from_numpy(bank_labels), 3, k=5, temperature=0.1, weight=0.5))
-    field = add_validation_to_vote(model, _extras(bank, bank_labels, val), val_labels, seed=0, log=lambda _: None)
+    model = _Voter(chosen)
+    field = add_validation_to_vote(model, val, val_labels, seed=0, log=lambda _: None)
     assert len(model.vote.bank) == 50 and field["neighbours"].bank_size == 50
-    assert 0 < field["neighbours"].validation_photos < 30
+    assert field["neighbours"].validation_photos == 10, "the training photos all stay; validation fills the room left"
+    assert torch.equal(model.vote.without_last(10).bank, chosen.bank)
+    monkeypatch.setattr(extras_module, "MAX_BANK", 40)
+    full = _Voter(chosen)
+    assert add_validation_to_vote(full, val, val_labels, seed=0, log=lambda _: None) == {} and len(full.vote.bank) == 40
 
 
 def test_without_a_vote_nothing_joins() -> None:
-    bank, bank_labels = _clusters(10, seed=0)
+    val, val_labels = _clusters(10, seed=0)
     model = _Voter(None)
-    assert add_validation_to_vote(model, _extras(bank, bank_labels, bank), bank_labels, seed=0, log=lambda _: None) == {}
+    assert add_validation_to_vote(model, val, val_labels, seed=0, log=lambda _: None) == {}
     assert model.vote is None

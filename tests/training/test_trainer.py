@@ -249,12 +249,12 @@ def test_the_validation_photos_join_the_vote_after_their_figures_are_taken(tmp_p
 
     before: list[np.ndarray] = []
 
-    def grow(model, found, val_labels, seed, log):  # type: ignore[no-untyped-def]
+    def grow(model, val_features, val_labels, seed, log):  # type: ignore[no-untyped-def]
         with torch.inference_mode():
-            before.append(model.classify(torch.from_numpy(found.val_features))[0].numpy())
+            before.append(model.classify(torch.from_numpy(val_features))[0].numpy())
         # joining under another class's label, each validation photo now votes against itself:
         # figures taken after this would differ from the ones before
-        return extras.add_validation_to_vote(model, found, (val_labels + 1) % 3, seed, log)
+        return extras.add_validation_to_vote(model, val_features, (val_labels + 1) % 3, seed, log)
 
     monkeypatch.setattr(extras, "fit_vote", always_vote)
     monkeypatch.setattr(trainer, "add_validation_to_vote", grow)
@@ -265,5 +265,7 @@ def test_the_validation_photos_join_the_vote_after_their_figures_are_taken(tmp_p
     assert vote["validation_photos"] == 12 and vote["bank_size"] == 60 + 12
     reported = [float(line.split(",")[3]) for line in (run / "predictions_val.csv").read_text().splitlines()[1:]]
     np.testing.assert_allclose(reported, before[0].max(1), atol=1e-5)  # the figures from before the photos joined
+    # evaluating the run's own validation photos leaves them out of the bank: the figures training reported
     evaluation = api.evaluate(run, data, split="val", out=tmp_path / "eval", progress=False)
-    assert "12 validation photos in its bank" in evaluation.metrics["warning"]
+    assert "the 12 validation photos the neighbour vote holds were left out" in evaluation.metrics["note"]
+    assert evaluation.metrics["accuracy"] == pytest.approx(json.loads((run / "metrics_val.json").read_text())["accuracy"])

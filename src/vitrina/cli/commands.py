@@ -165,8 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  marked uncertain {decisions['uncertain_share']:.1%}{unknown}; accuracy of the rest {decisions['accuracy_when_sure']:.4f}")
     if "tta" in m:
         print(f"  with test-time augmentation ({m['tta']['method']}): accuracy {m['tta']['accuracy']:.4f}, macro F1 {m['tta']['macro_f1']:.4f}")
-    if "warning" in m:
-        print(f"  note: {m['warning']}")
+    if "note" in m:
+        print(f"  note: {m['note']}")
     print(f"evaluation folder: {result.out_dir} (report.html, mistakes.html, metrics.json)")
     return 0
 

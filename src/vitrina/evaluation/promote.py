@@ -196,8 +196,12 @@ def promote(new: str | os.PathLike, served: str | os.PathLike, data: str | os.Pa
     new_model = load_predictor(new_path, log=log)
     old_model = load_predictor(served_path, log=log)
     folder = new_path if new_path.is_dir() else new_path.parent
-    dataset, split = load_split(data, run_config(folder), split, carve=is_training_data(data, new_model.description.trained_on),
-                                run_dir=folder)
+    own_data = is_training_data(data, new_model.description.trained_on)
+    dataset, split = load_split(data, run_config(folder), split, carve=own_data, run_dir=folder)
+    vote = new_model.description.neighbours
+    if own_data and split == "val" and vote is not None and vote.validation_photos:
+        raise ConfigError(f"{new_path}: its neighbour vote holds its {vote.validation_photos} validation photos, so comparing "
+                          "on them would favour it; compare on a split it did not train on (--split test, or another dataset)")
     comparison = compare(new_model, old_model, dataset.split(split), split)
     reasons = refusals(comparison, alpha, max_drop, allow_class_change)
     promoted = not reasons or force

@@ -64,6 +64,21 @@ class NeighbourVote(nn.Module):
         return cls(torch.zeros(d.bank_size, num_features), torch.zeros(d.bank_size, dtype=torch.long), num_classes,
                    d.k, d.temperature, d.weight, centre=torch.zeros(num_features))
 
+    def with_added(self, features: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> tuple["NeighbourVote", int]:
+        """The same vote with ``features`` (labelled ``labels``) appended to its bank, centred and
+        normalised as the bank was (the vote's centre unchanged), up to ``limit`` photos in all (a
+        seeded subset of the new ones beyond); returns it and how many photos it added."""
+        room = max(0, limit - len(self.bank))
+        rows = np.arange(len(features))
+        if len(rows) > room:
+            rows = np.sort(np.random.default_rng(seed).choice(len(rows), room, replace=False))
+        added = torch.from_numpy(np.asarray(features, dtype=np.float32)[rows]).to(self.centre.device)
+        added = F.normalize(added - self.centre, dim=1)
+        new_labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)[rows]).to(self.labels.device)
+        grown = NeighbourVote(torch.cat([self.bank.float(), added]), torch.cat([self.labels, new_labels]), self.num_classes,
+                              self.k, self.temperature, self.weight, centre=self.centre)
+        return grown.to(self.bank.device), len(rows)
+
     def without_last(self, n: int) -> "NeighbourVote":
         """The same vote without the bank's last ``n`` photos (where training appended the validation photos)."""
         if not 0 <= n < len(self.bank):

@@ -15,7 +15,7 @@ from torch import nn
 from vitrina.config import Config
 from vitrina.data.cache import DecodedImages
 from vitrina.description import MirrorAverage, top_margin
-from vitrina.models.neighbours import NeighbourVote, fit_vote
+from vitrina.models.neighbours import fit_vote
 from vitrina.models.unknown import MAX_BANK, UnknownScore, default_k, fit_unknown, penultimate_features
 from vitrina.training.calibration import ACCEPT_RATE
 from vitrina.training.features import BackboneFeatures
@@ -35,8 +35,6 @@ class Extras:
     val_features: np.ndarray
     val_logits: np.ndarray
     fields: dict[str, Any] = field(default_factory=dict)
-    bank: np.ndarray | None = None  # the training photos' features the vote was chosen with
-    bank_labels: np.ndarray | None = None
 
 
 def bank_features(
@@ -151,7 +149,7 @@ def fit_extras(
     scorer, unknown = fit_unknown(bank, bank_labels, val_features, val_logits, num_classes, method=t.unknown_score, k=k, seed=t.seed)
     log(f"  unknown photos: {t.unknown_score} score, threshold {unknown.threshold:.4f} accepts "
         f"{ACCEPT_RATE:.0%} of the validation photos ({time.perf_counter() - started:.1f} s)")
-    extras = Extras(scorer, val_features, val_logits, {"unknown": unknown}, bank, bank_labels)
+    extras = Extras(scorer, val_features, val_logits, {"unknown": unknown})
     if t.neighbour_vote:
         extras.fields.update(fit_neighbour_vote(model, bank, bank_labels, val_features, val_logits, labels["val"], device, log))
     if t.flip_average:
@@ -162,25 +160,20 @@ def fit_extras(
     return extras
 
 
-def add_validation_to_vote(model: nn.Module, extras: Extras, val_labels: np.ndarray, seed: int, log: Log) -> dict[str, Any]:
+def add_validation_to_vote(model: nn.Module, val_features: np.ndarray, val_labels: np.ndarray, seed: int, log: Log) -> dict[str, Any]:
     """Put the validation photos into the neighbour vote's bank, once every choice made on them
     is made (the vote's k, temperature and weight, the mirror average, the thresholds), so the
     vote learns from every photo the user gave; returns the vote's new description field.
 
-    The bank keeps at most MAX_BANK photos (a seeded subset beyond). Measured on the five freiburg
-    splits and the other datasets in docs/benchmarks.md#neighbour-vote.
+    They are appended after the training photos, centred and normalised as those were, so the
+    chosen vote is the grown one without its last rows (``NeighbourVote.without_last``). The bank
+    keeps at most MAX_BANK photos (a seeded subset of the validation photos beyond). Measured in
+    docs/benchmarks.md#neighbour-vote.
     """
     vote = model.vote
-    if vote is None or extras.bank is None or extras.bank_labels is None or len(val_labels) == 0:
+    if vote is None or len(val_labels) == 0:
         return {}
-    bank = np.concatenate([extras.bank, extras.val_features]).astype(np.float32, copy=False)
-    labels = np.concatenate([extras.bank_labels, np.asarray(val_labels)]).astype(np.int64, copy=False)
-    is_val = np.arange(len(bank)) >= len(extras.bank)
-    if len(bank) > MAX_BANK:
-        rows = np.sort(np.random.default_rng(seed).choice(len(bank), MAX_BANK, replace=False))
-        bank, labels, is_val = bank[rows], labels[rows], is_val[rows]
     before = len(vote.bank)
-    model.vote = NeighbourVote(torch.from_numpy(bank), torch.from_numpy(labels), vote.num_classes, vote.k,
-                               vote.temperature, vote.weight).to(vote.bank.device)
-    log(f"  neighbour vote: {int(is_val.sum())} validation photos join its bank ({before} -> {len(bank)} photos)")
-    return {"neighbours": model.vote.describe(validation_photos=int(is_val.sum()))}
+    model.vote, added = vote.with_added(val_features, val_labels, MAX_BANK, seed)
+    log(f"  neighbour vote: {added} validation photos join its bank ({before} -> {before + added} photos)")
+    return {"neighbours": model.vote.describe(validation_photos=added)} if added else {}

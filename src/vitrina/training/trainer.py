@@ -335,7 +335,7 @@ def train(
     fields["thresholds"] = confidence_threshold(val_logits, ACCEPT_RATE)
     grown: dict[str, Any] = {}
     if extras is not None and config.train.vote_includes_validation:
-        grown = add_validation_to_vote(model, extras, labels["val"], config.train.seed, log)
+        grown = add_validation_to_vote(model, extras.val_features, labels["val"], config.train.seed, log)
         fields.update(grown)
     split_logits = _split_logits(run, model, decoded, body, mirrored)
     if grown:
