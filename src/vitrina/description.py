@@ -353,6 +353,11 @@ class ModelDescription:
         return self.thresholds.confidence if self.thresholds else None
 
     @property
+    def vote_validation_photos(self) -> int:
+        """How many of the neighbour vote's bank are the run's validation photos (its last rows)."""
+        return self.neighbours.validation_photos if self.neighbours else 0
+
+    @property
     def artifact_precision(self) -> str:
         """The precision of this artifact's weights: "int8" for a quantised export, else "fp32"."""
         return self.export.precision if self.export else "fp32"

@@ -198,9 +198,9 @@ def promote(new: str | os.PathLike, served: str | os.PathLike, data: str | os.Pa
     folder = new_path if new_path.is_dir() else new_path.parent
     own_data = is_training_data(data, new_model.description.trained_on)
     dataset, split = load_split(data, run_config(folder), split, carve=own_data, run_dir=folder)
-    vote = new_model.description.neighbours
-    if own_data and split == "val" and vote is not None and vote.validation_photos:
-        raise ConfigError(f"{new_path}: its neighbour vote holds its {vote.validation_photos} validation photos, so comparing "
+    held = new_model.description.vote_validation_photos
+    if own_data and split == "val" and held:
+        raise ConfigError(f"{new_path}: its neighbour vote holds its {held} validation photos, so comparing "
                           "on them would favour it; compare on a split it did not train on (--split test, or another dataset)")
     comparison = compare(new_model, old_model, dataset.split(split), split)
     reasons = refusals(comparison, alpha, max_drop, allow_class_change)

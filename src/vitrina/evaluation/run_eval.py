@@ -241,8 +241,8 @@ def evaluate_run(
     if not kept:
         raise DataError(f"no readable images in the {split} split of {data}")
     labels = label_indices(kept, classes)
-    held = meta.neighbours.validation_photos if meta.neighbours is not None and net.vote is not None else 0
-    if own_data and split == "val" and held:
+    held = meta.vote_validation_photos if own_data and split == "val" and net.vote is not None else 0
+    if held:
         net.vote = net.vote.without_last(held)  # each would find itself: the vote as validation chose it
     net.to(device)
     metrics, probs = evaluate_images(
@@ -261,7 +261,7 @@ def evaluate_run(
         tta_metrics = classification_metrics(labels, (probs + mirrored) / 2, classes, split=split)
         metrics["tta"] = {"method": "mean of the image and its horizontal mirror", **{k: tta_metrics[k] for k in TTA_KEYS if k in tta_metrics}}
     metrics.update(model=meta.model, mode=meta.mode, model_path=str(folder / f"{stem}.safetensors"), data=str(data), classes=classes)
-    if own_data and split == "val" and held:
+    if held:
         metrics["note"] = f"the {held} validation photos the neighbour vote holds were left out of its bank for this evaluation"
     _write_evaluation(out_dir, metrics, probs, labels, kept, decoded, rule, scores)
     return Evaluation(out_dir, metrics)

@@ -154,7 +154,7 @@ def _fp32_graph(run_dir: Path, path: Path, calibration: str | Path | None, with_
         )
     description = describe(meta, metrics, "fp32", {"parity": parity, "check_images": reference.source},
                            outputs=[OUTPUT_NAME] + ([SCORE_OUTPUT] if scorer is not None else []))
-    held = meta.neighbours.validation_photos if meta.neighbours is not None and model.vote is not None else 0
+    held = meta.vote_validation_photos if model.vote is not None else 0
     check = None
     if with_int8 and held:
         model.vote = model.vote.without_last(held)
@@ -187,8 +187,7 @@ def _int8(path: Path, graphs: _Graphs, log: Log) -> tuple[onnx.ModelProto, dict[
         "fp32_images_per_second": images_per_second(fp32.backend, batch),
         "int8_images_per_second": images_per_second(int8.backend, batch),
         "quantize_seconds": round(time.perf_counter() - started, 2),
-        **({"vote_photos_left_out": description.neighbours.validation_photos}
-           if graphs.check_fp32 is not None and description.neighbours is not None else {}),
+        **({"vote_photos_left_out": description.vote_validation_photos} if graphs.check_fp32 is not None else {}),
     }
     log(
         f"int8 on {report['n_images']} validation images: accuracy {fp32_accuracy:.4f} (fp32) -> {int8_accuracy:.4f} (int8), "
