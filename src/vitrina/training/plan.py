@@ -82,7 +82,7 @@ class Plan:
     head: str = "linear"
     feature_copies: int = 0
     # Fine-tuning: the last N backbone blocks train (-1 = all); the time budget may lower the
-    # planned figure (vitrina.training.budget.PLANNED_BLOCKS).
+    # planned figure (vitrina.training.budget.plan_blocks_and_epochs).
     unfreeze_blocks: int = 4
 
 
