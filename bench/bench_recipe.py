@@ -55,11 +55,12 @@ CANDIDATES = {
     "trivial": ["--set", "augment.trivialaugment=true"],
     "mix": ["--set", "augment.mixup=0.2", "--set", "augment.cutmix=1.0"],
     "size224": ["--set", "model.input_size=224"],  # the backbone's own size: cheaper to predict, see docs/benchmarks.md
-    "blocks4": ["--set", "train.unfreeze_blocks=4"],  # one block more than the default: time the budget leaves
+    "blocks3": ["--set", "train.unfreeze_blocks=3"],  # the plan's fallback where four blocks' epochs do not fit
+    "blocks4": ["--set", "train.unfreeze_blocks=4"],  # what the plan picks where their epochs fit the budget
     "all-blocks": ["--set", "train.unfreeze_blocks=-1"],  # every block in bf16 where the CPU has it: more of the budget
     "lite2": ["--model", "efficientnet_lite2", "--set", "model.input_size=260"],  # a larger backbone at its own size
 }
-PRETRAINED_ONLY = {"plain", "llrd", "size224", "blocks4", "all-blocks", "lite2"}  # not for a network trained from scratch
+PRETRAINED_ONLY = {"plain", "llrd", "size224", "blocks3", "blocks4", "all-blocks", "lite2"}  # not for a network trained from scratch
 
 
 def variant_flags(variant: str, screen_epochs: int | None) -> list[str]:

@@ -98,11 +98,11 @@ class TrainConfig:
     # 5-20 s the first time for a backbone, about a second once its graph is cached.
     expected_speed: bool = True
     balance: Literal["none", "weights", "sampler"] = "none"
-    # Fine-tuning trains the last N backbone blocks (-1 = all). The early high-resolution blocks
-    # cost most of the backward pass on a CPU and change least from their ImageNet weights.
-    # Freiburg split 0, efficientnet_lite0 at 288 px, 8 epochs: the last 3 blocks 87.7% in 23 min
-    # of training, the last 4 blocks 88.8% in 31 min (2 CPU cores).
-    unfreeze_blocks: int = 3
+    # Fine-tuning trains the last N backbone blocks (-1 = all). None: the plan trains the last 4
+    # where their recommended epochs fit the time budget, else the last 3
+    # (vitrina.training.plan.RECOMMENDED_UNFREEZE_BLOCKS). The early high-resolution blocks cost
+    # most of the backward pass on a CPU and change least from their ImageNet weights.
+    unfreeze_blocks: int | None = None
     freeze_bn: Literal["auto", "yes", "no"] = "auto"  # auto: BatchNorm statistics frozen when fine-tuning
     warm_start_head: bool = True  # fine-tuning: fit the head on cached features first
     feature_copies: int | None = None  # bottleneck: augmented feature copies per training image

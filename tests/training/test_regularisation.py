@@ -99,8 +99,8 @@ def test_layer_decay_gives_each_trained_block_its_own_learning_rate(tmp_path: Pa
     class Job:  # what _parameter_groups reads
         def __init__(self, model: nn.Module, decay: float):
             self.model = model
-            self.config = resolve(overrides={"train.unfreeze_blocks": 3, "train.layer_decay": decay, "train.body_lr_scale": 0.1})
-            self.plan = type("Plan", (), {"mode": "finetune", "lr": 1.0})()
+            self.config = resolve(overrides={"train.layer_decay": decay, "train.body_lr_scale": 0.1})
+            self.plan = type("Plan", (), {"mode": "finetune", "lr": 1.0, "unfreeze_blocks": 3})()
 
     from vitrina.models.registry import create_model
     model = create_model("efficientnet_lite0", num_classes=3, pretrained=False)

@@ -120,12 +120,12 @@ def frozen_prefix(job: NetworkTraining, world: int) -> tuple[Forward, nn.Module]
     t, plan = job.config.train, job.plan
     if not runs_frozen_prefix(job.config, plan.mode, job.device, world):
         return None
-    parts = split_at_trainable(job.model, t.unfreeze_blocks)
+    parts = split_at_trainable(job.model, plan.unfreeze_blocks)
     if parts is None:
         return None
     prefix, tail = parts
     onnx_prefix = OnnxPrefix(prefix, plan.preprocess.channels, plan.preprocess.input_size, default_cache_dir(t.cache_dir))
-    job.log(f"  frozen stem and {prefix.num_stages} stages run in ONNX Runtime; the last {t.unfreeze_blocks} blocks train")
+    job.log(f"  frozen stem and {prefix.num_stages} stages run in ONNX Runtime; the last {plan.unfreeze_blocks} blocks train")
     return onnx_prefix, tail
 
 
@@ -134,7 +134,7 @@ def _parameter_groups(job: NetworkTraining) -> list[dict]:
     the next one's) and the head; else every trainable parameter."""
     t, plan, model = job.config.train, job.plan, job.model
     if plan.mode == "finetune":
-        blocks = trainable_blocks(model, t.unfreeze_blocks)
+        blocks = trainable_blocks(model, plan.unfreeze_blocks)
         body_lr = plan.lr * t.body_lr_scale
         if t.layer_decay == 1.0:
             body = [{"params": [p for block in blocks for p in block], "lr": body_lr, "name": "body"}]

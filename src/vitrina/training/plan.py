@@ -27,6 +27,12 @@ RECOMMENDED: dict[str, dict[str, float | int]] = {
 # single MLPs gave 82.0-85.2% (mean 83.4%) with the seed (freiburg split 0 at 288 px).
 RECOMMENDED_HEAD = {"scratch": "linear", "bottleneck": "mlp_ensemble", "finetune": "linear"}
 RECOMMENDED_FEATURE_COPIES = {"scratch": 0, "bottleneck": 0, "finetune": 0}
+# Fine-tuning trains the last 4 blocks where their recommended epochs fit the time budget, else
+# the last 3 (vitrina.training.budget). Efficientnet_lite0 at 288 px with the weight average and
+# the neighbour vote, 8 epochs, freiburg split 0: the last 3 blocks 91.36% (782 s of training),
+# the last 4 92.24% (1,048 s); see docs/benchmarks.md for the other datasets.
+RECOMMENDED_UNFREEZE_BLOCKS = 4
+FALLBACK_UNFREEZE_BLOCKS = 3
 # Pretrained backbones see a larger input than they were trained at: ImageNet training with
 # random-resized crops shows objects larger than a centre crop at the same size does (Touvron et
 # al., "Fixing the train-test resolution discrepancy", 2019).
@@ -75,6 +81,9 @@ class Plan:
     weight_decay: float
     head: str = "linear"
     feature_copies: int = 0
+    # Fine-tuning: the last N backbone blocks train (-1 = all); the time budget may lower the
+    # planned figure (vitrina.training.budget.plan_blocks_and_epochs).
+    unfreeze_blocks: int = 4
 
 
 def looks_like_small_grayscale(dataset: Dataset) -> tuple[bool, int]:
@@ -195,4 +204,5 @@ def make_plan(dataset: Dataset, config: Config) -> Plan:
         weight_decay=float(t.weight_decay if t.weight_decay is not None else rec["weight_decay"]),
         head=config.model.head if config.model.head != "auto" else RECOMMENDED_HEAD[mode],
         feature_copies=int(t.feature_copies if t.feature_copies is not None else RECOMMENDED_FEATURE_COPIES[mode]),
+        unfreeze_blocks=int(t.unfreeze_blocks if t.unfreeze_blocks is not None else RECOMMENDED_UNFREEZE_BLOCKS),
     )

@@ -31,7 +31,7 @@ from vitrina.models.runtime import predict_logits, resolve_device, resolve_preci
 from vitrina.models.unknown import MAX_BANK, save_unknown
 from vitrina.training.calibration import ACCEPT_RATE, calibrate, confidence_threshold
 from vitrina.training.callbacks import Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, TensorBoardLogger
-from vitrina.training.budget import BudgetPlan, Deadline, calibrate_speed, check_budget, plan_epochs
+from vitrina.training.budget import BudgetPlan, Calibration, Deadline, calibrate_speed, check_budget, plan_blocks_and_epochs
 from vitrina.training.distributed import barrier, is_main_process, local_device_name, world_position
 from vitrina.training.extras import Extras, add_validation_to_vote, fit_extras
 from vitrina.training.features import BackboneFeatures
@@ -97,7 +97,7 @@ def _resolve_run(dataset: Dataset, config: Config, run_dir: Path, progress: bool
     device = resolve_device(local_device_name(config.train.device))
     precision = resolve_precision(config.train.precision, device)
     # Fine-tuning the last blocks runs the frozen rest in ONNX Runtime (vitrina.training.loop.frozen_prefix).
-    frozen_prefix = plan.mode == "finetune" and config.train.unfreeze_blocks >= 0 and config.train.feature_runtime != "torch"
+    frozen_prefix = plan.mode == "finetune" and plan.unfreeze_blocks >= 0 and config.train.feature_runtime != "torch"
     train_precision = resolve_training_precision(config.train.precision, device, frozen_prefix=frozen_prefix)
     return _Run(dataset, config, plan, run_dir, device, precision, train_precision, default_cache_dir(config.train.cache_dir), progress, log)
 
@@ -164,29 +164,37 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
         previous = BudgetPlan.read(run.run_dir)
         if previous is None:
             return None
-        run.plan = replace(run.plan, epochs=previous.epochs)
+        run.plan = _with_budget_plan(run.plan, previous)
         spent = sum(float(row.get("seconds", 0.0)) for row in resume_state.get("history", []))
         return Deadline(time.perf_counter() + max(0.0, previous.budget_s - spent), previous.reserve_s, run.log)
     on_prefix = runs_frozen_prefix(run.config, run.plan.mode, run.device)
     prediction = _expected_prediction_speed(run, model, decoded["train"])
-    speed = calibrate_speed(model, run.plan, t.unfreeze_blocks, run.device, run.train_precision,
-                            prefix_cache=run.cache_dir if on_prefix else None)
+    def calibrate(blocks: int) -> Calibration:
+        return calibrate_speed(model, run.plan, blocks, run.device, run.train_precision, prefix_cache=run.cache_dir if on_prefix else None)
+
     n_eval = sum(len(d.index) for split, d in decoded.items() if split != "train")
-    budget = plan_epochs(run.plan, speed, budget_s=budget_s, spent_s=time.perf_counter() - started,
-                         n_train=len(decoded["train"].index), n_val=len(decoded["val"].index), n_eval=n_eval,
-                         explicit_epochs=t.epochs is not None, unfreeze_blocks=t.unfreeze_blocks, precision=run.train_precision,
-                         log=run.log, warm_start=t.warm_start_head, bank_images=MAX_BANK,
-                         explicit_model=run.config.model.name is not None or run.config.model.input_size is not None)
+    budget = plan_blocks_and_epochs(
+        run.plan, calibrate, explicit_blocks=t.unfreeze_blocks is not None, log=run.log, budget_s=budget_s,
+        spent_s=time.perf_counter() - started, n_train=len(decoded["train"].index), n_val=len(decoded["val"].index),
+        n_eval=n_eval, explicit_epochs=t.epochs is not None, precision=run.train_precision, warm_start=t.warm_start_head,
+        bank_images=MAX_BANK, explicit_model=run.config.model.name is not None or run.config.model.input_size is not None)
     if prediction is not None:
         budget.reasons.append(prediction.describe())
         budget.expected_images_per_s = round(prediction.images_per_second, 1)
-    run.plan = replace(run.plan, epochs=budget.epochs)
-    run.log(f"plan for {budget_s / 60:g} minutes: {budget.epochs} epochs, about {budget.estimated_s / 60:.1f} min in all")
+    run.plan = _with_budget_plan(run.plan, budget)
+    blocks = f", the last {budget.unfreeze_blocks} blocks" if budget.unfreeze_blocks is not None else ""
+    run.log(f"plan for {budget_s / 60:g} minutes: {budget.epochs} epochs{blocks}, about {budget.estimated_s / 60:.1f} min in all")
     for reason in budget.reasons:
         run.log(f"  - {reason}")
     if run.main:
         budget.write(run.run_dir)
     return Deadline(started + budget_s, budget.reserve_s, run.log)
+
+
+def _with_budget_plan(plan: Plan, budget: BudgetPlan) -> Plan:
+    """``plan`` with the epochs and (fine-tuning) the blocks that the budget planned."""
+    plan = replace(plan, epochs=budget.epochs)
+    return replace(plan, unfreeze_blocks=budget.unfreeze_blocks) if budget.unfreeze_blocks is not None else plan
 
 
 def _expected_prediction_speed(run: _Run, model: nn.Module, train: DecodedImages) -> PredictionSpeed | None:

@@ -70,7 +70,7 @@ def default_params(config: Config, plan: Plan, searched: tuple[str, ...]) -> dic
         "head": plan.head,
         "augment": 1.0,
         "epochs": plan.epochs,
-        "unfreeze_blocks": config.train.unfreeze_blocks,
+        "unfreeze_blocks": plan.unfreeze_blocks,
     }
     return {name: values[name] for name in searched}
 
