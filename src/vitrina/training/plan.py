@@ -29,8 +29,9 @@ RECOMMENDED_HEAD = {"scratch": "linear", "bottleneck": "mlp_ensemble", "finetune
 RECOMMENDED_FEATURE_COPIES = {"scratch": 0, "bottleneck": 0, "finetune": 0}
 # Fine-tuning trains the last 4 blocks where their recommended epochs fit the time budget, else
 # the last 3 (vitrina.training.budget). Efficientnet_lite0 at 288 px with the weight average and
-# the neighbour vote, 8 epochs, freiburg split 0: the last 3 blocks 91.36% (782 s of training),
-# the last 4 92.24% (1,048 s); see docs/benchmarks.md for the other datasets.
+# the neighbour vote, 8 epochs, freiburg split 0: the last 3 blocks 91.36% (757 s of training),
+# the last 4 92.24% (1,048 s); avito -0.12 points, clothing-small +0.27 (two seeds): see
+# docs/benchmarks.md (Fine-tuning).
 RECOMMENDED_UNFREEZE_BLOCKS = 4
 FALLBACK_UNFREEZE_BLOCKS = 3
 # Pretrained backbones see a larger input than they were trained at: ImageNet training with
