@@ -98,8 +98,7 @@ class TrainConfig:
     # 5-20 s the first time for a backbone, about a second once its graph is cached.
     expected_speed: bool = True
     balance: Literal["none", "weights", "sampler"] = "none"
-    # Fine-tuning trains the last N backbone blocks (-1 = all). None: the plan trains the last 4
-    # where their recommended epochs fit the time budget, else the last 3
+    # Fine-tuning trains the last N backbone blocks (-1 = all). None: the recommended number
     # (vitrina.training.plan.RECOMMENDED_UNFREEZE_BLOCKS). The early high-resolution blocks cost
     # most of the backward pass on a CPU and change least from their ImageNet weights.
     unfreeze_blocks: int | None = None

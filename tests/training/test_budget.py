@@ -18,7 +18,6 @@ from vitrina.training.budget import (
     Calibration,
     Deadline,
     check_budget,
-    plan_blocks_and_epochs,
     plan_epochs,
 )
 from vitrina.training import trainer
@@ -40,43 +39,23 @@ def planned(budget_minutes: float, explicit: bool = False, messages: list[str] |
                        log=(messages.append if messages is not None else quiet), explicit_model=explicit_model)
 
 
-def planned_blocks(budget_minutes: float, explicit_blocks: bool = False, blocks: int = 4) -> BudgetPlan:
-    # A step costs 50 ms a photo with the last 3 blocks training and 80 ms with the last 4:
-    # 8 epochs take about 8 min in all with 3 and 12 min with 4.
-    def calibrate(trained: int) -> Calibration:
-        return Calibration(0.05 if trained <= 3 else 0.08, 0.01)
-
-    return plan_blocks_and_epochs(finetune_plan(blocks=blocks), calibrate, explicit_blocks=explicit_blocks, log=quiet,
-                                  budget_s=budget_minutes * 60, spent_s=20.0, n_train=1000, n_val=200, n_eval=400,
-                                  explicit_epochs=False, precision="bf16")
+def planned_blocks(budget_minutes: float, explicit_blocks: bool, blocks: int) -> BudgetPlan:
+    return plan_epochs(finetune_plan(blocks=blocks), Calibration(0.05, 0.01), budget_s=budget_minutes * 60, spent_s=20.0,
+                       n_train=1000, n_val=200, n_eval=400, explicit_epochs=False, precision="bf16", log=quiet,
+                       explicit_blocks=explicit_blocks)
 
 
-def test_the_plan_trains_four_blocks_where_their_epochs_fit() -> None:
-    roomy = planned_blocks(30)
-    assert (roomy.unfreeze_blocks, roomy.epochs) == (4, 8)
-    assert "the last 4 blocks train: their recommended epochs fit the budget" in roomy.reasons
-
-
-def test_the_plan_trains_three_blocks_where_four_would_not_fit() -> None:
-    tight = planned_blocks(10)
-    assert (tight.unfreeze_blocks, tight.epochs) == (3, 8) and tight.estimated_s <= 10 * 60
-    assert any(r.startswith("the last 3 blocks train: 8 epochs of the last 4 would take about 12 min") for r in tight.reasons)
-    tighter = planned_blocks(5)  # three blocks with fewer epochs
-    assert tighter.unfreeze_blocks == 3 and 1 <= tighter.epochs < 8
-    with pytest.raises(ConfigError, match="too small for this data"):
-        planned_blocks(1)
+def test_the_plan_names_the_blocks_that_train() -> None:
+    recommended = planned_blocks(30, explicit_blocks=False, blocks=3)
+    assert recommended.unfreeze_blocks == 3 and "the last 3 blocks train: the measured default" in recommended.reasons
+    asked = planned_blocks(30, explicit_blocks=True, blocks=5)
+    assert asked.unfreeze_blocks == 5 and "the last 5 blocks train: as asked" in asked.reasons
 
 
 def test_a_resumed_run_keeps_its_planned_blocks() -> None:
-    saved = planned_blocks(10)  # the interrupted run's plan.json: the last 3 blocks
-    resumed = trainer._with_budget_plan(finetune_plan(epochs=8, blocks=4), saved)
-    assert (resumed.unfreeze_blocks, resumed.epochs) == (3, saved.epochs)
-
-
-def test_blocks_asked_for_are_kept() -> None:
-    asked = planned_blocks(10, explicit_blocks=True)
-    assert asked.unfreeze_blocks == 4 and asked.epochs < 8
-    assert "the last 4 blocks train: as asked" in asked.reasons
+    saved = planned_blocks(5, explicit_blocks=True, blocks=4)  # the interrupted run's plan.json
+    resumed = trainer._with_budget_plan(finetune_plan(epochs=8, blocks=3), saved)
+    assert (resumed.unfreeze_blocks, resumed.epochs) == (4, saved.epochs) and saved.epochs < 8
 
 
 @pytest.mark.parametrize("minutes", [0, -5, "ten", math.nan, math.inf, True])

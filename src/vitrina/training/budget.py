@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from vitrina.models.stages import OnnxPrefix, split_at_trainable
 from vitrina.training.callbacks import EpochEnd
 from vitrina.training.loop import trainable_body
 from vitrina.training.optim import freeze_batchnorm
-from vitrina.training.plan import FALLBACK_UNFREEZE_BLOCKS, Plan
+from vitrina.training.plan import Plan
 
 PLAN_FILE = "plan.json"
 # Passes over the evaluation photos after training: the plain pass, the mirror pass and the
@@ -126,52 +126,10 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def plan_blocks_and_epochs(
-    plan: Plan, calibrate: Callable[[int], Calibration], *, explicit_blocks: bool, log: Callable[[str], None], **epochs_args: Any,
-) -> BudgetPlan:
-    """Fine-tuning's blocks and the epochs that fit (:func:`plan_epochs` takes ``epochs_args``).
-
-    The plan's blocks (:data:`~vitrina.training.plan.RECOMMENDED_UNFREEZE_BLOCKS`) train where
-    their recommended epochs fit the budget; else the last
-    :data:`~vitrina.training.plan.FALLBACK_UNFREEZE_BLOCKS`, with as many epochs as fit.
-    ``calibrate(blocks)`` times a training step with that many blocks training.
-    """
-    choices = [plan.unfreeze_blocks]
-    if plan.mode == "finetune" and not explicit_blocks and plan.unfreeze_blocks > FALLBACK_UNFREEZE_BLOCKS:
-        choices.append(FALLBACK_UNFREEZE_BLOCKS)
-    tried: list[str] = []
-    for blocks in choices:
-        last = blocks == choices[-1]
-        candidate = replace(plan, unfreeze_blocks=blocks)
-        try:
-            budget = plan_epochs(candidate, calibrate(blocks), log=log if last else _quiet, **epochs_args)
-        except ConfigError:
-            if last:
-                raise
-            tried.append(f"not one epoch of the last {blocks} fits")
-            continue
-        if last or (budget.epochs >= plan.epochs and budget.estimated_s <= budget.budget_s):
-            break
-        tried.append(f"{plan.epochs} epochs of the last {blocks} would take about {_epochs_s(budget, plan.epochs) / 60:.0f} min")
-    if plan.mode == "finetune":
-        why = "as asked" if explicit_blocks else "; ".join(tried) if tried else "their recommended epochs fit the budget"
-        budget.reasons.insert(-1, f"the last {budget.unfreeze_blocks} blocks train: {why}")
-    return budget
-
-
-def _epochs_s(budget: BudgetPlan, epochs: int) -> float:
-    """The whole run's estimated seconds with ``epochs`` epochs."""
-    return budget.estimated_s + (epochs - budget.epochs) * budget.seconds_per_epoch
-
-
-def _quiet(_: str) -> None:
-    """A candidate plan's warnings are not the run's."""
-
-
 def plan_epochs(
     plan: Plan, calibration: Calibration, *, budget_s: float, spent_s: float, n_train: int, n_val: int, n_eval: int,
     explicit_epochs: bool, precision: str, log: Callable[[str], None],
-    warm_start: bool = True, bank_images: int | None = None, explicit_model: bool = False,
+    warm_start: bool = True, bank_images: int | None = None, explicit_model: bool = False, explicit_blocks: bool = False,
 ) -> BudgetPlan:
     """The epochs that fit the budget (at most the recommended ones) and the plan's reasons.
 
@@ -221,6 +179,8 @@ def plan_epochs(
         needed = fixed / 60
         raise ConfigError(f"a budget of {budget_s / 60:g} minutes is too small for this data: it needs about "
                           f"{math.ceil(needed * 1.1)} minutes; give --budget {math.ceil(needed * 1.1)} or more")
+    if plan.mode == "finetune":
+        reasons.append(f"the last {plan.unfreeze_blocks} blocks train: {'as asked' if explicit_blocks else 'the measured default'}")
     heavier = " (efficientnet_lite2 measured no better for its cost; --model picks another)"
     why = "as asked" if explicit_model else "the measured default for this data" + (heavier if plan.pretrained else "")
     reasons.append(f"{plan.model} at {plan.preprocess.input_size} px: {why}")

@@ -31,7 +31,7 @@ from vitrina.models.runtime import predict_logits, resolve_device, resolve_preci
 from vitrina.models.unknown import MAX_BANK, save_unknown
 from vitrina.training.calibration import ACCEPT_RATE, calibrate, confidence_threshold
 from vitrina.training.callbacks import Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, TensorBoardLogger
-from vitrina.training.budget import BudgetPlan, Calibration, Deadline, calibrate_speed, check_budget, plan_blocks_and_epochs
+from vitrina.training.budget import BudgetPlan, Deadline, calibrate_speed, check_budget, plan_epochs
 from vitrina.training.distributed import barrier, is_main_process, local_device_name, world_position
 from vitrina.training.extras import Extras, add_validation_to_vote, fit_extras
 from vitrina.training.features import BackboneFeatures
@@ -170,15 +170,15 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
     on_prefix = runs_frozen_prefix(run.config, run.plan.mode, run.device)
     prediction = _expected_prediction_speed(run, model, decoded["train"])
 
-    def calibrate(blocks: int) -> Calibration:
-        return calibrate_speed(model, run.plan, blocks, run.device, run.train_precision, prefix_cache=run.cache_dir if on_prefix else None)
-
+    speed = calibrate_speed(model, run.plan, run.plan.unfreeze_blocks, run.device, run.train_precision,
+                            prefix_cache=run.cache_dir if on_prefix else None)
     n_eval = sum(len(d.index) for split, d in decoded.items() if split != "train")
-    budget = plan_blocks_and_epochs(
-        run.plan, calibrate, explicit_blocks=t.unfreeze_blocks is not None, log=run.log, budget_s=budget_s,
-        spent_s=time.perf_counter() - started, n_train=len(decoded["train"].index), n_val=len(decoded["val"].index),
-        n_eval=n_eval, explicit_epochs=t.epochs is not None, precision=run.train_precision, warm_start=t.warm_start_head,
-        bank_images=MAX_BANK, explicit_model=run.config.model.name is not None or run.config.model.input_size is not None)
+    budget = plan_epochs(
+        run.plan, speed, budget_s=budget_s, spent_s=time.perf_counter() - started, n_train=len(decoded["train"].index),
+        n_val=len(decoded["val"].index), n_eval=n_eval, explicit_epochs=t.epochs is not None, precision=run.train_precision,
+        log=run.log, warm_start=t.warm_start_head, bank_images=MAX_BANK,
+        explicit_model=run.config.model.name is not None or run.config.model.input_size is not None,
+        explicit_blocks=t.unfreeze_blocks is not None)
     if prediction is not None:
         budget.reasons.append(prediction.describe())
         budget.expected_images_per_s = round(prediction.images_per_second, 1)
@@ -193,7 +193,7 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
 
 
 def _with_budget_plan(plan: Plan, budget: BudgetPlan) -> Plan:
-    """``plan`` with the epochs and (fine-tuning) the blocks that the budget planned."""
+    """``plan`` with the epochs and (fine-tuning) the blocks of the budget's plan."""
     plan = replace(plan, epochs=budget.epochs)
     return replace(plan, unfreeze_blocks=budget.unfreeze_blocks) if budget.unfreeze_blocks is not None else plan
 
