@@ -16,7 +16,7 @@ def test_small_grayscale_data_gets_the_fashion_cnn_with_a_flip_only(pixel_csv: P
     dataset = load_dataset(pixel_csv, resolve().data, carve_val=True)
     config = with_recommended_settings(dataset, resolve())
     assert (config.augment.rotation, config.augment.shift, config.augment.shear, config.augment.zoom, config.augment.color_jitter) == (0, 0, 0, 0, 0)
-    assert config.augment.hflip == 0.5 and config.train.label_smoothing == 0
+    assert config.augment.hflip == 0.5 and config.train.label_smoothing == 0.1
     plan = make_plan(dataset, config)
     assert (plan.mode, plan.model, plan.preprocess.channels, plan.preprocess.input_size) == ("scratch", "fmnist_cnn", 1, 28)
     assert (plan.epochs, plan.weight_decay, plan.lr) == (20, 0.05, 3e-3)
