@@ -32,28 +32,23 @@ def finetune_plan(epochs: int = 8, blocks: int = 3) -> Plan:
 
 
 def planned(budget_minutes: float, explicit: bool = False, messages: list[str] | None = None,
-            explicit_model: bool = False) -> BudgetPlan:
+            explicit_model: bool = False, blocks: int = 3, explicit_blocks: bool = False) -> BudgetPlan:
     # 1,000 training photos at 50 ms a step and 10 ms a pass: an epoch about 52 s.
-    return plan_epochs(finetune_plan(), Calibration(0.05, 0.01), budget_s=budget_minutes * 60, spent_s=20.0, n_train=1000,
-                       n_val=200, n_eval=400, explicit_epochs=explicit, precision="bf16",
-                       log=(messages.append if messages is not None else quiet), explicit_model=explicit_model)
-
-
-def planned_blocks(budget_minutes: float, explicit_blocks: bool, blocks: int) -> BudgetPlan:
     return plan_epochs(finetune_plan(blocks=blocks), Calibration(0.05, 0.01), budget_s=budget_minutes * 60, spent_s=20.0,
-                       n_train=1000, n_val=200, n_eval=400, explicit_epochs=False, precision="bf16", log=quiet,
+                       n_train=1000, n_val=200, n_eval=400, explicit_epochs=explicit, precision="bf16",
+                       log=(messages.append if messages is not None else quiet), explicit_model=explicit_model,
                        explicit_blocks=explicit_blocks)
 
 
 def test_the_plan_names_the_blocks_that_train() -> None:
-    recommended = planned_blocks(30, explicit_blocks=False, blocks=3)
+    recommended = planned(30, blocks=3)
     assert recommended.unfreeze_blocks == 3 and "the last 3 blocks train: the measured default" in recommended.reasons
-    asked = planned_blocks(30, explicit_blocks=True, blocks=5)
+    asked = planned(30, blocks=5, explicit_blocks=True)
     assert asked.unfreeze_blocks == 5 and "the last 5 blocks train: as asked" in asked.reasons
 
 
 def test_a_resumed_run_keeps_its_planned_blocks() -> None:
-    saved = planned_blocks(5, explicit_blocks=True, blocks=4)  # the interrupted run's plan.json
+    saved = planned(5, blocks=4, explicit_blocks=True)  # the interrupted run's plan.json
     resumed = trainer._with_budget_plan(finetune_plan(epochs=8, blocks=3), saved)
     assert (resumed.unfreeze_blocks, resumed.epochs) == (4, saved.epochs) and saved.epochs < 8
 

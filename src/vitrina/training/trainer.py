@@ -169,7 +169,6 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
         return Deadline(time.perf_counter() + max(0.0, previous.budget_s - spent), previous.reserve_s, run.log)
     on_prefix = runs_frozen_prefix(run.config, run.plan.mode, run.device)
     prediction = _expected_prediction_speed(run, model, decoded["train"])
-
     speed = calibrate_speed(model, run.plan, run.plan.unfreeze_blocks, run.device, run.train_precision,
                             prefix_cache=run.cache_dir if on_prefix else None)
     n_eval = sum(len(d.index) for split, d in decoded.items() if split != "train")
