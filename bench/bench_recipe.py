@@ -60,8 +60,9 @@ CANDIDATES = {
     "blocks4": ["--set", "train.unfreeze_blocks=4"],  # one block more than the default's 3
     "all-blocks": ["--set", "train.unfreeze_blocks=-1"],  # every block in bf16 where the CPU has it: more of the budget
     "lite2": ["--model", "efficientnet_lite2", "--set", "model.input_size=260"],  # a larger backbone at its own size
+    "droppath": ["--set", "model.drop_path=0.2"],  # stochastic depth in the residual blocks that train (timm's usual 0.2)
 }
-PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2"}  # not for a network trained from scratch
+PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "droppath"}  # not for a network trained from scratch
 
 
 def variant_flags(variant: str, screen_epochs: int | None) -> list[str]:

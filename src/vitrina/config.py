@@ -49,6 +49,9 @@ class ModelConfig:
     head: Literal["auto", "linear", "mlp", "mlp_ensemble"] = "auto"  # auto: 3 MLPs for bottleneck training, linear otherwise
     hidden: int = 512  # MLP head width
     dropout: float = 0.2
+    # Stochastic depth of the residual blocks that train, rising with depth to this rate at the last
+    # (vitrina.models.network.set_drop_path); 0 = off.
+    drop_path: float = 0.0
 
 
 @dataclass
@@ -208,7 +211,7 @@ INF = float("inf")
 RANGES: dict[str, tuple[float, float]] = {
     "data.val_fraction": (0.01, 0.9), "data.test_fraction": (0.01, 0.9), "data.split_seed": (0, 2**32 - 1),
     "data.max_pixels": (1, 10**10),
-    "model.input_size": (8, 2048), "model.hidden": (1, 65_536), "model.dropout": (0.0, 0.99),
+    "model.input_size": (8, 2048), "model.hidden": (1, 65_536), "model.dropout": (0.0, 0.99), "model.drop_path": (0.0, 0.9),
     "augment.hflip": (0.0, 1.0), "augment.rotation": (0.0, 180.0), "augment.shift": (0.0, 0.5),
     "augment.shear": (0.0, 45.0), "augment.zoom": (0.0, 0.9), "augment.color_jitter": (0.0, 1.0), "augment.blur": (0.0, 1.0),
     "augment.erasing": (0.0, 1.0), "augment.randaugment": (0, 16), "augment.randaugment_magnitude": (0, 30),

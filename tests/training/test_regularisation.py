@@ -1,4 +1,5 @@
-"""Fine-grained regularisation: the weight average, mixup/CutMix, TrivialAugment, layer-wise learning rates."""
+"""Fine-grained regularisation: the weight average, mixup/CutMix, TrivialAugment, layer-wise learning rates,
+stochastic depth."""
 from __future__ import annotations
 
 import json
@@ -67,7 +68,8 @@ def test_trivialaugment_changes_photos_and_keeps_their_shape() -> None:
     assert not torch.equal(out, images)
 
 
-@pytest.mark.parametrize("key, value", [("train.ema_decay", "1.5"), ("train.layer_decay", "0"), ("augment.mixup", "-1")])
+@pytest.mark.parametrize("key, value", [("train.ema_decay", "1.5"), ("train.layer_decay", "0"), ("augment.mixup", "-1"),
+                                        ("model.drop_path", "0.95")])
 def test_out_of_range_regularisation_settings_are_clear_errors(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=key):
         resolve(overrides={key: value})
@@ -80,9 +82,13 @@ def test_finetune_with_every_regulariser_keeps_the_average_and_a_raw_resume_poin
         "train.patience": 0, "train.warm_start_head": False, "train.cache_dir": str(tmp_path / "cache"),
         "train.unfreeze_blocks": 3, "train.ema_decay": 0.99, "train.layer_decay": 0.5,
         "augment.mixup": 0.4, "augment.cutmix": 1.0, "augment.trivialaugment": True, "train.budget_minutes": None,
+        "model.drop_path": 0.2,
     }
-    run = api.train(data, resolve(overrides=cfg), out=tmp_path / "run", progress=False, log=quiet)
+    lines: list[str] = []
+    run = api.train(data, resolve(overrides=cfg), out=tmp_path / "run", progress=False, log=lines.append)
     assert len(run.history) == 2 and run.metrics["accuracy"] > 0
+    # The last 3 of lite0: stages 5 (four blocks, three with a shortcut) and 6 (one, without), and the head conv.
+    assert "  stochastic depth up to 0.2 in 3 residual blocks that train" in lines
     state = torch.load(run.run_dir / "train_state.pt", weights_only=False)
     assert state["ema_steps"] > 0 and state["ema_average"]
     saved = json.loads((run.run_dir / "model.json").read_text())

@@ -154,3 +154,38 @@ class Backbone:
 def param_count(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (only those with ``requires_grad`` when ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, drops a residual branch for a whole sample with probability
+    ``rate`` (the kept ones scaled by 1 / (1 - rate)); the identity at inference."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:g}"
+
+
+def set_drop_path(model: nn.Module, rate: float) -> int:
+    """Stochastic depth for the residual blocks that train (submodules with a ``drop_path`` branch,
+    timm's convention), rising linearly with depth to ``rate`` as timm's ``drop_path_rate`` does;
+    frozen blocks keep the identity, so they stay a fixed function. Inference is unchanged.
+    Returns how many blocks drop (0: none that train)."""
+    blocks = [module for module in model.modules() if isinstance(getattr(module, "drop_path", None), nn.Module)]
+    dropping = 0
+    for index, block in enumerate(blocks):
+        trains = any(p.requires_grad for p in block.parameters())
+        residual = getattr(block, "has_skip", True)  # timm's EfficientNet blocks without a shortcut never drop
+        block_rate = rate * index / len(blocks) if trains and residual else 0.0
+        block.drop_path = DropPath(block_rate).train(block.training) if block_rate > 0 else nn.Identity()
+        dropping += block_rate > 0
+    return dropping

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from vitrina.config import Config
 from vitrina.data.cache import DecodedImages, default_cache_dir
+from vitrina.models.network import set_drop_path
 from vitrina.models.runtime import autocast, forward_uint8
 from vitrina.models.stages import OnnxPrefix, split_at_trainable
 from vitrina.training.augment import augment_batch, build_augment
@@ -275,6 +276,15 @@ def _validate(job: NetworkTraining, validate: Forward) -> tuple[float, float]:
     return loss_and_accuracy(val_logits, job.val_labels)
 
 
+def _stochastic_depth(job: NetworkTraining) -> None:
+    """``model.drop_path`` on the blocks that train (after freezing: frozen blocks never drop)."""
+    rate = job.config.model.drop_path
+    dropping = set_drop_path(job.model, rate)
+    if rate > 0:
+        job.log(f"  stochastic depth up to {rate:g} in {dropping} residual blocks that train" if dropping else
+                f"  model.drop_path={rate:g} ignored: {job.plan.model} has no residual blocks that train")
+
+
 def train_network(
     job: NetworkTraining, callbacks: Sequence[Callback] = (), resume_state: dict | None = None,
 ) -> tuple[History, Weights | None]:
@@ -285,7 +295,8 @@ def train_network(
     """
     t, plan, model = job.config.train, job.plan, job.model
     _, world = world_position()
-    optimizer, scheduler, local_batch = _optimizer_and_schedule(job, world)
+    optimizer, scheduler, local_batch = _optimizer_and_schedule(job, world)  # also freezes what does not train
+    _stochastic_depth(job)
     weight = class_weights(job.train_labels, job.num_classes).to(job.device) if t.balance == "weights" else None
     transform = build_augment(job.config.augment, channels=plan.preprocess.channels)
     chosen, start_epoch = BestEpoch(to_cpu=True), 0
