@@ -45,5 +45,35 @@ def test_set_drop_path_rises_with_depth_on_the_blocks_that_train_only() -> None:
     assert set_drop_path(model, 0.0) == 0 and all(isinstance(b.drop_path, nn.Identity) for b in blocks)
 
 
+def test_set_drop_path_gives_every_block_the_rate_timm_builds_it_with() -> None:
+    import timm
+
+    model = create_model("efficientnet_lite0", num_classes=3, pretrained=False)
+    assert set_drop_path(model, 0.2) > 0
+    ours = [b.drop_path for b in model.modules() if isinstance(getattr(b, "drop_path", None), nn.Module)]
+    built = timm.create_model("tf_efficientnet_lite0", pretrained=False, drop_path_rate=0.2)
+    theirs = [b.drop_path for b in built.modules() if isinstance(getattr(b, "drop_path", None), nn.Module)]
+    assert len(ours) == len(theirs) == 16
+    for mine, timms, block in zip(ours, theirs, [b for b in built.modules() if hasattr(b, "drop_path")]):
+        if block.has_skip:
+            assert mine.rate == pytest.approx(timms.drop_prob)
+        else:  # timm builds the module but never calls it
+            assert isinstance(mine, nn.Identity)
+
+
+def test_a_block_that_trains_drops_its_branch_for_some_photos() -> None:
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", num_classes=3, pretrained=False)
+    block = model.backbone.blocks[5][3]  # the deepest block with a shortcut
+    set_drop_path(model, 0.8)
+    block.train()
+    x = torch.randn(64, block.conv_pw.in_channels, 4, 4)
+    out = block(x)
+    dropped = [torch.equal(out[i], x[i]) for i in range(len(x))]  # a dropped branch leaves the shortcut alone
+    assert 0 < sum(dropped) < len(x)
+    block.eval()
+    assert not any(torch.equal(o, i) for o, i in zip(block(x), x))
+
+
 def test_set_drop_path_finds_nothing_in_a_network_without_residual_blocks() -> None:
     assert set_drop_path(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()), 0.2) == 0

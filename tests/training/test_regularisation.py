@@ -88,7 +88,7 @@ def test_finetune_with_every_regulariser_keeps_the_average_and_a_raw_resume_poin
     run = api.train(data, resolve(overrides=cfg), out=tmp_path / "run", progress=False, log=lines.append)
     assert len(run.history) == 2 and run.metrics["accuracy"] > 0
     # The last 3 of lite0: stages 5 (four blocks, three with a shortcut) and 6 (one, without), and the head conv.
-    assert "  stochastic depth up to 0.2 in 3 residual blocks that train" in lines
+    assert "  stochastic depth (0.2 x depth) in 3 residual blocks that train" in lines
     state = torch.load(run.run_dir / "train_state.pt", weights_only=False)
     assert state["ema_steps"] > 0 and state["ema_average"]
     saved = json.loads((run.run_dir / "model.json").read_text())

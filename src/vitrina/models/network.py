@@ -168,8 +168,8 @@ class DropPath(nn.Module):
         if not self.training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+        return x * mask
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:g}"
@@ -177,7 +177,7 @@ class DropPath(nn.Module):
 
 def set_drop_path(model: nn.Module, rate: float) -> int:
     """Stochastic depth for the residual blocks that train (submodules with a ``drop_path`` branch,
-    timm's convention), rising linearly with depth to ``rate`` as timm's ``drop_path_rate`` does;
+    timm's convention) at ``rate`` x block index / number of blocks, timm's ``drop_path_rate`` rule;
     frozen blocks keep the identity, so they stay a fixed function. Inference is unchanged.
     Returns how many blocks drop (0: none that train)."""
     blocks = [module for module in model.modules() if isinstance(getattr(module, "drop_path", None), nn.Module)]

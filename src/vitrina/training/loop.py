@@ -281,8 +281,8 @@ def _stochastic_depth(job: NetworkTraining) -> None:
     rate = job.config.model.drop_path
     dropping = set_drop_path(job.model, rate)
     if rate > 0:
-        job.log(f"  stochastic depth up to {rate:g} in {dropping} residual blocks that train" if dropping else
-                f"  model.drop_path={rate:g} ignored: {job.plan.model} has no residual blocks that train")
+        job.log(f"  stochastic depth ({rate:g} x depth) in {dropping} residual blocks that train" if dropping else
+                f"  model.drop_path={rate:g} ignored: {job.plan.model} has no blocks with a drop_path branch that train")
 
 
 def train_network(

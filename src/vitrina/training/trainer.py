@@ -244,6 +244,8 @@ def _fit(
     plan, t = run.plan, run.config.train
     hook: list[Callback] = [EpochHookCallback(on_epoch)] if on_epoch is not None else []
     history: list[dict[str, float]] = []
+    if plan.mode == "bottleneck" and run.config.model.drop_path > 0:
+        run.log("  model.drop_path ignored: frozen-feature training has no blocks that train")
     if plan.mode == "bottleneck" or (plan.mode == "finetune" and t.warm_start_head and resume_state is None):
         # The caller's hook sees the epochs that choose the model: the head's in bottleneck mode only.
         history = _fit_head(run, model, decoded, labels, [*(hook if plan.mode == "bottleneck" else []), *_tensorboard(writer, "head/")])
