@@ -70,7 +70,9 @@ def quantize_int8_graph(
 ) -> None:
     """Static int8 quantisation of an fp32 graph (QDQ, per-channel int8 weights, uint8 activations),
     calibrated on ``batches`` of normalised inputs; ``exclude`` names nodes of the prepared graph
-    (an onnx.GraphProto) to keep in float."""
+    (an onnx.GraphProto) to keep in float. The weights keep 7 bits (``reduce_range``): on x86 CPUs
+    without VNNI, uint8 x int8 products summed in pairs into 16 bits saturate with 8-bit weights
+    (docs/prediction.md#int8), and a file may run on a CPU other than the one that made it."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -92,7 +94,7 @@ def quantize_int8_graph(
         excluded = exclude(onnx.load_model(str(prepared)).graph) if exclude is not None else []
         quantize_static(
             str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded, reduce_range=True,
         )
 
 
