@@ -49,8 +49,8 @@ class ModelConfig:
     head: Literal["auto", "linear", "mlp", "mlp_ensemble"] = "auto"  # auto: 3 MLPs for bottleneck training, linear otherwise
     hidden: int = 512  # MLP head width
     dropout: float = 0.2
-    # Stochastic depth of the residual blocks that train, rising with depth to this rate at the last
-    # (vitrina.models.network.set_drop_path); 0 = off.
+    # Stochastic depth of the residual blocks that train: this rate x block index / number of blocks
+    # (timm's rule; vitrina.models.network.set_drop_path); 0 = off.
     drop_path: float = 0.0
 
 

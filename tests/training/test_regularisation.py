@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.helpers import make_shapes_dataset, quiet
+from tests.helpers import make_shapes_dataset
 from vitrina import api
 from vitrina.config import AugmentConfig, resolve
 from vitrina.errors import ConfigError
