@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vitrina.models import create_model, default_preprocess
+from vitrina.models.neighbours import NeighbourVote
 from vitrina.models.onnx_graph import OnnxFeatureExtractor, weights_digest
 from vitrina.models.runtime import forward_uint8
 
@@ -44,7 +45,7 @@ def test_onnx_features_match_pytorch(name: str, tmp_path: Path) -> None:
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_the_exported_graph_is_reused_and_ignores_the_head(tmp_path: Path) -> None:
+def test_the_exported_graph_is_reused_and_ignores_the_head_and_the_vote(tmp_path: Path) -> None:
     preprocess = default_preprocess("cnn1")
     model = create_model("cnn1", 3, pretrained=False)
     OnnxFeatureExtractor(model, preprocess, tmp_path)
@@ -55,6 +56,10 @@ def test_the_exported_graph_is_reused_and_ignores_the_head(tmp_path: Path) -> No
         for p in model.head.parameters():
             p.add_(1.0)  # a new head: the features, and so the graph, stay the same
     OnnxFeatureExtractor(model, preprocess, tmp_path)
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == [graph.name] and graph.stat().st_ino == inode
+
+    model.vote = NeighbourVote(torch.randn(6, model.num_features), torch.arange(6) % 3, 3, k=2, temperature=0.1, weight=0.5)
+    OnnxFeatureExtractor(model, preprocess, tmp_path)  # a neighbour vote (training grows its bank) leaves the features too
     assert [p.name for p in (tmp_path / "onnx").iterdir()] == [graph.name] and graph.stat().st_ino == inode
 
     with torch.no_grad():

@@ -26,6 +26,7 @@ from vitrina.errors import ModelError
 from vitrina.preprocess import Preprocess
 
 INPUT_NAME = "image"
+NOT_FEATURES = ("head.", "vote.")  # a network's weights that ``forward_features`` does not use
 
 
 def module_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str | list[str], opset: int = 18):  # type: ignore[no-untyped-def]
@@ -122,8 +123,8 @@ def cached_graph(path: Path, export: Callable[[], Any]) -> Path:
     return path
 
 
-def weights_digest(module: nn.Module, skip_prefix: str | None = None) -> str:
-    """A digest of the parameters and buffers (those under ``skip_prefix`` left out)."""
+def weights_digest(module: nn.Module, skip_prefix: str | tuple[str, ...] | None = None) -> str:
+    """A digest of the parameters and buffers (those under ``skip_prefix``, one or several, left out)."""
     h = hashlib.blake2b(digest_size=16)
     for name, tensor in module.state_dict().items():
         if skip_prefix and name.startswith(skip_prefix):
@@ -145,8 +146,10 @@ class _Features(nn.Module):
 class OnnxFeatureExtractor:
     """A network's ``forward_features`` run by ONNX Runtime on uint8 NxHxWxC images.
 
-    The exported graph is kept in ``cache_dir/onnx`` under a digest of the body's weights (the
-    classification head plays no part in the features) and the input size, so a second run skips the export (about 15 s for efficientnet_lite0).
+    The exported graph is kept in ``cache_dir/onnx`` under a digest of the body's weights and the
+    input size, so a second run skips the export (about 15 s for efficientnet_lite0). Neither the
+    classification head nor the neighbour vote (whose bank grows in training) plays a part in the
+    features, so they are left out of the digest.
     """
 
     def __init__(self, model: nn.Module, preprocess: Preprocess, cache_dir: str | Path, threads: int | None = None):
@@ -162,7 +165,8 @@ class OnnxFeatureExtractor:
     def graph_path(model: nn.Module, preprocess: Preprocess, cache_dir: str | Path) -> Path:
         """Where the exported graph of ``model``'s body for this input lives (it may not exist yet)."""
         shape = f"{preprocess.channels}x{preprocess.input_size}"
-        key = hashlib.blake2b(f"{weights_digest(model, skip_prefix='head.')}|{shape}".encode(), digest_size=12).hexdigest()
+        body = weights_digest(model, skip_prefix=NOT_FEATURES)
+        key = hashlib.blake2b(f"{body}|{shape}".encode(), digest_size=12).hexdigest()
         return Path(cache_dir) / "onnx" / f"features-{key}.onnx"
 
     def __call__(self, images: np.ndarray, batch_size: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
