@@ -46,8 +46,9 @@ class Runs:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    """Two bottleneck runs on the embedded clothing photos (10 classes); features computed once."""
-    cache = tmp_path_factory.mktemp("serving-cache")
+    """Two bottleneck runs on the embedded clothing photos (10 classes); features computed once, in
+    the session's shared cache (the ONNX export test trains the same backbone at the same size)."""
+    cache = tmp_path_factory.getbasetemp() / "vitrina-cache"
     base = tmp_path_factory.mktemp("serving-runs")
     trained = []
     for name, epochs in (("main", 10), ("other", 3)):
