@@ -61,6 +61,8 @@ CANDIDATES = {
     "all-blocks": ["--set", "train.unfreeze_blocks=-1"],  # every block in bf16 where the CPU has it: more of the budget
     "lite2": ["--model", "efficientnet_lite2", "--set", "model.input_size=260"],  # a larger backbone at its own size
     "droppath": ["--set", "model.drop_path=0.2"],  # stochastic depth in the residual blocks that train (timm's usual 0.2)
+    "refit": ["--set", "train.refit=true"],  # trained again on train + validation where the budget has room
+    "refit-60": ["--set", "train.refit=true", "--budget", "60"],  # the same with room for it: what the refit gains
 }
 PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "droppath"}  # not for a network trained from scratch
 
@@ -171,6 +173,10 @@ def main() -> None:
             chosen = [(u, d, f) for u, d, f in units(name, args.runs) if wanted is None or u in wanted]
             found = [train(args.runs / name / folder / unit, data, variant_flags(variant, args.screen_epochs) + flags)
                      for unit, data, flags in chosen]
+            for (unit, _, _), m in zip(chosen, found):
+                if "before_refit" in m:  # the same run's network before its refit: a paired comparison
+                    print(f"  {unit}: {m['before_refit']['accuracy']:.2%} before the refit, {m['accuracy']:.2%} after "
+                          f"({m['n_images']} photos)", flush=True)
             if found:
                 accs, counts = [m["accuracy"] for m in found], [m["n_images"] for m in found]
                 extra = describe_row(name, variant, [m["run"] for m in found], bool(args.screen_epochs), unique)

@@ -130,6 +130,11 @@ class TrainConfig:
     # Once the vote and every threshold are chosen on the validation photos, add those photos to
     # the vote's bank, so it votes with every photo given (their figures are from before).
     vote_includes_validation: bool = True
+    # Once validation has chosen the epochs, the calibration, the vote and the mirror average,
+    # train the network again from the same start on the training and validation photos together
+    # and carry those choices over (vitrina.training.refit); only where the measured epochs leave
+    # room for it in the time budget. Fine-tuning and scratch training.
+    refit: bool = False
     # Offer averaging each photo's probabilities with its mirror image's; kept only when it gets
     # more validation photos right (prediction then costs two passes).
     flip_average: bool = True

@@ -143,6 +143,33 @@ class NeighbourVote:
 
 
 @dataclass(frozen=True)
+class Refit:
+    """The network was trained again on the training and validation photos together (``photos``
+    in all, ``epochs`` as validation had chosen), once everything was chosen on validation; the
+    unknown score's threshold was carried over scaled by ``unknown_scale`` (see
+    :mod:`vitrina.training.refit`)."""
+
+    epochs: int
+    photos: int
+    validation_photos: int
+    unknown_scale: float | None = None
+
+    @classmethod
+    def parse(cls, data: Any, name: str = "refit") -> "Refit":
+        data = _dict(data, name)
+        try:
+            return cls(_count(data["epochs"], f"{name}.epochs"), _count(data["photos"], f"{name}.photos"),
+                       _count(data["validation_photos"], f"{name}.validation_photos", low=0),
+                       _optional(data, "unknown_scale", lambda v, k: _number(v, f"{name}.{k}", 0.0)))
+        except KeyError as exc:
+            raise ValueError(f"{name} lacks {exc.args[0]!r}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"epochs": self.epochs, "photos": self.photos, "validation_photos": self.validation_photos}
+        return {**out, "unknown_scale": self.unknown_scale} if self.unknown_scale is not None else out
+
+
+@dataclass(frozen=True)
 class MirrorAverage:
     """Average a photo's probabilities with its mirror image's when the first pass is unsure: its
     margin (top probability minus the second) is below ``margin`` (infinite: every photo).
@@ -260,6 +287,7 @@ class ModelDescription:
     neighbours: NeighbourVote | None = None
     flip_average: bool = False  # the mirror average inside the network (models of vitrina 0.1.0)
     mirror: MirrorAverage | None = None  # the mirror average the predictor applies
+    refit: Refit | None = None  # trained again on the validation photos too (its validation figures are from before)
     vitrina_version: str | None = None
     weights_digest: str | None = None  # sha256 of the weights as saved
     metrics: Mapping[str, Any] = field(default_factory=dict)  # carried by exported files
@@ -310,6 +338,7 @@ class ModelDescription:
             neighbours=_optional(data, "neighbours", NeighbourVote.parse) if data.get("neighbours") else None,
             flip_average=bool(data.get("flip_average", False)),
             mirror=_optional(data, "mirror", MirrorAverage.parse),
+            refit=_optional(data, "refit", Refit.parse),
             vitrina_version=data.get("vitrina_version"),
             weights_digest=data.get("weights_digest"),
             metrics=_dict(data.get("metrics") or {}, "metrics"),
@@ -334,6 +363,7 @@ class ModelDescription:
             "neighbours": self.neighbours.to_dict() if self.neighbours else None,
             "flip_average": True if self.flip_average else None,
             "mirror": self.mirror.to_dict() if self.mirror else None, "weights_digest": self.weights_digest,
+            "refit": self.refit.to_dict() if self.refit else None,
             "metrics": dict(self.metrics) or None, "export": self.export.to_dict() if self.export else None,
         }
         out.update({k: v for k, v in optional.items() if v is not None})

@@ -126,6 +126,18 @@ class UnknownScore(nn.Module):
         sims = (centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ self.bank.T
         return 1.0 - torch.topk(sims, self.k, dim=1).values[:, -1]
 
+    def bank_scores(self, batch: int = 1024) -> np.ndarray:
+        """The kNN score of each photo in the bank, itself left out of its neighbours: how far
+        apart the training photos lie in this network's features (a refit's threshold scale)."""
+        if self.method != "knn":
+            raise ModelError(f"only the knn score scores its own bank, not {self.method!r}")
+        bank = self.bank.float()
+        k = min(self.k + 1, len(bank))  # the photo itself is its own nearest neighbour
+        with torch.inference_mode():
+            parts = [1.0 - torch.topk(bank[start : start + batch] @ bank.T, k, dim=1).values[:, -1]
+                     for start in range(0, len(bank), batch)]
+        return torch.cat(parts).double().numpy()
+
     def parts(self, features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``knn_energy``'s two parts, before standardising: kNN distance and energy."""
         return self._knn(features), -torch.logsumexp(logits.float(), dim=1)

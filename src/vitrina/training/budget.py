@@ -198,6 +198,10 @@ class Deadline:
         self._last = time.perf_counter()
         self.stopped = False
 
+    def seconds_left(self) -> float:
+        """Seconds left for training before the deadline, ``reserve_s`` kept for what follows."""
+        return self.deadline - self.reserve_s - time.perf_counter()
+
     def on_epoch_end(self, row: dict[str, float], state: EpochEnd) -> None:
         now = time.perf_counter()
         epoch_s, self._last = float(row.get("seconds", now - self._last)), now

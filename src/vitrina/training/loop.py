@@ -55,6 +55,7 @@ class NetworkTraining:
     progress: bool = True
     log: Log = print
     train_precision: str = "fp32"  # of the optimisation steps (validation and frozen parts: ``precision``)
+    select_best: bool = True  # validate each epoch and keep the best; else no validation, the last epoch kept (a refit)
 
     @property
     def freeze_bn(self) -> bool:
@@ -227,10 +228,10 @@ def _sum_over_processes(loss_sum: float, correct: float, total: float) -> tuple[
 
 
 def _log_epoch(job: NetworkTraining, row: dict[str, float], improved: bool) -> None:
+    validation = f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}" if job.select_best else "no validation"
     job.log(
         f"  epoch {row['epoch']}/{job.plan.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-        f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s"
-        + (" *" if improved else "")
+        f"{validation} | {row['images_per_second']:.0f} img/s, {row['seconds']:.0f} s" + (" *" if improved and job.select_best else "")
     )
 
 
@@ -321,9 +322,9 @@ def train_network(
         train_seconds = time.perf_counter() - started
         loss_sum, correct, total = _sum_over_processes(loss_sum, correct, total)
         with average.applied() if average is not None else nullcontext():
-            val_loss, val_acc = _validate(job, validate)
+            val_loss, val_acc = _validate(job, validate) if job.select_best else (math.nan, math.nan)
             row = _history_row(epoch, loss_sum, correct, total, val_loss, val_acc, optimizer, started, train_seconds)
-            improved = chosen.record(row, model)  # the averaged weights, where they are averaged
+            improved = chosen.record(row, model, job.select_best)  # the averaged weights, where they are averaged
         _log_epoch(job, row, improved)
         state = EpochEnd(epoch + 1, model, improved, partial(_resume_point, optimisation, chosen, callbacks, epoch + 1))
         run_callbacks(callbacks, row, state)

@@ -91,12 +91,16 @@ class BestEpoch:
         self.best = (-1.0, float("inf"))  # (validation accuracy, validation loss)
         self.state: dict[str, torch.Tensor] | None = None
 
-    def record(self, row: dict[str, float], model: nn.Module) -> bool:
-        """Add the epoch's history row; True (and its weights kept) when it is the best so far."""
+    def record(self, row: dict[str, float], model: nn.Module, select: bool = True) -> bool:
+        """Add the epoch's history row; True (and its weights kept) when it is the best so far.
+
+        Without ``select`` (no validation photos to choose by) every epoch is kept: the last one wins.
+        """
         self.history.append(row)
         val_acc, val_loss = row["val_accuracy"], row["val_loss"]
-        improved = (val_acc, -val_loss) > (self.best[0], -self.best[1])
+        improved = not select or (val_acc, -val_loss) > (self.best[0], -self.best[1])
         if improved:
-            self.best = (val_acc, val_loss)
+            if select:
+                self.best = (val_acc, val_loss)
             self.state = {k: (v.detach().cpu() if self.to_cpu else v.detach()).clone() for k, v in model.state_dict().items()}
         return improved

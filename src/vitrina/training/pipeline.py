@@ -137,9 +137,22 @@ def evaluate_splits(result: TrainResult, dataset: Dataset, config: Config) -> di
                 resolve_precision(config.train.precision, device), split=split, n_skipped=len(decoded.skipped),
                 cache_dir=default_cache_dir(config.train.cache_dir), mirror=description.mirror,
             )
+        if result.before_refit is not None and split not in result.logits:
+            split_metrics[split]["before_refit"] = _before_refit(result, split, config, device)
         samples = dataset.splits[split]
         write_predictions(
             result.run_dir / f"predictions_{split}.csv", [samples[i].path for i in decoded.index],
             [samples[i].label for i in decoded.index], probs, dataset.classes,
         )
     return split_metrics
+
+
+def _before_refit(result: TrainResult, split: str, config: Config, device: Any) -> dict[str, float]:
+    """Accuracy and macro F1 on ``split`` of the network validation chose, before the refit (``train.refit``)."""
+    decoded, description = result.decoded[split], result.description
+    metrics, _ = evaluate_images(
+        result.before_refit, decoded.images, result.labels[split], description.classes, description.preprocess, device,
+        resolve_precision(config.train.precision, device), split=split, n_skipped=len(decoded.skipped),
+        cache_dir=default_cache_dir(config.train.cache_dir), mirror=description.mirror,
+    )
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}

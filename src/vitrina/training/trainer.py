@@ -22,14 +22,14 @@ from vitrina import config as config_lib
 from vitrina.config import Config
 from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.data.samples import Dataset
-from vitrina.description import ModelDescription
+from vitrina.description import ModelDescription, Refit
 from vitrina.errors import VitrinaError
 from vitrina.inference.expected_speed import PHOTOS_TIMED, PredictionSpeed, measure_prediction_speed
 from vitrina.models.checkpoint import save_model
 from vitrina.models.registry import create_model
 from vitrina.models.runtime import predict_logits, resolve_device, resolve_precision, resolve_training_precision
-from vitrina.models.unknown import MAX_BANK, save_unknown
-from vitrina.training.calibration import ACCEPT_RATE, calibrate, confidence_threshold
+from vitrina.models.unknown import MAX_BANK, penultimate_features, save_unknown
+from vitrina.training.calibration import ACCEPT_RATE, apply_temperature, calibrate, confidence_threshold
 from vitrina.training.callbacks import Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, TensorBoardLogger
 from vitrina.training.budget import BudgetPlan, Deadline, calibrate_speed, check_budget, plan_epochs
 from vitrina.training.distributed import barrier, is_main_process, local_device_name, world_position
@@ -38,6 +38,7 @@ from vitrina.training.features import BackboneFeatures
 from vitrina.training.head import fit_head_on_features
 from vitrina.training.loop import NetworkTraining, runs_frozen_prefix, train_network
 from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
+from vitrina.training.refit import CarriedOver, bank_rows, carry_over, check_refit, joined_photos, refit_seconds
 from vitrina.training.run_folder import (
     config_digest, load_last_weights, load_resume_state, model_meta, open_tensorboard, write_history, write_skipped,
     write_splits,
@@ -59,6 +60,7 @@ class TrainResult:
     # Calibrated logits of the evaluation splits where training already has them (bottleneck:
     # the head applied to cached features, the same function as the saved model).
     logits: dict[str, np.ndarray] = field(default_factory=dict)
+    before_refit: nn.Module | None = None  # with ``train.refit``: the network validation chose, before the refit
 
 
 @dataclass
@@ -281,6 +283,55 @@ def _split_logits(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages]
     return {split: _head_logits(run, model, body(decoded[split])) for split in decoded if split != "train"}
 
 
+@dataclass
+class _Refitted:
+    model: nn.Module
+    carried: CarriedOver
+    seconds: float
+
+
+def _refit(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray],
+           history: list[dict[str, float]], deadline: Deadline | None, extras: Extras, temperature: float) -> _Refitted | None:
+    """``train.refit``: the network trained again on the training and validation photos, for the
+    epochs validation chose, with its choices carried over (:mod:`vitrina.training.refit`); None
+    where the budget has no room for it or ends it."""
+    n_train, n_val = len(labels["train"]), len(labels["val"])
+    epochs, estimate = len(history), refit_seconds(history, n_train, n_train + n_val)
+    if world_position()[1] > 1 or not epochs:
+        run.log("  refit: not done (a multi-process run, or no epochs to repeat)")
+        return None
+    if deadline is not None and estimate > deadline.seconds_left():
+        run.log(f"  refit on the validation photos too: not done, it would take about {estimate:.0f} s of the "
+                f"{max(0.0, deadline.seconds_left()):.0f} s the budget has left")
+        return None
+    started = time.perf_counter()
+    run.log(f"refit: {epochs} epochs on the {n_train + n_val} training and validation photos (about {estimate:.0f} s)")
+    refit_run = replace(run, plan=replace(run.plan, epochs=epochs))
+    all_labels = np.concatenate([labels["train"], labels["val"]])
+    with joined_photos(decoded["train"], decoded["val"], run.cache_dir) as joined:
+        refitted = _build_model(refit_run)
+        splits, split_labels = {"train": joined, "val": decoded["val"]}, {"train": all_labels, "val": labels["val"]}
+        if run.plan.mode == "finetune" and run.config.train.warm_start_head:
+            fit_head_on_features(refit_run.backbone_features(refitted), splits, split_labels, run.config, run.num_classes)
+        job = NetworkTraining(refitted, joined, all_labels, decoded["val"], labels["val"], refit_run.plan, run.config, run.device,
+                              run.precision, run.num_classes, run.progress, run.log, run.train_precision, select_best=False)
+        rows, state = train_network(job, [deadline] if deadline is not None else [])
+        if len(rows) < epochs or state is None:
+            run.log("  refit: stopped at the time budget; the network validation chose is kept")
+            return None
+        refitted.load_state_dict(state)
+        refitted.eval()
+        apply_temperature(refitted, temperature)
+        rows_kept = bank_rows(len(all_labels), run.config.train.seed)
+        bank = penultimate_features(refitted, joined.images if len(rows_kept) == len(all_labels) else np.asarray(joined.images[rows_kept]),
+                                    run.plan.preprocess, run.device, run.precision, run.cache_dir)
+    write_history(run.run_dir, [{k: v for k, v in row.items() if not k.startswith("val_")} for row in rows], "history_refit")
+    refit = Refit(epochs, n_train + n_val, n_val)
+    carried = carry_over(refitted, bank, all_labels[rows_kept], int((rows_kept >= n_train).sum()), refit, extras.scorer,
+                         extras.fields["unknown"], model.vote, run.log)
+    return _Refitted(refitted, carried, time.perf_counter() - started)
+
+
 def _save(run: _Run, model: nn.Module, description: ModelDescription, extras: Extras, skipped: list[dict]) -> None:
     save_unknown(run.run_dir, extras.scorer)
     save_model(run.run_dir, model, description)
@@ -309,6 +360,8 @@ def train(
     config = with_recommended_settings(dataset, config)
     run = _resolve_run(dataset, config, run_dir, progress, log)
     plan = run.plan
+    if config.train.refit:
+        check_refit(config.train.unknown_score, plan.mode)
     resume_state = load_resume_state(run_dir, config, dataset) if resume else None
     started = time.perf_counter()
     if not run.main:
@@ -350,7 +403,14 @@ def train(
     split_logits = _split_logits(run, model, decoded, body, mirrored)
     if grown:
         split_logits["val"] = val_logits  # the validation figures from before its photos joined the vote
+    before = None
+    refitted = _refit(run, model, decoded, labels, history, deadline, extras, temperature) if config.train.refit and extras else None
+    if refitted is not None and extras is not None:
+        before, model, extras = model, refitted.model, replace(extras, scorer=refitted.carried.scorer)
+        train_seconds += refitted.seconds
+        fields.update(refitted.carried.fields, train_seconds=round(train_seconds, 2))
+        split_logits["val"] = val_logits  # the validation figures of the network validation chose
     description = model_meta(plan, dataset, config, **fields)
     if extras is not None:
         _save(run, model, description, extras, skipped)
-    return TrainResult(run_dir, model, description, history, decoded, labels, train_seconds, skipped, split_logits)
+    return TrainResult(run_dir, model, description, history, decoded, labels, train_seconds, skipped, split_logits, before)

@@ -1,0 +1,121 @@
+"""Refit: the network trained again on the training and validation photos together, once
+validation has chosen everything, with those choices carried over (``train.refit``).
+
+Validation chooses the number of epochs, the softmax temperature, the confidence threshold,
+the neighbour vote's settings and the mirror-image average. The refit network starts from the
+same weights and learns from every photo the user gave, for the same epochs with the same
+recipe, and keeps its last epoch (nothing is left to choose by). It takes the temperature, the
+thresholds, the vote's settings and the mirror average as they were chosen; what lives in
+feature space is fitted again on its own features (the unknown score's bank, the vote's bank,
+both of every photo).
+
+The unknown score's threshold cannot be chosen again: the refit network has learned the
+validation photos. It is carried over scaled by how far apart the photos of each network's own
+bank lie (the median kNN score of a bank's photos, each left out of its own neighbours), so
+that the same share of new photos of the catalogue stays accepted. Scores on the logits alone
+(``msp``, ``energy``) are carried over as they were, since the temperature is; ``knn_energy``
+and ``mahalanobis`` cannot be carried over, and a refit refuses them.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitrina.data.cache import DecodedImages
+from vitrina.description import Refit, UnknownDetector
+from vitrina.errors import ConfigError
+from vitrina.models.neighbours import NeighbourVote
+from vitrina.models.unknown import MAX_BANK, UnknownScore, build_score
+
+Log = Callable[[str], None]
+CARRIED_SCORES = ("knn", "msp", "energy")  # the unknown scores a refit can carry over
+COPY_ROWS = 256  # photos copied at a time into the joined split
+
+
+def check_refit(unknown_score: str, mode: str) -> None:
+    """Refuse a refit the run cannot carry over (before any training)."""
+    if mode == "bottleneck":
+        raise ConfigError("train.refit trains the network again: use it with --mode finetune or scratch")
+    if unknown_score not in CARRIED_SCORES:
+        raise ConfigError(f"train.refit carries the unknown score's threshold over only for {', '.join(CARRIED_SCORES)} "
+                          f"(train.unknown_score is {unknown_score!r})")
+
+
+def refit_seconds(history: list[dict[str, float]], n_train: int, n_all: int) -> float:
+    """The refit's expected training time: the measured epochs', scaled to the photos it learns from."""
+    return sum(float(row.get("seconds", 0.0)) for row in history) * n_all / max(1, n_train)
+
+
+@contextlib.contextmanager
+def joined_photos(train: DecodedImages, val: DecodedImages, folder: Path) -> Iterator[DecodedImages]:
+    """The training and validation photos as one split, memory-mapped in a file under ``folder``
+    (removed on leaving), so no second copy of them is held in memory."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"refit-{os.getpid()}.npy"
+    n_train, n_val = len(train.images), len(val.images)
+    try:
+        images = np.lib.format.open_memmap(path, mode="w+", dtype=train.images.dtype, shape=(n_train + n_val, *train.images.shape[1:]))
+        for offset, part in ((0, train.images), (n_train, val.images)):
+            for start in range(0, len(part), COPY_ROWS):
+                chunk = np.asarray(part[start : start + COPY_ROWS])
+                images[offset + start : offset + start + len(chunk)] = chunk
+        images.flush()
+        yield DecodedImages(images, np.arange(n_train + n_val), [*train.hashes, *val.hashes], [])
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def bank_rows(n: int, seed: int) -> np.ndarray:
+    """The photos kept in a bank of ``n`` (at most MAX_BANK, a seeded subset beyond)."""
+    return np.arange(n) if n <= MAX_BANK else np.sort(np.random.default_rng(seed).choice(n, MAX_BANK, replace=False))
+
+
+@dataclass
+class CarriedOver:
+    """The refit network's unknown scorer, the description fields it changes (``unknown``,
+    ``neighbours``, ``refit``)."""
+
+    scorer: UnknownScore
+    fields: dict[str, Any]
+
+
+def carry_over(
+    model: nn.Module, bank: np.ndarray, bank_labels: np.ndarray, bank_validation: int, refit: Refit,
+    scorer: UnknownScore, unknown: UnknownDetector, vote: NeighbourVote | None, log: Log,
+) -> CarriedOver:
+    """Fit the unknown score's bank and the vote's on the refit ``model``'s features ``bank``
+    (labelled ``bank_labels``; the last ``bank_validation`` rows validation photos), with the
+    settings chosen on validation for the first network (its ``scorer``, ``unknown`` and
+    ``vote``); ``refit`` says what the refit learned from."""
+    num_classes = len(refit_classes(model))
+    new_scorer = build_score(unknown.score, bank, bank_labels, num_classes, scorer.k)
+    if unknown.score == "knn":
+        before, after = float(np.median(scorer.bank_scores())), float(np.median(new_scorer.bank_scores()))
+        scale = after / before if before > 0 and after > 0 else 1.0
+        threshold = math.ceil(unknown.threshold * scale * 1e6) / 1e6  # rounded up, as the chosen one was
+        log(f"  unknown photos: threshold {unknown.threshold:.4f} -> {threshold:.4f} (the photos of each bank lie "
+            f"{scale:.3f} times as far apart: median kNN score {before:.4f} -> {after:.4f})")
+        unknown = replace(unknown, threshold=threshold, bank_size=int(len(new_scorer.bank)))
+        refit = replace(refit, unknown_scale=round(scale, 6))
+    fields: dict[str, Any] = {"unknown": unknown, "refit": refit}
+    if vote is not None:
+        model.vote = NeighbourVote(torch.from_numpy(np.asarray(bank, dtype=np.float32)), torch.from_numpy(bank_labels),
+                                   num_classes, vote.k, vote.temperature, vote.weight).to(vote.bank.device)
+        fields["neighbours"] = model.vote.describe(validation_photos=bank_validation)
+        log(f"  neighbour vote: k {vote.k}, temperature {vote.temperature:g}, weight {vote.weight:g} as chosen, "
+            f"on the refit network's features of {len(bank_labels)} photos")
+    return CarriedOver(new_scorer, fields)
+
+
+def refit_classes(model: nn.Module) -> range:
+    """The classes ``model`` answers (its head's last layer's outputs)."""
+    last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+    return range(last.out_features)

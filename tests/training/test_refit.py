@@ -1,0 +1,98 @@
+"""The refit on the training and validation photos together (``train.refit``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import make_shapes_dataset, split_shapes
+from vitrina import api
+from vitrina.config import resolve
+from vitrina.data.cache import DecodedImages
+from vitrina.description import ModelDescription
+from vitrina.errors import ConfigError
+from vitrina.models.unknown import UnknownScore
+from vitrina.training.budget import Deadline
+from vitrina.training.refit import joined_photos, refit_seconds
+
+
+def _finetune(tmp_path: Path, **extra: object) -> dict[str, object]:
+    return {
+        "train.mode": "finetune", "model.input_size": 64, "train.epochs": 2, "train.batch_size": 8, "train.workers": 1,
+        "train.patience": 0, "train.cache_dir": str(tmp_path / "cache"), "train.refit": True, **extra,
+    }
+
+
+def _split_sizes(run_dir: Path) -> tuple[int, int]:
+    splits = json.loads((run_dir / "splits.json").read_text())["splits"]
+    return len(splits["train"]), len(splits["val"])
+
+
+def test_a_refit_learns_from_every_photo_and_keeps_what_validation_chose(tmp_path: Path) -> None:
+    data = split_shapes(tmp_path / "shapes", per_class=12, test_per_class=3)
+    lines: list[str] = []
+    run = api.train(data, resolve(overrides=_finetune(tmp_path)), out=tmp_path / "run", progress=False, log=lines.append)
+    n_train, n_val = _split_sizes(run.run_dir)
+    assert f"refit: 2 epochs on the {n_train + n_val} training and validation photos" in " ".join(lines)
+    saved = ModelDescription.from_dict(json.loads((run.run_dir / "model.json").read_text()))
+    assert saved.refit is not None and (saved.refit.epochs, saved.refit.photos, saved.refit.validation_photos) == (2, n_train + n_val, n_val)
+    assert saved.refit.unknown_scale is not None and saved.refit.unknown_scale > 0
+    # Both banks are the refit network's features of every photo; the vote kept its chosen settings.
+    assert saved.unknown is not None and saved.unknown.bank_size == n_train + n_val
+    assert len(load_file(run.run_dir / "unknown.safetensors")["bank"]) == n_train + n_val
+    if saved.neighbours is not None:
+        assert (saved.neighbours.bank_size, saved.neighbours.validation_photos) == (n_train + n_val, n_val)
+    # Its epochs had nothing to validate on; the first network's figures are kept beside its own.
+    refit_rows = json.loads((run.run_dir / "history_refit.json").read_text())
+    assert len(refit_rows) == 2 and not any("val_loss" in row for row in refit_rows)
+    assert run.metrics["split"] == "test" and 0.0 <= run.metrics["before_refit"]["accuracy"] <= 1.0
+    assert "before_refit" not in run.split_metrics["val"]
+    assert not list((tmp_path / "cache").glob("refit-*.npy"))  # the joined photos' file is gone
+
+
+def test_no_refit_where_the_budget_has_no_room_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=12, size=64)
+    monkeypatch.setattr(Deadline, "seconds_left", lambda self: 1.0)
+    lines: list[str] = []
+    cfg = _finetune(tmp_path, **{"train.budget_minutes": 30})
+    run = api.train(data, resolve(overrides=cfg), out=tmp_path / "run", progress=False, log=lines.append)
+    assert any("refit on the validation photos too: not done, it would take about" in line for line in lines)
+    assert "refit" not in json.loads((run.run_dir / "model.json").read_text())
+    assert "before_refit" not in run.metrics and not (run.run_dir / "history_refit.json").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.mode": "bottleneck"}, "use it with --mode finetune or scratch"),
+    ({"train.unknown_score": "knn_energy"}, "only for knn, msp, energy"),
+])
+def test_a_refit_that_cannot_be_carried_over_is_refused_before_training(tmp_path: Path, overrides: dict, message: str) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=6, size=64)
+    with pytest.raises(ConfigError, match=message):
+        api.train(data, resolve(overrides=_finetune(tmp_path, **overrides)), out=tmp_path / "run", progress=False, log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bank_scores_leave_each_photo_out_of_its_own_neighbours() -> None:
+    bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    scorer = UnknownScore("knn", k=1, bank=bank, centre=torch.zeros(2), prepared=True)
+    assert scorer(bank, torch.zeros(3, 2)).numpy() == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)  # each finds itself
+    assert scorer.bank_scores() == pytest.approx([0.2, 0.2, 0.4], abs=1e-6)  # the nearest other photo
+    assert UnknownScore("knn", k=2, bank=bank, centre=torch.zeros(2), prepared=True).bank_scores() == pytest.approx([1.0, 0.4, 1.0], abs=1e-6)
+
+
+def test_joined_photos_are_the_training_then_the_validation_photos_in_a_file_removed_after(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    train = DecodedImages(rng.integers(0, 255, (300, 4, 4, 3), dtype=np.uint8), np.arange(300), [f"t{i}" for i in range(300)], [])
+    val = DecodedImages(rng.integers(0, 255, (7, 4, 4, 3), dtype=np.uint8), np.arange(7), [f"v{i}" for i in range(7)], [])
+    with joined_photos(train, val, tmp_path) as joined:
+        assert np.array_equal(np.asarray(joined.images), np.concatenate([train.images, val.images]))
+        assert joined.hashes == [*train.hashes, *val.hashes] and len(list(tmp_path.glob("refit-*.npy"))) == 1
+    assert not list(tmp_path.glob("refit-*.npy"))
+
+
+def test_the_refit_time_is_the_measured_epochs_scaled_to_its_photos() -> None:
+    assert refit_seconds([{"seconds": 100.0}, {"seconds": 110.0}], n_train=1000, n_all=1200) == pytest.approx(252.0)
