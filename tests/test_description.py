@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitrina.description import METADATA_KEY, ModelDescription, NeighbourVote, Thresholds, UnknownDetector
+from vitrina.description import METADATA_KEY, ModelDescription, NeighbourVote, Refit, Thresholds, UnknownDetector
 from vitrina.errors import ModelError
 from vitrina.export.loading import load_predictor
 from vitrina.inference.predictor import parse_onnx_metadata
@@ -60,7 +60,8 @@ def test_legacy_artifacts_predict_what_they_predicted_when_they_were_made(source
 
 def test_every_field_round_trips(tmp_path: Path) -> None:
     legacy = read_meta(LEGACY)
-    full = legacy.with_changes(flip_average=True, weights_digest="ab" * 32, coarse_of={"dress": "clothes"}, train_seconds=1.5)
+    full = legacy.with_changes(flip_average=True, weights_digest="ab" * 32, coarse_of={"dress": "clothes"}, train_seconds=1.5,
+                               refit=Refit(epochs=8, photos=3411, validation_photos=341, unknown_scale=0.93))
     assert ModelDescription.from_dict(json.loads(json.dumps(full.to_dict()))) == full
     infinite = legacy.with_changes(unknown=UnknownDetector("msp", math.inf))
     assert ModelDescription.from_dict(json.loads(json.dumps(infinite.to_dict()))).unknown.threshold == math.inf
@@ -78,6 +79,8 @@ def test_every_field_round_trips(tmp_path: Path) -> None:
         ({"neighbours": {"k": 0, "temperature": 0.1, "weight": 0.5, "bank_size": 3}}, "neighbours.k"),
         ({"neighbours": {"k": 5, "temperature": 0.1, "weight": 0.5, "bank_size": 3, "validation_photos": -1}}, "neighbours.validation_photos"),
         ({"thresholds": {"confidence": 2}}, "thresholds.confidence"),
+        ({"refit": {"epochs": 0, "photos": 10, "validation_photos": 2}}, "refit.epochs"),
+        ({"refit": {"epochs": 8, "photos": 10}}, "refit lacks 'validation_photos'"),
         ({"hidden": "wide"}, "hidden"),
         ({"format": "other/9"}, "format"),
     ],

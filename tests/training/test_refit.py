@@ -13,11 +13,12 @@ from tests.helpers import make_shapes_dataset, split_shapes
 from vitrina import api
 from vitrina.config import resolve
 from vitrina.data.cache import DecodedImages
-from vitrina.description import ModelDescription
+from vitrina.description import ModelDescription, Refit
 from vitrina.errors import ConfigError
-from vitrina.models.unknown import UnknownScore
+from vitrina.models.neighbours import NeighbourVote
+from vitrina.models.unknown import UnknownScore, fit_unknown, score_features
 from vitrina.training.budget import Deadline
-from vitrina.training.refit import joined_photos, refit_seconds
+from vitrina.training.refit import carry_over, joined_photos, refit_seconds
 
 
 def _finetune(tmp_path: Path, **extra: object) -> dict[str, object]:
@@ -51,12 +52,19 @@ def test_a_refit_learns_from_every_photo_and_keeps_what_validation_chose(tmp_pat
     assert len(refit_rows) == 2 and not any("val_loss" in row for row in refit_rows)
     assert run.metrics["split"] == "test" and 0.0 <= run.metrics["before_refit"]["accuracy"] <= 1.0
     assert "before_refit" not in run.split_metrics["val"]
+    assert f"2 epochs on {n_train + n_val} photos (training and validation); test accuracy before it" in (run.run_dir / "report.html").read_text()
     assert not list((tmp_path / "cache").glob("refit-*.npy"))  # the joined photos' file is gone
+    # Photos it learned are not held out: evaluating or promoting on them is refused, a held-out split works.
+    with pytest.raises(ConfigError, match="refit on its validation photos too"):
+        api.evaluate(run.run_dir, data, split="val", progress=False)
+    with pytest.raises(ConfigError, match="refit on its validation photos too"):
+        api.promote(run.run_dir, run.run_dir, data, split="val", log=lambda _: None)
+    assert api.evaluate(run.run_dir, data, split="test", progress=False).metrics["n_images"] == 9
 
 
 def test_no_refit_where_the_budget_has_no_room_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = make_shapes_dataset(tmp_path / "shapes", per_class=12, size=64)
-    monkeypatch.setattr(Deadline, "seconds_left", lambda self: 1.0)
+    data = split_shapes(tmp_path / "shapes", per_class=12, test_per_class=3)
+    monkeypatch.setattr(Deadline, "seconds_left", lambda self: -1.0)
     lines: list[str] = []
     cfg = _finetune(tmp_path, **{"train.budget_minutes": 30})
     run = api.train(data, resolve(overrides=cfg), out=tmp_path / "run", progress=False, log=lines.append)
@@ -94,5 +102,45 @@ def test_joined_photos_are_the_training_then_the_validation_photos_in_a_file_rem
     assert not list(tmp_path.glob("refit-*.npy"))
 
 
-def test_the_refit_time_is_the_measured_epochs_scaled_to_its_photos() -> None:
-    assert refit_seconds([{"seconds": 100.0}, {"seconds": 110.0}], n_train=1000, n_all=1200) == pytest.approx(252.0)
+def test_the_refit_time_is_the_measured_epochs_scaled_to_its_photos_and_the_passes_after() -> None:
+    # 1000 photos at 10 img/s: 100 s of each epoch trains, the rest (10 s) validates 200 photos.
+    history = [{"seconds": 110.0, "images_per_second": 10.0}, {"seconds": 110.0, "images_per_second": 10.0}]
+    assert refit_seconds(history, n_train=1000, n_val=200, after_photos=0) == pytest.approx(264.0)
+    assert refit_seconds(history, n_train=1000, n_val=200, after_photos=400) == pytest.approx(264.0 + 20.0)
+
+
+class _Refitted(torch.nn.Module):
+    def __init__(self, dims: int, classes: int):
+        super().__init__()
+        self.head, self.vote = torch.nn.Linear(dims, classes), None
+
+
+def _photos(centres: np.ndarray, n: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(centres), n)
+    return (centres[labels] + rng.normal(0, spread, (n, centres.shape[1]))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("spread", [0.5, 1.5])
+def test_the_carried_threshold_accepts_about_the_same_share_of_new_photos(spread: float) -> None:
+    """A refit network whose features lie tighter (or looser) than the first one's: the threshold
+    chosen for the first must follow, or it would accept every new photo (or half of them)."""
+    centres = np.random.default_rng(0).normal(0, 3, (5, 16))
+    train, train_labels = _photos(centres, 600, 1.0, 1)
+    val, val_labels = _photos(centres, 200, 1.0, 2)
+    scorer, unknown = fit_unknown(train, train_labels, val, np.zeros((200, 5), np.float32), 5, method="knn", k=1)
+    first_vote = NeighbourVote(torch.from_numpy(train), torch.from_numpy(train_labels), 5, k=3, temperature=0.1, weight=0.4)
+    bank, bank_labels = _photos(centres, 800, spread, 3)  # the refit network's features of train and validation photos
+    model = _Refitted(16, 5)
+    carried = carry_over(model, bank, bank_labels, 200, Refit(2, 800, 200), scorer, unknown, first_vote, lambda _: None)
+    new, _ = _photos(centres, 2000, spread, 4)
+    accepted = score_features(carried.scorer, new, np.zeros((2000, 5), np.float32)) <= carried.fields["unknown"].threshold
+    assert 0.92 <= accepted.mean() <= 0.97
+    unscaled = score_features(carried.scorer, new, np.zeros((2000, 5), np.float32)) <= unknown.threshold
+    assert abs(unscaled.mean() - 0.95) > 0.04  # what carrying it over unscaled would have done
+    refit = carried.fields["refit"]
+    assert refit.unknown_scale == pytest.approx(carried.fields["unknown"].threshold / unknown.threshold, rel=1e-3)
+    # The vote keeps its settings, on the refit features, the validation photos last (as without_last expects).
+    assert (model.vote.k, model.vote.temperature, model.vote.weight) == (3, 0.1, 0.4)
+    assert torch.equal(model.vote.labels, torch.from_numpy(bank_labels)) and carried.fields["neighbours"].validation_photos == 200
+    assert len(model.vote.without_last(200).bank) == 600

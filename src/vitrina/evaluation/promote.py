@@ -199,6 +199,9 @@ def promote(new: str | os.PathLike, served: str | os.PathLike, data: str | os.Pa
     own_data = is_training_data(data, new_model.description.trained_on)
     dataset, split = load_split(data, run_config(folder), split, carve=own_data, run_dir=folder)
     held = new_model.description.vote_validation_photos
+    if own_data and split == "val" and new_model.description.refit is not None:
+        raise ConfigError(f"{new_path}: it was refit on its validation photos too (train.refit), so comparing on them "
+                          "would favour it; compare on a split it did not train on (--split test, or another dataset)")
     if own_data and split == "val" and held:
         raise ConfigError(f"{new_path}: its neighbour vote holds its {held} validation photos, so comparing "
                           "on them would favour it; compare on a split it did not train on (--split test, or another dataset)")

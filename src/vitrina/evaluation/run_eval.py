@@ -25,7 +25,7 @@ from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.data.samples import Dataset, Sample
 from vitrina.data.sources import load_dataset
 from vitrina.data.splits import recorded_val, restore_carve
-from vitrina.errors import DataError, ModelError
+from vitrina.errors import ConfigError, DataError, ModelError
 from vitrina.evaluation.evaluate import decision_metrics, evaluate_images, predict_probabilities, unknown_scores, write_predictions
 from vitrina.evaluation.metrics import classification_metrics
 from vitrina.evaluation.report import MAX_MISTAKES, Mistake, write_eval_report, write_mistakes_gallery
@@ -217,13 +217,18 @@ def evaluate_run(
     ``data`` is the training data), else all of ``data``. ``overrides`` are dotted config keys applied over the run's saved config (e.g.
     ``data.coarse_map``, ``train.device``). ``tta`` also reports the mean of the plain and
     the horizontally mirrored image's probabilities, separately under ``tta``. On the run's own
-    validation photos a neighbour vote that holds them votes without them, as validation chose it.
+    validation photos a neighbour vote that holds them votes without them, as validation chose it;
+    a model refit on them (``train.refit``) is refused there.
     """
     folder, stem = model_location(model)
     net, meta = load_model(folder, stem=stem)
     config = run_config(folder, overrides)
     own_data = is_training_data(data, meta.trained_on)
     dataset, split = load_split(data, config, split, carve=own_data, run_dir=folder)
+    if own_data and split == "val" and meta.refit is not None:
+        raise ConfigError(f"{folder}: this model was refit on its validation photos too (train.refit), so figures on them "
+                        "would not be held out; its validation figures from before the refit are in metrics_val.json. "
+                        "Evaluate on a split it did not train on (--split test, or another dataset)")
     samples = dataset.split(split)
     classes = list(meta.classes)
     label_indices(samples, classes)  # refuse unknown classes before decoding or writing anything

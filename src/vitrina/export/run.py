@@ -160,6 +160,9 @@ def _fp32_graph(run_dir: Path, path: Path, calibration: str | Path | None, with_
         model.vote = model.vote.without_last(held)
         check = to_onnx(model, meta.preprocess, scorer)
         log(f"int8's accuracy check leaves the {held} validation photos out of the neighbour vote's bank")
+    if with_int8 and meta.refit is not None:
+        log("the network was refit on its validation photos, so int8's accuracy check on them may understate "
+            "what int8 changes on new photos (--fp32 keeps the float model)")
     return _Graphs(proto, description, reference, parity, check)
 
 

@@ -41,6 +41,18 @@ class Callback(Protocol):
     def on_epoch_end(self, row: dict[str, float], state: EpochEnd) -> None: ...
 
 
+class StopAfter:
+    """Ends training after ``epochs`` epochs, whatever the schedule was planned for (a refit
+    repeats the epochs its first network ran, on the same schedule)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_epoch_end(self, row: dict[str, float], state: EpochEnd) -> None:
+        if state.epoch >= self.epochs:
+            state.stop(f"the {self.epochs} epochs the first network ran")
+
+
 @runtime_checkable
 class StatefulCallback(Callback, Protocol):
     """A callback with counters that a resumed run must continue from (saved in ``train_state.pt``)."""

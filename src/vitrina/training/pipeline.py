@@ -106,6 +106,9 @@ def train_run(
         "splits": {name: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n_images": m["n_images"]} for name, m in split_metrics.items()},
         **({"excluded": dataset.carved["excluded"]} if "excluded" in dataset.carved else {}),
     }
+    if result.before_refit is not None and chosen == "val":
+        metrics["note"] = ("these are the validation figures of the network before the refit: the saved network also "
+                           "learned these photos, and the data held out no other split")
     write_json(run_dir / "metrics.json", metrics)
     budget = BudgetPlan.read(run_dir)
     if budget is not None:

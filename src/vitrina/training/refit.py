@@ -11,8 +11,8 @@ both of every photo).
 
 The unknown score's threshold cannot be chosen again: the refit network has learned the
 validation photos. It is carried over scaled by how far apart the photos of each network's own
-bank lie (the median kNN score of a bank's photos, each left out of its own neighbours), so
-that the same share of new photos of the catalogue stays accepted. Scores on the logits alone
+bank lie (the kNN score that the accepted share, 95%, of a bank's photos stay within, each
+photo left out of its own neighbours), so that about the same share of new photos stays accepted. Scores on the logits alone
 (``msp``, ``energy``) are carried over as they were, since the temperature is; ``knn_energy``
 and ``mahalanobis`` cannot be carried over, and a refit refuses them.
 """
@@ -40,18 +40,26 @@ CARRIED_SCORES = ("knn", "msp", "energy")  # the unknown scores a refit can carr
 COPY_ROWS = 256  # photos copied at a time into the joined split
 
 
-def check_refit(unknown_score: str, mode: str) -> None:
-    """Refuse a refit the run cannot carry over (before any training)."""
+def check_refit(unknown_score: str, mode: str, processes: int) -> None:
+    """Refuse a refit the run cannot carry out or carry over (before any training)."""
     if mode == "bottleneck":
         raise ConfigError("train.refit trains the network again: use it with --mode finetune or scratch")
     if unknown_score not in CARRIED_SCORES:
         raise ConfigError(f"train.refit carries the unknown score's threshold over only for {', '.join(CARRIED_SCORES)} "
                           f"(train.unknown_score is {unknown_score!r})")
+    if processes > 1:
+        raise ConfigError(f"train.refit runs in one process ({processes} were started): train with one, or without the refit")
 
 
-def refit_seconds(history: list[dict[str, float]], n_train: int, n_all: int) -> float:
-    """The refit's expected training time: the measured epochs', scaled to the photos it learns from."""
-    return sum(float(row.get("seconds", 0.0)) for row in history) * n_all / max(1, n_train)
+def refit_seconds(history: list[dict[str, float]], n_train: int, n_val: int, after_photos: int) -> float:
+    """The refit's expected time: its epochs (the first network's measured epochs, scaled to the
+    photos it learns from) and ``after_photos`` more photos through the network beyond the
+    evaluation reserve (at the first network's measured validation speed)."""
+    epochs = sum(float(row.get("seconds", 0.0)) for row in history) * (n_train + n_val) / max(1, n_train)
+    validation = [float(row["seconds"]) - n_train / float(row["images_per_second"]) for row in history
+                  if row.get("images_per_second") and "seconds" in row]
+    per_photo = max(0.0, float(np.median(validation))) / max(1, n_val) if validation else 0.0
+    return epochs + per_photo * after_photos
 
 
 @contextlib.contextmanager
@@ -98,11 +106,14 @@ def carry_over(
     num_classes = len(refit_classes(model))
     new_scorer = build_score(unknown.score, bank, bank_labels, num_classes, scorer.k)
     if unknown.score == "knn":
-        before, after = float(np.median(scorer.bank_scores())), float(np.median(new_scorer.bank_scores()))
+        share = unknown.accept_rate
+        before = float(np.quantile(scorer.bank_scores(), share))
+        after = float(np.quantile(new_scorer.bank_scores(), share))
         scale = after / before if before > 0 and after > 0 else 1.0
-        threshold = math.ceil(unknown.threshold * scale * 1e6) / 1e6  # rounded up, as the chosen one was
-        log(f"  unknown photos: threshold {unknown.threshold:.4f} -> {threshold:.4f} (the photos of each bank lie "
-            f"{scale:.3f} times as far apart: median kNN score {before:.4f} -> {after:.4f})")
+        threshold = math.ceil(unknown.threshold * scale * 1e6) / 1e6 if math.isfinite(unknown.threshold) else unknown.threshold
+        log(f"  unknown photos: threshold {unknown.threshold:.4f} -> {threshold:.4f} ({share:.0%} of each bank's photos lie "
+            f"within {before:.4f} and {after:.4f} of another: x {scale:.3f})" if before > 0 and after > 0 else
+            f"  unknown photos: threshold {unknown.threshold:.4f} carried over unscaled (a bank's photos lie on copies of each other)")
         unknown = replace(unknown, threshold=threshold, bank_size=int(len(new_scorer.bank)))
         refit = replace(refit, unknown_scale=round(scale, 6))
     fields: dict[str, Any] = {"unknown": unknown, "refit": refit}

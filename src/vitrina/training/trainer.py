@@ -30,7 +30,9 @@ from vitrina.models.registry import create_model
 from vitrina.models.runtime import predict_logits, resolve_device, resolve_precision, resolve_training_precision
 from vitrina.models.unknown import MAX_BANK, penultimate_features, save_unknown
 from vitrina.training.calibration import ACCEPT_RATE, apply_temperature, calibrate, confidence_threshold
-from vitrina.training.callbacks import Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, TensorBoardLogger
+from vitrina.training.callbacks import (
+    Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, StopAfter, TensorBoardLogger,
+)
 from vitrina.training.budget import BudgetPlan, Deadline, calibrate_speed, check_budget, plan_epochs
 from vitrina.training.distributed import barrier, is_main_process, local_device_name, world_position
 from vitrina.training.extras import Extras, add_validation_to_vote, fit_extras
@@ -293,43 +295,57 @@ class _Refitted:
 def _refit(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray],
            history: list[dict[str, float]], deadline: Deadline | None, extras: Extras, temperature: float) -> _Refitted | None:
     """``train.refit``: the network trained again on the training and validation photos, for the
-    epochs validation chose, with its choices carried over (:mod:`vitrina.training.refit`); None
-    where the budget has no room for it or ends it."""
+    epochs the first one ran on its schedule, with its choices carried over
+    (:mod:`vitrina.training.refit`); None where the budget has no room for it or it fails."""
     n_train, n_val = len(labels["train"]), len(labels["val"])
-    epochs, estimate = len(history), refit_seconds(history, n_train, n_train + n_val)
-    if world_position()[1] > 1 or not epochs:
-        run.log("  refit: not done (a multi-process run, or no epochs to repeat)")
-        return None
+    held_out = sum(len(labels[split]) for split in labels if split not in ("train", "val"))
+    epochs = len(history)
+    estimate = refit_seconds(history, n_train, n_val, held_out + min(MAX_BANK, n_train + n_val))
     if deadline is not None and estimate > deadline.seconds_left():
         run.log(f"  refit on the validation photos too: not done, it would take about {estimate:.0f} s of the "
                 f"{max(0.0, deadline.seconds_left()):.0f} s the budget has left")
         return None
     started = time.perf_counter()
     run.log(f"refit: {epochs} epochs on the {n_train + n_val} training and validation photos (about {estimate:.0f} s)")
-    refit_run = replace(run, plan=replace(run.plan, epochs=epochs))
+    try:
+        refitted = _train_refit(run, decoded, labels, epochs, deadline, temperature)
+    except (OSError, RuntimeError, VitrinaError) as exc:
+        run.log(f"  refit: failed ({type(exc).__name__}: {exc}); the network validation chose is kept")
+        return None
+    if refitted is None:
+        run.log("  refit: stopped at the time budget; the network validation chose is kept")
+        return None
+    refitted_model, rows, bank, bank_labels, bank_validation = refitted
+    write_history(run.run_dir, [{k: v for k, v in row.items() if not k.startswith("val_")} for row in rows], "history_refit")
+    carried = carry_over(refitted_model, bank, bank_labels, bank_validation, Refit(epochs, n_train + n_val, n_val),
+                         extras.scorer, extras.fields["unknown"], model.vote, run.log)
+    return _Refitted(refitted_model, carried, time.perf_counter() - started)
+
+
+def _train_refit(run: _Run, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray], epochs: int,
+                 deadline: Deadline | None, temperature: float) -> tuple[nn.Module, list[dict[str, float]], np.ndarray, np.ndarray, int] | None:
+    """The refit network trained on the joined photos and calibrated, its history, and its
+    features of the bank photos with their labels and how many of them are validation photos;
+    None where the budget ended it."""
+    n_train = len(labels["train"])
     all_labels = np.concatenate([labels["train"], labels["val"]])
     with joined_photos(decoded["train"], decoded["val"], run.cache_dir) as joined:
-        refitted = _build_model(refit_run)
+        refitted = _build_model(run)
         splits, split_labels = {"train": joined, "val": decoded["val"]}, {"train": all_labels, "val": labels["val"]}
         if run.plan.mode == "finetune" and run.config.train.warm_start_head:
-            fit_head_on_features(refit_run.backbone_features(refitted), splits, split_labels, run.config, run.num_classes)
-        job = NetworkTraining(refitted, joined, all_labels, decoded["val"], labels["val"], refit_run.plan, run.config, run.device,
+            fit_head_on_features(run.backbone_features(refitted), splits, split_labels, run.config, run.num_classes)
+        job = NetworkTraining(refitted, joined, all_labels, decoded["val"], labels["val"], run.plan, run.config, run.device,
                               run.precision, run.num_classes, run.progress, run.log, run.train_precision, select_best=False)
-        rows, state = train_network(job, [deadline] if deadline is not None else [])
+        rows, state = train_network(job, [StopAfter(epochs), *([deadline] if deadline is not None else [])])
         if len(rows) < epochs or state is None:
-            run.log("  refit: stopped at the time budget; the network validation chose is kept")
             return None
         refitted.load_state_dict(state)
         refitted.eval()
         apply_temperature(refitted, temperature)
         rows_kept = bank_rows(len(all_labels), run.config.train.seed)
-        bank = penultimate_features(refitted, joined.images if len(rows_kept) == len(all_labels) else np.asarray(joined.images[rows_kept]),
-                                    run.plan.preprocess, run.device, run.precision, run.cache_dir)
-    write_history(run.run_dir, [{k: v for k, v in row.items() if not k.startswith("val_")} for row in rows], "history_refit")
-    refit = Refit(epochs, n_train + n_val, n_val)
-    carried = carry_over(refitted, bank, all_labels[rows_kept], int((rows_kept >= n_train).sum()), refit, extras.scorer,
-                         extras.fields["unknown"], model.vote, run.log)
-    return _Refitted(refitted, carried, time.perf_counter() - started)
+        images = joined.images if len(rows_kept) == len(all_labels) else np.asarray(joined.images[rows_kept])
+        bank = penultimate_features(refitted, images, run.plan.preprocess, run.device, run.precision, run.cache_dir)
+    return refitted, rows, bank, all_labels[rows_kept], int((rows_kept >= n_train).sum())
 
 
 def _save(run: _Run, model: nn.Module, description: ModelDescription, extras: Extras, skipped: list[dict]) -> None:
@@ -361,7 +377,7 @@ def train(
     run = _resolve_run(dataset, config, run_dir, progress, log)
     plan = run.plan
     if config.train.refit:
-        check_refit(config.train.unknown_score, plan.mode)
+        check_refit(config.train.unknown_score, plan.mode, world_position()[1])
     resume_state = load_resume_state(run_dir, config, dataset) if resume else None
     started = time.perf_counter()
     if not run.main:
