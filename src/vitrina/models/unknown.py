@@ -65,6 +65,11 @@ MAX_BANK = 20_000  # training photos kept for the kNN score (a seeded random sub
 ACCEPT_RATE = 0.95
 
 
+def bank_rows(n: int, seed: int) -> np.ndarray:
+    """The photos of ``n`` kept in a bank: all of them up to MAX_BANK, a seeded subset beyond."""
+    return np.arange(n) if n <= MAX_BANK else np.sort(np.random.default_rng(seed).choice(n, MAX_BANK, replace=False))
+
+
 def default_k(method: str, trained_backbone: bool) -> int:
     """The recommended neighbours for ``method``: 1 on a trained backbone's features (see above)."""
     return 1 if method == "knn_energy" or (trained_backbone and method == "knn") else DEFAULT_K
@@ -170,8 +175,7 @@ def build_score(method: str, train_features: np.ndarray, train_labels: np.ndarra
     k = default_k(method, trained_backbone=False) if k is None else k
     if method in KNN_SCORES:
         if len(feats) > MAX_BANK:
-            keep = np.sort(np.random.default_rng(seed).choice(len(feats), MAX_BANK, replace=False))
-            feats = feats[torch.from_numpy(keep)]
+            feats = feats[torch.from_numpy(bank_rows(len(feats), seed))]
         return UnknownScore(method, k, bank=feats)
     if method == "mahalanobis":
         f = F.normalize(feats, dim=1).double()

@@ -16,7 +16,7 @@ from vitrina.config import Config
 from vitrina.data.cache import DecodedImages
 from vitrina.description import MirrorAverage, top_margin
 from vitrina.models.neighbours import fit_vote
-from vitrina.models.unknown import MAX_BANK, UnknownScore, default_k, fit_unknown, penultimate_features
+from vitrina.models.unknown import MAX_BANK, UnknownScore, bank_rows, default_k, fit_unknown, penultimate_features
 from vitrina.training.calibration import ACCEPT_RATE
 from vitrina.training.features import BackboneFeatures
 from vitrina.preprocess import mirror_images
@@ -47,7 +47,7 @@ def bank_features(
     Frozen backbone: the cached features; trained: the network's penultimate features.
     """
     n = len(decoded["train"].images)
-    rows = np.arange(n) if n <= MAX_BANK else np.sort(np.random.default_rng(seed).choice(n, MAX_BANK, replace=False))
+    rows = bank_rows(n, seed)
     if body is not None:
         return rows, body(decoded["train"])[rows], body(decoded["val"])
     train_images = decoded["train"].images if len(rows) == n else np.asarray(decoded["train"].images[rows])

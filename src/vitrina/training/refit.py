@@ -33,7 +33,7 @@ from vitrina.data.cache import DecodedImages
 from vitrina.description import Refit, UnknownDetector
 from vitrina.errors import ConfigError
 from vitrina.models.neighbours import NeighbourVote
-from vitrina.models.unknown import MAX_BANK, UnknownScore, build_score
+from vitrina.models.unknown import UnknownScore, build_score
 
 Log = Callable[[str], None]
 CARRIED_SCORES = ("knn", "msp", "energy")  # the unknown scores a refit can carry over
@@ -79,11 +79,6 @@ def joined_photos(train: DecodedImages, val: DecodedImages, folder: Path) -> Ite
         yield DecodedImages(images, np.arange(n_train + n_val), [*train.hashes, *val.hashes], [])
     finally:
         path.unlink(missing_ok=True)
-
-
-def bank_rows(n: int, seed: int) -> np.ndarray:
-    """The photos kept in a bank of ``n`` (at most MAX_BANK, a seeded subset beyond)."""
-    return np.arange(n) if n <= MAX_BANK else np.sort(np.random.default_rng(seed).choice(n, MAX_BANK, replace=False))
 
 
 @dataclass

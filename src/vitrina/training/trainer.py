@@ -28,7 +28,7 @@ from vitrina.inference.expected_speed import PHOTOS_TIMED, PredictionSpeed, meas
 from vitrina.models.checkpoint import save_model
 from vitrina.models.registry import create_model
 from vitrina.models.runtime import predict_logits, resolve_device, resolve_precision, resolve_training_precision
-from vitrina.models.unknown import MAX_BANK, penultimate_features, save_unknown
+from vitrina.models.unknown import MAX_BANK, bank_rows, penultimate_features, save_unknown
 from vitrina.training.calibration import ACCEPT_RATE, apply_temperature, calibrate, confidence_threshold
 from vitrina.training.callbacks import (
     Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, StopAfter, TensorBoardLogger,
@@ -40,7 +40,7 @@ from vitrina.training.features import BackboneFeatures
 from vitrina.training.head import fit_head_on_features
 from vitrina.training.loop import NetworkTraining, runs_frozen_prefix, train_network
 from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
-from vitrina.training.refit import CarriedOver, bank_rows, carry_over, check_refit, joined_photos, refit_seconds
+from vitrina.training.refit import CarriedOver, carry_over, check_refit, joined_photos, refit_seconds
 from vitrina.training.run_folder import (
     config_digest, load_last_weights, load_resume_state, model_meta, open_tensorboard, write_history, write_skipped,
     write_splits,
