@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from vitrina.evaluation.metrics import expected_calibration_error, softmax
@@ -21,9 +22,10 @@ def test_fit_temperature_recovers_overconfidence() -> None:
     assert after < before / 2
 
 
-def test_apply_temperature_scales_logits_and_keeps_argmax() -> None:
+@pytest.mark.parametrize("head", ["linear", "mlp", "mlp_ensemble"])
+def test_apply_temperature_scales_logits_and_keeps_argmax(head: str) -> None:
     torch.manual_seed(0)
-    model = create_model("cnn1", 4, input_size=32).eval()
+    model = create_model("cnn1", 4, input_size=32, head=head).eval()
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         before = model(x)

@@ -64,6 +64,20 @@ def make_head(
     return nn.Sequential(OrderedDict(layers))
 
 
+def output_layers(head: nn.Module) -> list[nn.Linear]:
+    """The linear layers whose outputs form the head's logits: one per member of an ensemble.
+
+    The logits are linear in these layers' weights and biases, so scaling all of them scales the
+    logits (the ensemble's mean included) by the same factor.
+    """
+    if isinstance(head, HeadEnsemble):
+        return [layer for member in head.members for layer in output_layers(member)]
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ModelError(f"the head {type(head).__name__} has no linear layer to scale")
+    return [linears[-1]]
+
+
 class VitrinaNet(nn.Module):
     """``backbone`` (image -> pooled features) followed by ``head`` (features -> logits).
 

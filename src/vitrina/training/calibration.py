@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitrina.description import Thresholds
+from vitrina.models.network import output_layers
 
 Log = Callable[[str], None]
 ACCEPT_RATE = 0.95  # share of in-distribution (validation) photos a model answers confidently
@@ -34,12 +35,13 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def apply_temperature(model: nn.Module, temperature: float) -> None:
-    """Fold 1/T into the head's last linear layer, so every runtime (torch, ONNX) is calibrated."""
-    last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+    """Fold 1/T into the head's output layers (every member's, for an ensemble), so every runtime
+    (torch, ONNX) is calibrated."""
     with torch.no_grad():
-        last.weight.div_(temperature)
-        if last.bias is not None:
-            last.bias.div_(temperature)
+        for layer in output_layers(model.head):
+            layer.weight.div_(temperature)
+            if layer.bias is not None:
+                layer.bias.div_(temperature)
 
 
 def calibrate(model: nn.Module, val_logits: np.ndarray, val_labels: np.ndarray, log: Log = print) -> tuple[float, np.ndarray]:

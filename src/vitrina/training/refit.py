@@ -27,12 +27,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch import nn
 
 from vitrina.data.cache import DecodedImages
 from vitrina.description import Refit, UnknownDetector
 from vitrina.errors import ConfigError
 from vitrina.models.neighbours import NeighbourVote
+from vitrina.models.network import VitrinaNet
 from vitrina.models.unknown import UnknownScore, build_score
 
 Log = Callable[[str], None]
@@ -91,14 +91,14 @@ class CarriedOver:
 
 
 def carry_over(
-    model: nn.Module, bank: np.ndarray, bank_labels: np.ndarray, bank_validation: int, refit: Refit,
+    model: VitrinaNet, bank: np.ndarray, bank_labels: np.ndarray, bank_validation: int, refit: Refit,
     scorer: UnknownScore, unknown: UnknownDetector, vote: NeighbourVote | None, log: Log,
 ) -> CarriedOver:
     """Fit the unknown score's bank and the vote's on the refit ``model``'s features ``bank``
     (labelled ``bank_labels``; the last ``bank_validation`` rows validation photos), with the
     settings chosen on validation for the first network (its ``scorer``, ``unknown`` and
     ``vote``); ``refit`` says what the refit learned from."""
-    num_classes = len(refit_classes(model))
+    num_classes = model.num_classes
     new_scorer = build_score(unknown.score, bank, bank_labels, num_classes, scorer.k)
     if unknown.score == "knn":
         share = unknown.accept_rate
@@ -120,8 +120,3 @@ def carry_over(
             f"on the refit network's features of {len(bank_labels)} photos")
     return CarriedOver(new_scorer, fields)
 
-
-def refit_classes(model: nn.Module) -> range:
-    """The classes ``model`` answers (its head's last layer's outputs)."""
-    last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
-    return range(last.out_features)
