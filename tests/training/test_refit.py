@@ -112,7 +112,7 @@ def test_the_refit_time_is_the_measured_epochs_scaled_to_its_photos_and_the_pass
 class _Refitted(torch.nn.Module):
     def __init__(self, dims: int, classes: int):
         super().__init__()
-        self.head, self.vote = torch.nn.Linear(dims, classes), None
+        self.head, self.vote, self.num_classes = torch.nn.Linear(dims, classes), None, classes
 
 
 def _photos(centres: np.ndarray, n: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
