@@ -17,8 +17,13 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     || echo "could not install PostgreSQL: its tests will be skipped"
 fi
 bash scripts/setup.sh --dev
+# Test files run in parallel, one per worker at a time (pytest-xdist, --dist loadfile keeps a file's
+# module fixtures on one worker): much of the suite is single-threaded Python (ONNX export
+# tracing, process start-up, servers, the browser), so two workers on two cores finish the suite
+# in about two thirds of the time. More than four workers would mostly multiply memory.
+workers=${VITRINA_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
 set +e
-.venv/bin/python -m pytest --durations=15 "$@"
+.venv/bin/python -m pytest -n "$workers" --dist loadfile --durations=15 "$@"
 status=$?
 set -e
 # pytest exits 5 when it collected no test: that is a failure of the suite, not a pass.
