@@ -4,25 +4,31 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.cli.test_cli import run_cli
 from tests.helpers import make_shapes_dataset, quiet, scratch_config
 from vitrina import api
+from vitrina.config import resolve
 from vitrina.errors import ConfigError
+from vitrina.models.registry import create_model
 from vitrina.preprocess import Preprocess
 from vitrina.training.budget import (
     BudgetPlan,
     Calibration,
     Deadline,
+    calibrate_speed,
     check_budget,
     plan_epochs,
 )
 from vitrina.training import trainer
+from vitrina.training.augment import build_augment
 from vitrina.training.callbacks import EpochEnd
-from vitrina.training.plan import Plan
+from vitrina.training.plan import RECOMMENDED_AUGMENT, Plan
 
 PLAN_KEYS = {"backbone", "input_size", "unfreeze_blocks", "epochs", "batch_size", "precision", "estimated_s", "measured_s", "reasons"}
 
@@ -125,3 +131,17 @@ def test_the_reasons_say_whether_the_model_was_asked_for() -> None:
     asked = planned(30, explicit_model=True).reasons[-1]
     assert default.startswith("efficientnet_lite0 at 288 px: the measured default")
     assert asked == "efficientnet_lite0 at 288 px: as asked"
+
+
+def test_the_calibration_counts_the_augmentation_that_runs_between_steps() -> None:
+    plan = Plan("scratch", "cnn1", Preprocess(input_size=64), False, 4, 16, 1e-3, 1e-4)
+    model = create_model("cnn1", 3, pretrained=False, input_size=64)
+    augment = build_augment(replace(resolve().augment, **RECOMMENDED_AUGMENT["photo"]))
+    assert augment is not None
+    plain = calibrate_speed(model, plan, 0, torch.device("cpu"), "fp32")
+    augmented = calibrate_speed(model, plan, 0, torch.device("cpu"), "fp32", augment=augment)
+    assert plain.augment_s_per_image == 0.0 and augmented.augment_s_per_image > 0
+    assert augmented.step_s_per_image > augmented.augment_s_per_image
+    reasons = plan_epochs(plan, augmented, budget_s=600, spent_s=1.0, n_train=100, n_val=20, n_eval=20, explicit_epochs=False,
+                          precision="fp32", log=quiet).reasons
+    assert any("(augmenting its photos" in reason for reason in reasons)

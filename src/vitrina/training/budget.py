@@ -27,6 +27,7 @@ from torch import nn
 from vitrina.errors import ConfigError
 from vitrina.models.runtime import autocast
 from vitrina.models.stages import OnnxPrefix, split_at_trainable
+from vitrina.training.augment import BatchAugment, augment_batch
 from vitrina.training.callbacks import EpochEnd
 from vitrina.training.loop import trainable_body
 from vitrina.training.optim import freeze_batchnorm
@@ -75,18 +76,21 @@ def check_budget(minutes: Any) -> float:
 
 @dataclass
 class Calibration:
-    step_s_per_image: float  # a training step, per image
+    step_s_per_image: float  # a training step, per image (its batch's augmentation included where it is not in a worker)
     forward_s_per_image: float  # an inference pass, per image
+    augment_s_per_image: float = 0.0  # of the step: augmenting and normalising the batch in the training process
 
 
 def calibrate_speed(
     model: nn.Module, plan: Plan, unfreeze_blocks: int, device: torch.device, precision: str, *,
-    prefix_cache: Path | None = None, steps: int = 2,
+    prefix_cache: Path | None = None, steps: int = 2, augment: BatchAugment | None = None,
 ) -> Calibration:
     """Time training steps and an inference pass of a copy of ``model`` on random images.
 
     ``prefix_cache``: fine-tuning runs the frozen stages in ONNX Runtime as training will
     (:func:`vitrina.training.loop.frozen_prefix`; the graph is cached there for training to reuse).
+    ``augment``: the augmentation that training runs between its steps (not in a worker process),
+    timed on a batch of random photos and counted in the step.
     """
     net = copy.deepcopy(model).to(device)
     size, channels = plan.preprocess.input_size, plan.preprocess.channels
@@ -116,7 +120,20 @@ def calibrate_speed(
         started = _clock(device)
         forward(x)
         inference = _clock(device) - started
-    return Calibration(float(np.median(timings[1:])) / batch, inference / batch)
+    augmenting = _time_augment(augment, plan, batch) if augment is not None else 0.0
+    return Calibration(float(np.median(timings[1:])) / batch + augmenting, inference / batch, augmenting)
+
+
+def _time_augment(augment: BatchAugment, plan: Plan, batch: int) -> float:
+    """Seconds per image to augment and normalise a batch of decoded photos (the second of two tries)."""
+    size, channels = plan.preprocess.input_size, plan.preprocess.channels
+    photos = torch.randint(0, 256, (batch, size, size, channels), dtype=torch.uint8)
+    seconds = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        plan.preprocess.normalize_torch(augment_batch(augment, photos))
+        seconds = time.perf_counter() - started
+    return seconds / batch
 
 
 def _clock(device: torch.device) -> float:
@@ -153,8 +170,9 @@ def plan_epochs(
     fixed = spent_s + features_s + after_s
     reasons = [
         f"already spent {spent_s:.0f} s (grouping near copies, decoding, timing the exported model)",
-        (f"calibrated here: a training step {1000 * calibration.step_s_per_image:.1f} ms and an inference pass "
-         f"{1000 * forward:.1f} ms per image ({precision} training)"),
+        (f"calibrated here: a training step {1000 * calibration.step_s_per_image:.1f} ms"
+         + (f" (augmenting its photos {1000 * calibration.augment_s_per_image:.1f} ms of it)" if calibration.augment_s_per_image else "")
+         + f" and an inference pass {1000 * forward:.1f} ms per image ({precision} training)"),
         f"frozen features about {features_s:.0f} s, evaluation and extras about {after_s:.0f} s",
     ]
     epochs = plan.epochs

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from vitrina.config import Config
 from vitrina.data.cache import DecodedImages, default_cache_dir
+from vitrina.inference.predictor import default_threads
 from vitrina.models.network import set_drop_path
 from vitrina.models.runtime import autocast, forward_uint8
 from vitrina.models.stages import OnnxPrefix, split_at_trainable
@@ -85,6 +86,20 @@ class AugmentedBatches(torch.utils.data.Dataset):
         images = images[torch.from_numpy(np.searchsorted(ordered, idx))]
         images = augment_batch(self.transform, images)
         return self.preprocess.normalize_torch(images), torch.from_numpy(self.labels[idx])
+
+
+def augments_in_worker(transform: Any, workers: int, device: torch.device, processes: int = 1) -> bool:
+    """Whether training batches are augmented in a worker process, while the model computes, or
+    in the training process between steps.
+
+    A worker pays only on a core that the training threads leave free (or beside a GPU). Where
+    every core computes, it takes turns with torch's threads and each step waits for the one it
+    interrupted: freiburg on 2 cores trained at 33-34 images/s with the worker, 36 without
+    (docs/benchmarks.md#training-speed).
+    """
+    if transform is None or workers == 0:
+        return False
+    return device.type != "cpu" or default_threads() > torch.get_num_threads() * processes
 
 
 def trainable_blocks(model: nn.Module, unfreeze_blocks: int) -> list[list[nn.Parameter]]:
@@ -310,9 +325,10 @@ def train_network(
         average.load_state_dict(resume_state)
     mix = BatchMix.build(job.config.augment.mixup, job.config.augment.cutmix) if job.config.augment.enabled else None
     optimisation = _Optimisation(forward, optimizer, scheduler, weight, t.label_smoothing, job.device, job.train_precision, mix, average)
-    # Batches are augmented in a worker process while the model computes; the worker's RNG is
-    # seeded from the epoch seed, so runs (and resumed runs) are reproducible.
-    batch_workers = 1 if transform is not None and t.workers != 0 else 0
+    # Batches are augmented in a worker process while the model computes where a core is free for
+    # it; its RNG, like the training process's, is seeded from the epoch seed, so runs (and resumed
+    # runs) are reproducible.
+    batch_workers = 1 if augments_in_worker(transform, t.workers, job.device, world) else 0
     batch_source = AugmentedBatches(job.train_images.images, job.train_labels, transform, plan.preprocess)
 
     for epoch in range(start_epoch, plan.epochs):

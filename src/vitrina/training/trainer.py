@@ -38,7 +38,8 @@ from vitrina.training.distributed import barrier, is_main_process, local_device_
 from vitrina.training.extras import Extras, add_validation_to_vote, fit_extras
 from vitrina.training.features import BackboneFeatures
 from vitrina.training.head import fit_head_on_features
-from vitrina.training.loop import NetworkTraining, runs_frozen_prefix, train_network
+from vitrina.training.augment import BatchAugment, build_augment
+from vitrina.training.loop import NetworkTraining, augments_in_worker, runs_frozen_prefix, train_network
 from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
 from vitrina.training.refit import CarriedOver, carry_over, check_refit, joined_photos, refit_seconds
 from vitrina.training.run_folder import (
@@ -158,6 +159,15 @@ def _tensorboard(writer: Any, prefix: str) -> list[Callback]:
     return [TensorBoardLogger(writer, prefix)] if writer is not None else []
 
 
+def _augment_between_steps(run: _Run) -> BatchAugment | None:
+    """The augmentation the network's training runs in its own process, between steps (None where
+    there is none, or where a worker process runs it while the model computes)."""
+    transform = build_augment(run.config.augment, channels=run.plan.preprocess.channels)
+    if run.plan.mode == "bottleneck" or augments_in_worker(transform, run.config.train.workers, run.device):
+        return None
+    return transform
+
+
 def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], resume_state: dict | None, started: float) -> Deadline | None:
     """Fit the epochs to ``train.budget_minutes`` (see :mod:`vitrina.training.budget`); the deadline to keep."""
     t = run.config.train
@@ -174,7 +184,7 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
     on_prefix = runs_frozen_prefix(run.config, run.plan.mode, run.device)
     prediction = _expected_prediction_speed(run, model, decoded["train"])
     speed = calibrate_speed(model, run.plan, run.plan.unfreeze_blocks, run.device, run.train_precision,
-                            prefix_cache=run.cache_dir if on_prefix else None)
+                            prefix_cache=run.cache_dir if on_prefix else None, augment=_augment_between_steps(run))
     n_eval = sum(len(d.index) for split, d in decoded.items() if split != "train")
     budget = plan_epochs(
         run.plan, speed, budget_s=budget_s, spent_s=time.perf_counter() - started, n_train=len(decoded["train"].index),
