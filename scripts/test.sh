@@ -21,9 +21,15 @@ bash scripts/setup.sh --dev
 # module fixtures on one worker): much of the suite is single-threaded Python (ONNX export
 # tracing, process start-up, servers, the browser), so two workers on two cores finish the suite
 # in about two thirds of the time. More than four workers would mostly multiply memory.
-workers=${VITRINA_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
+workers=${VITRINA_TEST_WORKERS:-$(.venv/bin/python -c 'import os; print(min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))')}
+parallel=()
+if .venv/bin/python -c 'import xdist' 2>/dev/null; then
+  parallel=(-n "$workers" --dist loadfile)
+else
+  echo "pytest-xdist is missing: the tests run in one process"
+fi
 set +e
-.venv/bin/python -m pytest -n "$workers" --dist loadfile --durations=15 "$@"
+.venv/bin/python -m pytest "${parallel[@]}" --durations=15 "$@"
 status=$?
 set -e
 # pytest exits 5 when it collected no test: that is a failure of the suite, not a pass.

@@ -25,7 +25,7 @@ from vitrina.training.budget import (
     check_budget,
     plan_epochs,
 )
-from vitrina.training import trainer
+from vitrina.training import budget, trainer
 from vitrina.training.augment import build_augment
 from vitrina.training.callbacks import EpochEnd
 from vitrina.training.plan import RECOMMENDED_AUGMENT, Plan
@@ -133,15 +133,17 @@ def test_the_reasons_say_whether_the_model_was_asked_for() -> None:
     assert asked == "efficientnet_lite0 at 288 px: as asked"
 
 
-def test_the_calibration_counts_the_augmentation_that_runs_between_steps() -> None:
+def test_the_calibration_counts_the_augmentation_that_runs_between_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = Plan("scratch", "cnn1", Preprocess(input_size=64), False, 4, 16, 1e-3, 1e-4)
     model = create_model("cnn1", 3, pretrained=False, input_size=64)
     augment = build_augment(replace(resolve().augment, **RECOMMENDED_AUGMENT["photo"]))
     assert augment is not None
     plain = calibrate_speed(model, plan, 0, torch.device("cpu"), "fp32")
+    timed = calibrate_speed(model, plan, 0, torch.device("cpu"), "fp32", augment=augment)
+    assert plain.augment_s_per_image == 0.0 and timed.augment_s_per_image > 0  # really timed
+    monkeypatch.setattr(budget, "_time_augment", lambda *args: 0.5)  # far above a step of this tiny network
     augmented = calibrate_speed(model, plan, 0, torch.device("cpu"), "fp32", augment=augment)
-    assert plain.augment_s_per_image == 0.0 and augmented.augment_s_per_image > 0
-    assert augmented.step_s_per_image > augmented.augment_s_per_image
+    assert augmented.augment_s_per_image == 0.5 and 0.5 < augmented.step_s_per_image < 0.5 + 10 * plain.step_s_per_image + 0.01
     reasons = plan_epochs(plan, augmented, budget_s=600, spent_s=1.0, n_train=100, n_val=20, n_eval=20, explicit_epochs=False,
                           precision="fp32", log=quiet).reasons
     assert any("(augmenting its photos" in reason for reason in reasons)

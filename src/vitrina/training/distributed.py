@@ -65,3 +65,10 @@ def world_position() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def processes_on_this_machine() -> int:
+    """Training processes sharing this machine's cores (torchrun's LOCAL_WORLD_SIZE; 1 alone)."""
+    if not dist.is_initialized():
+        return 1
+    return int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))

@@ -24,7 +24,7 @@ from vitrina.models.runtime import autocast, forward_uint8
 from vitrina.models.stages import OnnxPrefix, split_at_trainable
 from vitrina.training.augment import augment_batch, build_augment
 from vitrina.training.callbacks import Callback, EpochEnd, callback_states, restore_callbacks, run_callbacks
-from vitrina.training.distributed import world_position
+from vitrina.training.distributed import processes_on_this_machine, world_position
 from vitrina.training.ema import WeightAverage
 from vitrina.training.mixing import BatchMix, mixed_cross_entropy
 from vitrina.training.optim import (
@@ -70,11 +70,17 @@ def batchnorm_frozen(config: Config, mode: str) -> bool:
 
 
 class AugmentedBatches(torch.utils.data.Dataset):
-    """Whole training batches (augmented, normalised) from the decoded-image cache."""
+    """Whole training batches (augmented, normalised) from the decoded-image cache.
+
+    Batch ``i`` of an epoch is augmented with its own seed (``seed`` + ``i``) on a forked random
+    state: the same batches whether a worker process or the training process augments them, and
+    the training process's own random numbers (dropout, mixing) untouched by it.
+    """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Any, preprocess: Any):
         self.images, self.labels, self.transform, self.preprocess = images, labels, transform, preprocess
         self.parts: list[np.ndarray] = []
+        self.seed = 0
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -84,11 +90,13 @@ class AugmentedBatches(torch.utils.data.Dataset):
         ordered = np.sort(idx)  # sequential reads of the memory-mapped cache
         images = torch.from_numpy(np.array(self.images[ordered]))
         images = images[torch.from_numpy(np.searchsorted(ordered, idx))]
-        images = augment_batch(self.transform, images)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + i)
+            images = augment_batch(self.transform, images)
         return self.preprocess.normalize_torch(images), torch.from_numpy(self.labels[idx])
 
 
-def augments_in_worker(transform: Any, workers: int, device: torch.device, processes: int = 1) -> bool:
+def augments_in_worker(transform: Any, workers: int, device: torch.device, processes: int) -> bool:
     """Whether training batches are augmented in a worker process, while the model computes, or
     in the training process between steps.
 
@@ -218,6 +226,7 @@ def _train_epoch(
     if job.freeze_bn:
         freeze_batchnorm(job.model)
     source.parts = _batches(order, local_batch)
+    source.seed = (t.seed * 100_003 + epoch) * 1_000_003 + rank * 100_003  # each batch adds its index
     total, correct, loss_sum = 0, 0, 0.0
     loader = torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers)
     bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{job.plan.epochs}", unit="img", disable=not (job.progress and rank == 0), leave=False)
@@ -326,9 +335,9 @@ def train_network(
     mix = BatchMix.build(job.config.augment.mixup, job.config.augment.cutmix) if job.config.augment.enabled else None
     optimisation = _Optimisation(forward, optimizer, scheduler, weight, t.label_smoothing, job.device, job.train_precision, mix, average)
     # Batches are augmented in a worker process while the model computes where a core is free for
-    # it; its RNG, like the training process's, is seeded from the epoch seed, so runs (and resumed
-    # runs) are reproducible.
-    batch_workers = 1 if augments_in_worker(transform, t.workers, job.device, world) else 0
+    # it, else between steps: the same batches either way (AugmentedBatches seeds each one), so
+    # runs, and resumed runs, are reproducible.
+    batch_workers = 1 if augments_in_worker(transform, t.workers, job.device, processes_on_this_machine()) else 0
     batch_source = AugmentedBatches(job.train_images.images, job.train_labels, transform, plan.preprocess)
 
     for epoch in range(start_epoch, plan.epochs):

@@ -34,7 +34,9 @@ from vitrina.training.callbacks import (
     Callback, Checkpoint, EarlyStopping, EpochHook, EpochHookCallback, StopAfter, TensorBoardLogger,
 )
 from vitrina.training.budget import BudgetPlan, Deadline, calibrate_speed, check_budget, plan_epochs
-from vitrina.training.distributed import barrier, is_main_process, local_device_name, world_position
+from vitrina.training.distributed import (
+    barrier, is_main_process, local_device_name, processes_on_this_machine, world_position,
+)
 from vitrina.training.extras import Extras, add_validation_to_vote, fit_extras
 from vitrina.training.features import BackboneFeatures
 from vitrina.training.head import fit_head_on_features
@@ -163,7 +165,7 @@ def _augment_between_steps(run: _Run) -> BatchAugment | None:
     """The augmentation the network's training runs in its own process, between steps (None where
     there is none, or where a worker process runs it while the model computes)."""
     transform = build_augment(run.config.augment, channels=run.plan.preprocess.channels)
-    if run.plan.mode == "bottleneck" or augments_in_worker(transform, run.config.train.workers, run.device):
+    if run.plan.mode == "bottleneck" or augments_in_worker(transform, run.config.train.workers, run.device, processes_on_this_machine()):
         return None
     return transform
 
