@@ -64,7 +64,19 @@ class PostgresServer:
             user = pwd.getpwnam(UNPRIVILEGED_USER)
             os.chown(self.folder, user.pw_uid, user.pw_gid)
         self._run(self.binaries.initdb, "-D", str(self.data), "-U", "vitrina", "--auth=trust", "-E", "UTF8", "--no-sync")
-        self.start()
+        self._start_on_a_free_port()
+
+    def _start_on_a_free_port(self, tries: int = 3) -> None:
+        """Start, on another free port where the one chosen was taken before the server bound it
+        (test files run in parallel processes, each may start servers)."""
+        for attempt in range(tries):
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                if attempt == tries - 1:
+                    raise
+                self.port = free_port()
 
     def _run(self, *command: str) -> None:
         prefix = ["runuser", "-u", UNPRIVILEGED_USER, "--"] if os.geteuid() == 0 else []
