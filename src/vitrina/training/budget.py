@@ -171,7 +171,7 @@ def plan_epochs(
     reasons = [
         f"already spent {spent_s:.0f} s (grouping near copies, decoding, timing the exported model)",
         (f"calibrated here: a training step {1000 * calibration.step_s_per_image:.1f} ms"
-         + (f" (augmenting its photos {1000 * calibration.augment_s_per_image:.1f} ms of it)" if calibration.augment_s_per_image else "")
+         + (f" (augmenting its photos {1000 * calibration.augment_s_per_image:.2g} ms of it)" if calibration.augment_s_per_image else "")
          + f" and an inference pass {1000 * forward:.1f} ms per image ({precision} training)"),
         f"frozen features about {features_s:.0f} s, evaluation and extras about {after_s:.0f} s",
     ]
