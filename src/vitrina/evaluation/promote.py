@@ -25,7 +25,7 @@ from vitrina.data.images import open_sample
 from vitrina.data.samples import Sample
 from vitrina.errors import ConfigError, ImageError, ModelError
 from vitrina.evaluation.metrics import confusion_matrix
-from vitrina.evaluation.run_eval import is_training_data, load_split, run_config
+from vitrina.evaluation.run_eval import is_training_data, load_split, refuse_refit_validation, run_config
 from vitrina.export.loading import load_predictor
 from vitrina.inference.predictor import OnnxBackend, Predictor
 
@@ -199,9 +199,7 @@ def promote(new: str | os.PathLike, served: str | os.PathLike, data: str | os.Pa
     own_data = is_training_data(data, new_model.description.trained_on)
     dataset, split = load_split(data, run_config(folder), split, carve=own_data, run_dir=folder)
     held = new_model.description.vote_validation_photos
-    if own_data and split == "val" and new_model.description.refit is not None:
-        raise ConfigError(f"{new_path}: it was refit on its validation photos too (train.refit), so comparing on them "
-                          "would favour it; compare on a split it did not train on (--split test, or another dataset)")
+    refuse_refit_validation(new_path, new_model.description, own_data, split, "comparing")
     if own_data and split == "val" and held:
         raise ConfigError(f"{new_path}: its neighbour vote holds its {held} validation photos, so comparing "
                           "on them would favour it; compare on a split it did not train on (--split test, or another dataset)")

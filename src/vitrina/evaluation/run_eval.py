@@ -25,6 +25,7 @@ from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.data.samples import Dataset, Sample
 from vitrina.data.sources import load_dataset
 from vitrina.data.splits import recorded_val, restore_carve
+from vitrina.description import ModelDescription
 from vitrina.errors import ConfigError, DataError, ModelError
 from vitrina.evaluation.evaluate import decision_metrics, evaluate_images, predict_probabilities, unknown_scores, write_predictions
 from vitrina.evaluation.metrics import classification_metrics
@@ -80,6 +81,13 @@ def default_split(dataset: Dataset, holdout: str | None) -> str:
 def is_training_data(data: str | os.PathLike, trained_on: str | None) -> bool:
     """Whether ``data`` names the dataset the model was trained on (then its carved splits are reproduced)."""
     return bool(trained_on) and Path(data).resolve() == Path(trained_on).resolve()
+
+
+def refuse_refit_validation(path: str | os.PathLike, description: ModelDescription, own_data: bool, split: str, doing: str) -> None:
+    """Refuse ``doing`` (evaluating, comparing) a model refit on its validation photos (``train.refit``) on them."""
+    if own_data and split == "val" and description.refit is not None:
+        raise ConfigError(f"{path}: this model was refit on its validation photos too (train.refit), so {doing} on them "
+                          "would favour it; use a split it did not train on (--split test, or another dataset)")
 
 
 def load_split(
@@ -225,10 +233,7 @@ def evaluate_run(
     config = run_config(folder, overrides)
     own_data = is_training_data(data, meta.trained_on)
     dataset, split = load_split(data, config, split, carve=own_data, run_dir=folder)
-    if own_data and split == "val" and meta.refit is not None:
-        raise ConfigError(f"{folder}: this model was refit on its validation photos too (train.refit), so figures on them "
-                        "would not be held out; its validation figures from before the refit are in metrics_val.json. "
-                        "Evaluate on a split it did not train on (--split test, or another dataset)")
+    refuse_refit_validation(folder, meta, own_data, split, "evaluating (its figures from before the refit are in metrics_val.json)")
     samples = dataset.split(split)
     classes = list(meta.classes)
     label_indices(samples, classes)  # refuse unknown classes before decoding or writing anything
