@@ -63,8 +63,11 @@ CANDIDATES = {
     "droppath": ["--set", "model.drop_path=0.2"],  # stochastic depth in the residual blocks that train (timm's usual 0.2)
     "refit": ["--set", "train.refit=true"],  # trained again on train + validation where the budget has room
     "refit-60": ["--set", "train.refit=true", "--budget", "60"],  # the same with room for it: what the refit gains
+    "wd05": ["--set", "train.weight_decay=0.05"],  # AdamW's decoupled decay at the usual fine-tuning figure (default 1e-4)
+    "body-lr": ["--set", "train.body_lr_scale=0.3"],  # the trained blocks at 0.3x the head's rate (default 0.1x)
+    "bn-train": ["--set", "train.freeze_bn=no"],  # the trained blocks' BatchNorm statistics follow the new photos
 }
-PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "droppath"}  # not for a network trained from scratch
+PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "droppath", "wd05", "body-lr", "bn-train"}  # not for a network trained from scratch
 
 
 def variant_flags(variant: str, screen_epochs: int | None) -> list[str]:
