@@ -274,7 +274,7 @@ class ModelDescription:
     preprocess: Preprocess
     mode: str = "finetune"
     coarse_of: Mapping[str, str] = field(default_factory=dict)
-    train_counts: Mapping[str, int] = field(default_factory=dict)  # training photos per class: the mix drift is judged against
+    train_counts: Mapping[str, int] = field(default_factory=dict)  # photos per class the weights learned from (a refit: validation too): the mix drift is judged against
     head: str = "linear"
     hidden: int = 512
     dropout: float = 0.0

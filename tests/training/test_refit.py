@@ -18,6 +18,7 @@ from vitrina.errors import ConfigError
 from vitrina.models.neighbours import NeighbourVote
 from vitrina.models.unknown import UnknownScore, fit_unknown, score_features
 from vitrina.training.budget import Deadline
+from vitrina.training.optim import chosen_epoch
 from vitrina.training.refit import carry_over, joined_photos, refit_seconds
 
 
@@ -42,6 +43,10 @@ def test_a_refit_learns_from_every_photo_and_keeps_what_validation_chose(tmp_pat
     saved = ModelDescription.from_dict(json.loads((run.run_dir / "model.json").read_text()))
     assert saved.refit is not None and (saved.refit.epochs, saved.refit.photos, saved.refit.validation_photos) == (2, n_train + n_val, n_val)
     assert saved.refit.unknown_scale is not None and saved.refit.unknown_scale > 0
+    assert sum(saved.train_counts.values()) == n_train + n_val  # the class mix it learned, for drift: every photo
+    # Its warm-start head repeats the epochs validation chose for the first one's, choosing nothing on photos it learns.
+    head_epochs = chosen_epoch(json.loads((run.run_dir / "history_head.json").read_text()))
+    assert f"  head: {head_epochs} epochs, as validation chose them for the first network" in lines
     # Both banks are the refit network's features of every photo; the vote kept its chosen settings.
     assert saved.unknown is not None and saved.unknown.bank_size == n_train + n_val
     assert len(load_file(run.run_dir / "unknown.safetensors")["bank"]) == n_train + n_val

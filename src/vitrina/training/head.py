@@ -15,7 +15,7 @@ from vitrina.config import Config
 from vitrina.data.cache import DecodedImages
 from vitrina.models.network import HeadEnsemble
 from vitrina.training.augment import build_augment
-from vitrina.training.callbacks import Callback, EarlyStoppingOnBest, EpochEnd, run_callbacks
+from vitrina.training.callbacks import Callback, EarlyStoppingOnBest, EpochEnd, StopAfter, run_callbacks
 from vitrina.training.features import BackboneFeatures
 from vitrina.training.optim import BestEpoch, build_optimizer, class_weights, epoch_order, loss_and_accuracy, lr_schedule
 from vitrina.training.plan import Plan
@@ -40,17 +40,20 @@ def fit_head(
     num_classes: int,
     callbacks: Sequence[Callback] = (),
     log: Log = print,
+    repeat_epochs: int | None = None,
 ) -> list[dict[str, float]]:
     """Train a head on cached features (seconds); keeps the epoch with the best validation accuracy.
 
-    ``callbacks`` run after each epoch, before the head's own early stopping.
+    ``callbacks`` run after each epoch, before the head's own early stopping. ``repeat_epochs``:
+    train that many epochs of the planned schedule (0: all of it) and keep the last, choosing
+    nothing (a refit repeats what validation chose, having learned the validation photos).
     """
     # A linear head's matrices are too small to gain from a second thread, and lose a lot when the cores are busy.
     threads = torch.get_num_threads()
     if not any(isinstance(m, nn.ReLU | nn.GELU) for m in head.modules()):
         torch.set_num_threads(1)
     try:
-        return _fit_head(head, train_x, train_y, val_x, val_y, plan, config, num_classes, callbacks, log)
+        return _fit_head(head, train_x, train_y, val_x, val_y, plan, config, num_classes, callbacks, log, repeat_epochs)
     finally:
         torch.set_num_threads(threads)
 
@@ -67,9 +70,10 @@ def _head_step(head: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.
 
 def _fit_head(
     head: nn.Module, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, plan: Plan,
-    config: Config, num_classes: int, callbacks: Sequence[Callback], log: Log,
+    config: Config, num_classes: int, callbacks: Sequence[Callback], log: Log, repeat_epochs: int | None = None,
 ) -> list[dict[str, float]]:
     t = config.train
+    select = repeat_epochs is None
     torch.manual_seed(t.seed)
     xs, ys = torch.from_numpy(train_x), torch.from_numpy(train_y)
     vx = torch.from_numpy(val_x)
@@ -77,7 +81,7 @@ def _fit_head(
     batch = min(plan.batch_size, len(xs))
     optimizer = build_optimizer(t.optimizer, [{"params": head.parameters(), "lr": plan.lr}], plan.weight_decay)
     scheduler = lr_schedule(optimizer, plan.epochs, math.ceil(len(xs) / batch), t.warmup_epochs, t.schedule)
-    callbacks = [*callbacks, EarlyStoppingOnBest(head_patience(t.patience))]
+    callbacks = [*callbacks, EarlyStoppingOnBest(head_patience(t.patience)) if select else StopAfter(repeat_epochs or plan.epochs)]
     chosen = BestEpoch()
     for epoch in range(plan.epochs):
         head.train()
@@ -98,13 +102,16 @@ def _fit_head(
             val_logits = head(vx).numpy()
         val_loss, val_acc = loss_and_accuracy(val_logits, val_y)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / total, "train_accuracy": correct / total, "val_loss": val_loss, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"]}
-        state = EpochEnd(epoch + 1, head, improved=chosen.record(row, head))
+        state = EpochEnd(epoch + 1, head, improved=chosen.record(row, head, select))
         run_callbacks(callbacks, row, state)
         if state.stop_reason:
             break
     if chosen.state is not None:
         head.load_state_dict(chosen.state)
-    log(f"  head: best validation accuracy {chosen.best[0]:.4f} (loss {chosen.best[1]:.4f}) after {len(chosen.history)} epochs")
+    if select:
+        log(f"  head: best validation accuracy {chosen.best[0]:.4f} (loss {chosen.best[1]:.4f}) after {len(chosen.history)} epochs")
+    else:
+        log(f"  head: {len(chosen.history)} epochs, as validation chose them for the first network")
     return chosen.history
 
 
@@ -135,8 +142,10 @@ def fit_head_on_features(
     config: Config,
     num_classes: int,
     callbacks: Sequence[Callback] = (),
+    repeat_epochs: int | None = None,
 ) -> list[dict[str, float]]:
-    """Bottleneck training, or the fine-tuning warm start: the head fitted on cached frozen features."""
+    """Bottleneck training, or the fine-tuning warm start: the head fitted on cached frozen
+    features (``repeat_epochs``: see :func:`fit_head`)."""
     plan, log = features.plan, features.log
     train_x, train_y = _training_features(features, decoded["train"], labels["train"], plan, config)
     val_x = features(decoded["val"])
@@ -144,5 +153,5 @@ def fit_head_on_features(
     if plan.mode == "finetune":
         head_plan = Plan(plan.mode, plan.model, plan.preprocess, plan.pretrained, **WARM_START_HEAD, head=plan.head)
     log("  fitting the head on frozen features")
-    return fit_head(features.model.head, train_x, train_y, val_x, labels["val"], head_plan, config, num_classes, callbacks, log)
+    return fit_head(features.model.head, train_x, train_y, val_x, labels["val"], head_plan, config, num_classes, callbacks, log, repeat_epochs)
 

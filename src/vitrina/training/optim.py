@@ -81,6 +81,16 @@ def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     return loss, accuracy
 
 
+def chosen_epoch(history: list[dict[str, float]]) -> int:
+    """The epoch (from 1) that :class:`BestEpoch` keeps from ``history``: the best validation
+    accuracy, then the lowest validation loss, the first of equals; 0 for no epochs."""
+    best, chosen = (-1.0, float("inf")), 0
+    for number, row in enumerate(history, 1):
+        if (row["val_accuracy"], -row["val_loss"]) > (best[0], -best[1]):
+            best, chosen = (row["val_accuracy"], row["val_loss"]), number
+    return chosen
+
+
 class BestEpoch:
     """The epochs' history and the best of them so far, by validation accuracy, then validation loss,
     with a copy of the model's weights after it (kept on the CPU where ``to_cpu``)."""

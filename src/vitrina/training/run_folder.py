@@ -53,9 +53,10 @@ def data_digest(dataset: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
-def model_meta(plan: Plan, dataset: Dataset, config: Config, **extra: Any) -> ModelDescription:
-    """The description saved with the weights: architecture, classes, preprocessing, then ``extra`` fields."""
-    counts = Counter(sample.label for sample in dataset.splits.get("train", []))
+def model_meta(plan: Plan, dataset: Dataset, config: Config, learned_from: tuple[str, ...] = ("train",), **extra: Any) -> ModelDescription:
+    """The description saved with the weights: architecture, classes, preprocessing, then ``extra``
+    fields; ``train_counts`` counts the photos of the splits the weights ``learned_from``."""
+    counts = Counter(sample.label for name in learned_from for sample in dataset.splits.get(name, []))
     return ModelDescription(
         model=plan.model, mode=plan.mode, classes=tuple(dataset.classes), coarse_of=dict(dataset.coarse_of),
         train_counts={name: counts.get(name, 0) for name in dataset.classes},
@@ -98,6 +99,12 @@ def write_history(run_dir: Path, history: list[dict[str, float]], name: str = "h
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
+
+
+def read_history(run_dir: Path, name: str = "history") -> list[dict[str, float]]:
+    """The rows :func:`write_history` wrote (none where it wrote nothing)."""
+    path = run_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def write_skipped(run_dir: Path, skipped: list[dict]) -> None:

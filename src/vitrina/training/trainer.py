@@ -42,11 +42,12 @@ from vitrina.training.features import BackboneFeatures
 from vitrina.training.head import fit_head_on_features
 from vitrina.training.augment import BatchAugment, build_augment
 from vitrina.training.loop import NetworkTraining, augments_in_worker, runs_frozen_prefix, train_network
+from vitrina.training.optim import chosen_epoch
 from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
 from vitrina.training.refit import CarriedOver, carry_over, check_refit, joined_photos, refit_seconds
 from vitrina.training.run_folder import (
-    config_digest, load_last_weights, load_resume_state, model_meta, open_tensorboard, write_history, write_skipped,
-    write_splits,
+    config_digest, load_last_weights, load_resume_state, model_meta, open_tensorboard, read_history, write_history,
+    write_skipped, write_splits,
 )
 
 Log = Callable[[str], None]
@@ -345,7 +346,8 @@ def _train_refit(run: _Run, decoded: dict[str, DecodedImages], labels: dict[str,
         refitted = _build_model(run)
         splits, split_labels = {"train": joined, "val": decoded["val"]}, {"train": all_labels, "val": labels["val"]}
         if run.plan.mode == "finetune" and run.config.train.warm_start_head:
-            fit_head_on_features(run.backbone_features(refitted), splits, split_labels, run.config, run.num_classes)
+            head_epochs = chosen_epoch(read_history(run.run_dir, "history_head"))  # the first warm start's choice
+            fit_head_on_features(run.backbone_features(refitted), splits, split_labels, run.config, run.num_classes, repeat_epochs=head_epochs)
         job = NetworkTraining(refitted, joined, all_labels, decoded["val"], labels["val"], run.plan, run.config, run.device,
                               run.precision, run.num_classes, run.progress, run.log, run.train_precision, select_best=False)
         rows, state = train_network(job, [StopAfter(epochs), *([deadline] if deadline is not None else [])])
@@ -438,7 +440,8 @@ def train(
         train_seconds += refitted.seconds
         fields.update(refitted.carried.fields, train_seconds=round(train_seconds, 2))
         split_logits["val"] = val_logits  # the validation figures of the network validation chose
-    description = model_meta(plan, dataset, config, **fields)
+    learned_from = ("train", "val") if before is not None else ("train",)  # a refit learned the validation photos too
+    description = model_meta(plan, dataset, config, learned_from, **fields)
     if extras is not None:
         _save(run, model, description, extras, skipped)
     return TrainResult(run_dir, model, description, history, decoded, labels, train_seconds, skipped, split_logits, before)
