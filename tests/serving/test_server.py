@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -56,23 +57,51 @@ def test_a_missing_model_is_a_clean_error(tmp_path: Path) -> None:
     assert "nowhere" in result.stderr and "model not found" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_several_workers_serve_one_port(runs: Runs, tmp_path: Path, confident_shoe: Path, start_server: Callable[..., RunningServer]) -> None:
-    import socket
-
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = RunningServer.__new__(RunningServer)  # a fixed port: several workers cannot share port 0
-    command = [sys.executable, "-m", "vitrina", "serve", str(runs.main), "--port", str(port), "--backend", "torch",
-               "--workers", "2", "--db", str(tmp_path / "log.db")]
-    server.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server.output = []
+        return int(probe.getsockname()[1])
+
+
+def _start_workers(runs: Runs, tmp_path: Path, tries: int = 3) -> RunningServer:
+    """Two workers on a fixed port (several cannot share port 0); another port where the one
+    chosen was taken before the server bound it (test files run in parallel)."""
+    for attempt in range(tries):
+        server = RunningServer.__new__(RunningServer)
+        command = [sys.executable, "-m", "vitrina", "serve", str(runs.main), "--port", str(_free_port()), "--backend", "torch",
+                   "--workers", "2", "--db", str(tmp_path / "log.db")]
+        server.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        server.output = []
+        try:
+            server.url = server._read_url()
+            server._wait_ready()
+            return server
+        except AssertionError:
+            server.stop()
+            if attempt == tries - 1 or not any(s in "".join(server.output) for s in ("cannot listen on", "Address already in use")):
+                raise
+    raise AssertionError("unreachable")
+
+
+def test_several_workers_serve_one_port(runs: Runs, tmp_path: Path, confident_shoe: Path) -> None:
+    server = _start_workers(runs, tmp_path)
     try:
-        server.url = server._read_url()
-        server._wait_ready()
         for _ in range(4):
             response = httpx.post(f"{server.url}/v1/check", files={"image": upload(confident_shoe)}, data={"category": "shoes"})
             assert response.json()["verdict"] == "match"
         assert len(httpx.get(f"{server.url}/v1/checks").json()["checks"]) == 4  # one log shared by the workers
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_a_clear_error_before_any_url_is_announced(runs: Runs, tmp_path: Path, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "vitrina", "serve", str(runs.main), "--port", str(port), "--backend", "torch",
+                                 "--workers", workers, "--db", str(tmp_path / "log.db")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+    assert "in a browser" not in result.stdout

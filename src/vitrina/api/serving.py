@@ -109,5 +109,6 @@ def serve(
         server.run(sockets=[sock])
         return
     os.environ[SETTINGS_ENV] = settings.to_json()
+    _listening_socket(host, port).close()  # a port in use: a clear error before the URL is announced (uvicorn binds it next)
     ready(port)
     uvicorn.run("vitrina.serving.app:create_app_from_environment", factory=True, workers=workers, **common)
