@@ -65,7 +65,7 @@ CANDIDATES = {
     "refit-60": ["--set", "train.refit=true", "--budget", "60"],  # the same with room for it: what the refit gains
     "wd05": ["--set", "train.weight_decay=0.05"],  # AdamW's decoupled decay at the usual fine-tuning figure (default 1e-4)
     "body-lr": ["--set", "train.body_lr_scale=0.3"],  # the trained blocks at 0.3x the head's rate (default 0.1x)
-    "bn-train": ["--set", "train.freeze_bn=no"],  # the trained blocks' BatchNorm statistics follow the new photos
+    "bn-train": ["--set", "train.freeze_bn=no"],  # every BatchNorm's statistics follow the new photos (no ONNX Runtime prefix: slower epochs)
 }
 PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "droppath", "wd05", "body-lr", "bn-train"}  # not for a network trained from scratch
 

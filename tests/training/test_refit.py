@@ -18,6 +18,7 @@ from vitrina.errors import ConfigError
 from vitrina.models.neighbours import NeighbourVote
 from vitrina.models.unknown import UnknownScore, fit_unknown, score_features
 from vitrina.training.budget import Deadline
+from vitrina.training import head, trainer
 from vitrina.training.optim import chosen_epoch
 from vitrina.training.refit import carry_over, joined_photos, refit_seconds
 
@@ -34,9 +35,16 @@ def _split_sizes(run_dir: Path) -> tuple[int, int]:
     return len(splits["train"]), len(splits["val"])
 
 
-def test_a_refit_learns_from_every_photo_and_keeps_what_validation_chose(tmp_path: Path) -> None:
+def test_a_refit_learns_from_every_photo_and_keeps_what_validation_chose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = split_shapes(tmp_path / "shapes", per_class=12, test_per_class=3)
     lines: list[str] = []
+    heads: list[int | None] = []  # each warm-start head's repeat_epochs: the first network's, then the refit's
+
+    def fit_head_on_features(*args: object, repeat_epochs: int | None = None, **kwargs: object) -> list[dict[str, float]]:
+        heads.append(repeat_epochs)
+        return head.fit_head_on_features(*args, repeat_epochs=repeat_epochs, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer, "fit_head_on_features", fit_head_on_features)
     run = api.train(data, resolve(overrides=_finetune(tmp_path)), out=tmp_path / "run", progress=False, log=lines.append)
     n_train, n_val = _split_sizes(run.run_dir)
     assert f"refit: 2 epochs on the {n_train + n_val} training and validation photos" in " ".join(lines)
@@ -46,7 +54,8 @@ def test_a_refit_learns_from_every_photo_and_keeps_what_validation_chose(tmp_pat
     assert sum(saved.train_counts.values()) == n_train + n_val  # the class mix it learned, for drift: every photo
     # Its warm-start head repeats the epochs validation chose for the first one's, choosing nothing on photos it learns.
     head_epochs = chosen_epoch(json.loads((run.run_dir / "history_head.json").read_text()))
-    assert f"  head: {head_epochs} epochs, as validation chose them for the first network" in lines
+    assert heads == [None, head_epochs] and head_epochs > 0
+    assert f"  head: the {head_epochs} epochs validation chose for the first network's, keeping the last" in lines
     # Both banks are the refit network's features of every photo; the vote kept its chosen settings.
     assert saved.unknown is not None and saved.unknown.bank_size == n_train + n_val
     assert len(load_file(run.run_dir / "unknown.safetensors")["bank"]) == n_train + n_val

@@ -48,6 +48,17 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port in use with a clear error before the URL is announced; uvicorn binds it next,
+    as an IPv6 address where ``host`` has a colon, else IPv4 (so the same check here)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def _browser_url(host: str, port: int) -> str:
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     return f"http://{shown}:{port}/"
@@ -109,6 +120,6 @@ def serve(
         server.run(sockets=[sock])
         return
     os.environ[SETTINGS_ENV] = settings.to_json()
-    _listening_socket(host, port).close()  # a port in use: a clear error before the URL is announced (uvicorn binds it next)
+    _check_port_free(host, port)
     ready(port)
     uvicorn.run("vitrina.serving.app:create_app_from_environment", factory=True, workers=workers, **common)

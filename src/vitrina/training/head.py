@@ -42,9 +42,10 @@ def fit_head(
     log: Log = print,
     repeat_epochs: int | None = None,
 ) -> list[dict[str, float]]:
-    """Train a head on cached features (seconds); keeps the epoch with the best validation accuracy.
+    """Train a head on cached features (seconds); keeps the epoch with the best validation
+    accuracy, stopping early after ``head_patience`` epochs without a better one.
 
-    ``callbacks`` run after each epoch, before the head's own early stopping. ``repeat_epochs``:
+    ``callbacks`` run after each epoch, before the stopping rule. ``repeat_epochs``: instead,
     train that many epochs of the planned schedule (0: all of it) and keep the last, choosing
     nothing (a refit repeats what validation chose, having learned the validation photos).
     """
@@ -111,7 +112,7 @@ def _fit_head(
     if select:
         log(f"  head: best validation accuracy {chosen.best[0]:.4f} (loss {chosen.best[1]:.4f}) after {len(chosen.history)} epochs")
     else:
-        log(f"  head: {len(chosen.history)} epochs, as validation chose them for the first network")
+        log(f"  head: {len(chosen.history)} epochs trained, the last kept")
     return chosen.history
 
 

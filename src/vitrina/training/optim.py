@@ -81,13 +81,19 @@ def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     return loss, accuracy
 
 
-def chosen_epoch(history: list[dict[str, float]]) -> int:
-    """The epoch (from 1) that :class:`BestEpoch` keeps from ``history``: the best validation
-    accuracy, then the lowest validation loss, the first of equals; 0 for no epochs."""
-    best, chosen = (-1.0, float("inf")), 0
+def _ranking(row: dict[str, float | None]) -> tuple[float, float]:
+    """How epochs rank: validation accuracy, then lower validation loss (a value saved as null, NaN)."""
+    accuracy, loss = (float("nan") if row.get(k) is None else float(row[k]) for k in ("val_accuracy", "val_loss"))  # type: ignore[arg-type]
+    return accuracy, -loss
+
+
+def chosen_epoch(history: list[dict[str, float | None]]) -> int:
+    """The epoch (from 1) that :class:`BestEpoch` keeps from ``history`` (the first of equals),
+    read back from a history file; 0 for no epochs."""
+    best, chosen = _ranking({"val_accuracy": -1.0, "val_loss": float("inf")}), 0
     for number, row in enumerate(history, 1):
-        if (row["val_accuracy"], -row["val_loss"]) > (best[0], -best[1]):
-            best, chosen = (row["val_accuracy"], row["val_loss"]), number
+        if _ranking(row) > best:
+            best, chosen = _ranking(row), number
     return chosen
 
 
@@ -107,10 +113,9 @@ class BestEpoch:
         Without ``select`` (no validation photos to choose by) every epoch is kept: the last one wins.
         """
         self.history.append(row)
-        val_acc, val_loss = row["val_accuracy"], row["val_loss"]
-        improved = not select or (val_acc, -val_loss) > (self.best[0], -self.best[1])
+        improved = not select or _ranking(row) > _ranking({"val_accuracy": self.best[0], "val_loss": self.best[1]})
         if improved:
             if select:
-                self.best = (val_acc, val_loss)
+                self.best = (row["val_accuracy"], row["val_loss"])
             self.state = {k: (v.detach().cpu() if self.to_cpu else v.detach()).clone() for k, v in model.state_dict().items()}
         return improved

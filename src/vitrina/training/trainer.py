@@ -335,6 +335,21 @@ def _refit(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], label
     return _Refitted(refitted_model, carried, time.perf_counter() - started)
 
 
+def _warm_start_epochs(run: _Run) -> int:
+    """The epochs validation chose for the first network's warm-start head, for the refit's to
+    repeat; 0 (its whole schedule) where ``history_head.json`` cannot tell."""
+    try:
+        epochs = chosen_epoch(read_history(run.run_dir, "history_head"))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        run.log(f"  head: history_head.json unreadable ({type(exc).__name__}: {exc})")
+        epochs = 0
+    if epochs:
+        run.log(f"  head: the {epochs} epochs validation chose for the first network's, keeping the last")
+    else:
+        run.log("  head: no record of the epochs validation chose for the first network's: its whole schedule, keeping the last")
+    return epochs
+
+
 def _train_refit(run: _Run, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray], epochs: int,
                  deadline: Deadline | None, temperature: float) -> tuple[nn.Module, list[dict[str, float]], np.ndarray, np.ndarray, int] | None:
     """The refit network trained on the joined photos and calibrated, its history, and its
@@ -346,8 +361,8 @@ def _train_refit(run: _Run, decoded: dict[str, DecodedImages], labels: dict[str,
         refitted = _build_model(run)
         splits, split_labels = {"train": joined, "val": decoded["val"]}, {"train": all_labels, "val": labels["val"]}
         if run.plan.mode == "finetune" and run.config.train.warm_start_head:
-            head_epochs = chosen_epoch(read_history(run.run_dir, "history_head"))  # the first warm start's choice
-            fit_head_on_features(run.backbone_features(refitted), splits, split_labels, run.config, run.num_classes, repeat_epochs=head_epochs)
+            fit_head_on_features(run.backbone_features(refitted), splits, split_labels, run.config, run.num_classes,
+                                 repeat_epochs=_warm_start_epochs(run))
         job = NetworkTraining(refitted, joined, all_labels, decoded["val"], labels["val"], run.plan, run.config, run.device,
                               run.precision, run.num_classes, run.progress, run.log, run.train_precision, select_best=False)
         rows, state = train_network(job, [StopAfter(epochs), *([deadline] if deadline is not None else [])])
