@@ -38,9 +38,11 @@ class ServeInfo:
     workers: int
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def _listening_socket(host: str, port: int, family: socket.AddressFamily | None = None) -> socket.socket:
+    """A socket listening on ``host:port`` (``family``: the host's first address family unless
+    given); a port in use or an address that cannot be bound is a clear error."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        family = family or socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.create_server((host, port), family=family)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -49,14 +51,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """Refuse a port in use with a clear error before the URL is announced; uvicorn binds it next,
-    as an IPv6 address where ``host`` has a colon, else IPv4 (so the same check here)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.create_server((host, port), family=family):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    """Refuse a port in use before the URL is announced, where uvicorn binds the port itself next:
+    as an IPv6 address where ``host`` has a colon, else IPv4, so the same here."""
+    _listening_socket(host, port, socket.AF_INET6 if ":" in host else socket.AF_INET).close()
 
 
 def _browser_url(host: str, port: int) -> str:
