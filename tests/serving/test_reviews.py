@@ -2,6 +2,8 @@
 disagreements), the audit trail, named API keys, and which photos are stored for how long."""
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from tests.serving.conftest import demo_photos, upload
+from vitrina.serving import moderation
 from vitrina.serving.errors import InvalidQuery
 from vitrina.serving.moderation import CheckRecord, ModerationLog, PhotoRecord, database_url
 from vitrina.serving.reviews import CheckNotFound, QueueFilter, record_review, review_queue
@@ -76,7 +79,8 @@ def test_queue_filters_and_review_validation(log_target: str) -> None:
     log.close()
 
 
-def test_flagged_checks_keep_their_photos_within_the_cap_and_the_retention(tmp_path: Path) -> None:
+def test_flagged_checks_keep_their_photos_within_the_cap_and_the_retention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(moderation, "PURGE_EVERY", math.inf)  # no purge in the background: this one is called below
     log = ModerationLog(tmp_path / "log.db", store_images="flagged", max_image_bytes=12, retention_days=1)
     match = log.record(CheckRecord("shoes", "shoes", 0.9, "match", "v1", [PHOTO]))
     mismatch = log.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PHOTO, PhotoRecord("ef" * 32, "shoes", 0.9, None, b"x" * 13)]))
@@ -87,8 +91,27 @@ def test_flagged_checks_keep_their_photos_within_the_cap_and_the_retention(tmp_p
         connection.execute(text("UPDATE checks SET time = '2020-01-01T00:00:00.000Z' WHERE id = :id"), {"id": mismatch})
     engine.dispose()
     log.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PHOTO]))
-    assert log.purge_old_photos() == 1  # as the log does once an hour, in the background
+    assert log.purge_old_photos() == 1
     assert log.photo(mismatch, 0) is None and len(log.recent()) == 3  # the photo is gone, the check stays
+    log.close()
+
+
+def test_the_first_check_a_log_records_removes_old_photos_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Longer than this machine has been up: the first purge must not wait for the clock to pass it.
+    monkeypatch.setattr(moderation, "PURGE_EVERY", time.monotonic() + 3600)
+    earlier = ModerationLog(tmp_path / "log.db", store_images="flagged", retention_days=1)
+    old = earlier.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PHOTO]))
+    engine = create_engine(database_url(tmp_path / "log.db"))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE checks SET time = '2020-01-01T00:00:00.000Z' WHERE id = :id"), {"id": old})
+    engine.dispose()
+    earlier.close()
+    log = ModerationLog(tmp_path / "log.db", store_images="flagged", retention_days=1)  # a server started again
+    log.record(CheckRecord("hat", "shoes", 0.9, "mismatch", "v1", [PHOTO]))  # then once an hour
+    deadline = time.monotonic() + 30
+    while log.photo(old, 0) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.photo(old, 0) is None and len(log.recent()) == 2
     log.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -93,7 +94,7 @@ class ModerationLog:
             raise ConfigError(f"--store-images must be one of {', '.join(STORE_IMAGES)}, got {store_images!r}")
         self.url = database_url(target)
         self.store_images, self.max_image_bytes, self.retention_days = store_images, max_image_bytes, retention_days
-        self._last_purge = 0.0
+        self._last_purge = -math.inf  # never: the first check recorded starts a purge, however long the machine has been up
         try:
             url = make_url(self.url)
         except ArgumentError as exc:
