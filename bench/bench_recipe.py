@@ -60,6 +60,7 @@ CANDIDATES = {
     "blocks4": ["--set", "train.unfreeze_blocks=4"],  # one block more than the default's 3
     "all-blocks": ["--set", "train.unfreeze_blocks=-1"],  # every block in bf16 where the CPU has it: more of the budget
     "lite2": ["--model", "efficientnet_lite2", "--set", "model.input_size=260"],  # a larger backbone at its own size
+    "lite1": ["--model", "efficientnet_lite1", "--set", "model.input_size=288"],  # the middle backbone at the default's 288 px (its own 240 would give 320)
     "droppath": ["--set", "model.drop_path=0.2"],  # stochastic depth in the residual blocks that train (timm's usual 0.2)
     "refit": ["--set", "train.refit=true"],  # trained again on train + validation where the budget has room
     "refit-60": ["--set", "train.refit=true", "--budget", "60"],  # the same with room for it: what the refit gains
@@ -67,7 +68,7 @@ CANDIDATES = {
     "body-lr": ["--set", "train.body_lr_scale=0.3"],  # the trained blocks at 0.3x the head's rate (default 0.1x)
     "bn-train": ["--set", "train.freeze_bn=no"],  # every BatchNorm's statistics follow the new photos (no ONNX Runtime prefix: slower epochs)
 }
-PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "droppath", "wd05", "body-lr", "bn-train"}  # not for a network trained from scratch
+PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "lite1", "droppath", "wd05", "body-lr", "bn-train"}  # not for a network trained from scratch
 
 
 def variant_flags(variant: str, screen_epochs: int | None) -> list[str]:
