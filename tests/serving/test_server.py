@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import RunningServer, Runs, upload
+from tests.serving.postgres import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -57,18 +58,12 @@ def test_a_missing_model_is_a_clean_error(tmp_path: Path) -> None:
     assert "nowhere" in result.stderr and "model not found" in result.stderr and "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _start_workers(runs: Runs, tmp_path: Path, tries: int = 3) -> RunningServer:
     """Two workers on a fixed port (several cannot share port 0); another port where the one
     chosen was taken before the server bound it (test files run in parallel)."""
     for attempt in range(tries):
         server = RunningServer.__new__(RunningServer)
-        command = [sys.executable, "-m", "vitrina", "serve", str(runs.main), "--port", str(_free_port()), "--backend", "torch",
+        command = [sys.executable, "-m", "vitrina", "serve", str(runs.main), "--port", str(free_port()), "--backend", "torch",
                    "--workers", "2", "--db", str(tmp_path / "log.db")]
         server.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         server.output = []
