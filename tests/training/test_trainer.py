@@ -212,25 +212,59 @@ def test_resume_on_other_data_is_refused_and_names_the_difference(tmp_path: Path
     assert (tmp_path / "run" / "splits.json").read_bytes() == splits, "a refused resume writes nothing"
 
 
+def test_a_kill_between_the_weights_and_the_state_resumes_from_one_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after epoch 2's last.safetensors but before its train_state.pt: the resumed run
+    continues from epoch 1's weights and optimizer together, and ends as an uninterrupted run."""
+    import torch
+    from safetensors.torch import load_file
+
+    from vitrina.training import run_folder
+
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=8)
+    config = scratch_config(tmp_path, **{"train.epochs": 3, "train.patience": 0})
+    full = api.train(data, config, out=tmp_path / "full", progress=False, log=quiet)
+    save = torch.save
+
+    def killed_at_epoch_two(state, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(state, dict) and state.get("epoch") == 2:
+            raise KeyboardInterrupt
+        return save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(run_folder.torch, "save", killed_at_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(data, config, out=tmp_path / "killed", progress=False, log=quiet)
+    monkeypatch.setattr(run_folder.torch, "save", save)
+    assert torch.load(tmp_path / "killed" / "train_state.pt", weights_only=True)["epoch"] == 1
+    resumed = api.train(data, config, out=tmp_path / "killed", resume=True, progress=False, log=quiet)
+    a = json.loads((full.run_dir / "history.json").read_text())
+    b = json.loads((resumed.run_dir / "history.json").read_text())
+    assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
+    kept_a, kept_b = load_file(full.run_dir / "model.safetensors"), load_file(resumed.run_dir / "model.safetensors")
+    assert all(torch.allclose(kept_a[k], kept_b[k], atol=1e-5) for k in kept_a)
+
+
 class Payload:
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (os.system, ("touch /tmp/vitrina-pickle-ran",))
 
 
-@pytest.mark.parametrize("damage", ["truncated state", "pickled state", "truncated weights"])
+@pytest.mark.parametrize("damage", ["truncated state", "pickled state", "weights of another network"])
 def test_damaged_resume_files_are_clear_errors(tmp_path: Path, damage: str) -> None:
     import pickle
 
     data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
     config = scratch_config(tmp_path, **{"train.epochs": 2})
     api.train(data, config, out=tmp_path / "run", progress=False, log=quiet)
-    state, weights = tmp_path / "run" / "train_state.pt", tmp_path / "run" / "last.safetensors"
+    import torch
+
+    state = tmp_path / "run" / "train_state.pt"
     if damage == "truncated state":
         state.write_bytes(state.read_bytes()[:200])
     elif damage == "pickled state":  # a payload that would run code if unpickled freely
         state.write_bytes(pickle.dumps(Payload()))
     else:
-        weights.write_bytes(weights.read_bytes()[:1000])
+        saved = torch.load(state, weights_only=True)
+        torch.save({**saved, "model": {"conv.weight": torch.zeros(3)}}, state)
     with pytest.raises(ModelError) as error:
         api.train(data, config, out=tmp_path / "run", resume=True, progress=False, log=quiet)
     assert "start a new run" in str(error.value) and "weights_only" not in str(error.value)

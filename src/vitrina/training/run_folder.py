@@ -25,6 +25,7 @@ from vitrina.training.plan import Plan
 
 TRAIN_STATE = "train_state.pt"  # optimizer, schedule, history and counters of the last finished epoch
 LAST_STEM = "last"  # last.safetensors / last.json: the weights after the last finished epoch
+RESUME_WEIGHTS = "model"  # the key of those weights in train_state.pt
 
 
 NOT_COMPUTED = ("train.device", "train.workers", "train.cache_dir", "train.expected_speed")  # where or how fast, not what training computes
@@ -127,10 +128,14 @@ def open_tensorboard(run_dir: Path) -> Any:
 
 
 def save_resume_point(run_dir: Path, model: nn.Module, description: ModelDescription, state: dict[str, Any]) -> None:
-    """The last epoch's weights (``last.safetensors``) and ``train_state.pt``, written atomically."""
+    """The last epoch's weights (``last.safetensors``) and ``train_state.pt``.
+
+    ``train_state.pt`` holds the weights too and is replaced in one step, so a run killed while
+    these files are written resumes from one epoch's weights and the same epoch's optimizer."""
     save_model(run_dir, model, description, stem=LAST_STEM)
+    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     tmp = run_dir / f"{TRAIN_STATE}.tmp"
-    torch.save(state, tmp)
+    torch.save({**state, RESUME_WEIGHTS: weights}, tmp)
     os.replace(tmp, run_dir / TRAIN_STATE)
 
 
@@ -183,10 +188,11 @@ def _check_same_data(run_dir: Path, dataset: Dataset) -> None:
                       "resume with the same data or start a new run")
 
 
-def load_last_weights(run_dir: Path, model: nn.Module) -> None:
-    """Load the interrupted run's last weights (``last.safetensors``) into ``model``."""
-    path = run_dir / f"{LAST_STEM}.safetensors"
+def load_last_weights(run_dir: Path, model: nn.Module, resume_state: dict[str, Any]) -> None:
+    """Load the interrupted run's weights of its last finished epoch into ``model``: those in
+    ``train_state.pt``, or ``last.safetensors`` for a state saved without them."""
+    path = run_dir / TRAIN_STATE if RESUME_WEIGHTS in resume_state else run_dir / f"{LAST_STEM}.safetensors"
     try:
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(resume_state[RESUME_WEIGHTS] if RESUME_WEIGHTS in resume_state else load_file(str(path)))
     except Exception as exc:  # noqa: BLE001 - safetensors and torch raise several types for damaged files
         raise ModelError(f"{path}: cannot resume from these weights ({str(exc).splitlines()[0][:200]}); start a new run instead") from None

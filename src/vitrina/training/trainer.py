@@ -241,7 +241,7 @@ def _fit_network(
 ) -> list[dict[str, float]]:
     """The network's epochs (scratch, fine-tuning); leaves the best epoch's weights in ``model``."""
     if resume_state is not None:
-        load_last_weights(run.run_dir, model)
+        load_last_weights(run.run_dir, model, resume_state)
     job = NetworkTraining(model, decoded["train"], labels["train"], decoded["val"], labels["val"], run.plan, run.config,
                           run.device, run.precision, run.num_classes, run.progress, run.log, run.train_precision)
     history, best_state = train_network(job, callbacks, resume_state)
