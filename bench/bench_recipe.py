@@ -13,8 +13,9 @@ reported split (validation is 1% of train, the least vitrina takes). Prints per 
 accuracy with its binomial standard error, train seconds (and the plan's estimate), peak memory,
 and the target; for freiburg also the accuracy on the test photos with no near copy in train
 (bursts straddle the official splits; the carve's grouping rule, across train and test); and
-for the default and the plain recipe (not when screening) the images/s of `vitrina predict` over
-the 4,947 freiburg photos with the model `vitrina export RUN` writes (first unit of each row).
+for every row of full-length runs (not ``--screen-epochs``) the images/s of `vitrina predict`
+over the 4,947 freiburg photos with the model `vitrina export RUN` writes (first unit of each
+row), so a candidate with another network or input size shows what it costs to predict.
 
 Candidate changes (``--variants default,no-ema,llrd,trivial,mix,size224,all-blocks,lite2``) are the default plus one setting
 each; for every candidate the benchmark prints its accuracy delta against the default on each
@@ -191,7 +192,7 @@ def main() -> None:
 
 def describe_row(name: str, variant: str, runs: list[Path], short_runs: bool, unique: dict[int, set[str]]) -> dict:
     """A row's figures beyond accuracy: freiburg's test photos with no near copy in train, and
-    the exported model's prediction speed (the default and the plain recipe, runs of the full length)."""
+    the exported model's prediction speed (runs of the full length)."""
     extra = {"no_near_copy": "—", "images_per_s": float("nan")}
     if name == "freiburg":
         for run in runs:
@@ -201,7 +202,7 @@ def describe_row(name: str, variant: str, runs: list[Path], short_runs: bool, un
                 unique[split] = {os.path.realpath(path) for path in found}  # matched by file, as correct_by_photo keys
         accuracy, photos = accuracy_without_near_copy(runs, unique)
         extra["no_near_copy"] = f"{accuracy:.2%} ({photos} photos)"
-    if not short_runs and variant in ("default", "plain"):
+    if not short_runs:
         extra["images_per_s"] = predict_speed(runs[0])
     return extra
 
