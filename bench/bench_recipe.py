@@ -6,6 +6,9 @@ Units (each a run; finished ones are reused, so the table builds up over several
   avito      --holdout validation, seeds 0, 1, 2 (mean)
   clothing   test split, seeds 0, 1, 2 (mean)
   fashion    test split (from scratch; no plain recipe)
+  NAME@PX    a photo dataset's units with every photo shrunk to at most PX on its long side
+             (``clothing@224``: the same photos and splits, as small as freiburg's), written once
+             under ``--runs``: whether a change's effect follows the photos' size or the dataset
 
 The plain recipe: efficientnet_lite2, every block fine-tuned at 260 px, 6 epochs, bf16, no
 selection (patience 0, no neighbour vote, no mirror average), trained on every photo but the
@@ -35,6 +38,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,6 +101,11 @@ def freiburg_yaml(split: int, folder: Path) -> Path:
 
 def units(name: str, runs: Path) -> list[tuple[str, str, list[str]]]:
     """(unit name, data, flags) of a dataset's runs."""
+    if "@" in name:
+        base, _, side = name.partition("@")
+        if base not in ("avito", "clothing"):
+            raise SystemExit(f"{name!r}: only avito and clothing can be shrunk (freiburg's splits are list files)")
+        return [(unit, shrunk_copy(Path(data), int(side), runs), flags) for unit, data, flags in units(base, runs)]
     if name == "freiburg":
         return [(f"split{k}", str(freiburg_yaml(k, runs)), []) for k in range(5)]
     if name == "avito":
@@ -106,6 +115,32 @@ def units(name: str, runs: Path) -> list[tuple[str, str, list[str]]]:
     if name == "fashion":
         return [("test", str(REPO / "examples" / "fashion-mnist.yaml"), [])]
     raise SystemExit(f"unknown dataset {name!r}")
+
+
+def shrunk_copy(data: Path, side: int, runs: Path) -> str:
+    """``data`` with every photo at most ``side`` px on its long side (Lanczos, JPEG quality 95),
+    other files copied; written once under ``runs/data``."""
+    from PIL import Image  # only this option needs it
+
+    target = runs / "data" / f"{data.name}@{side}"
+    if not target.is_dir():
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        for path in sorted(p for p in data.rglob("*") if p.is_file()):
+            out = partial / path.relative_to(data)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+                shutil.copyfile(path, out)
+                continue
+            try:
+                with Image.open(path) as image:
+                    image.load()
+                    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+                    image.save(out, **({"quality": 95} if path.suffix.lower() != ".png" else {}))
+            except OSError:  # a damaged photo stays as it was: training skips it the same way
+                shutil.copyfile(path, out)
+        partial.rename(target)
+    return str(target)
 
 
 def train(out: Path, data: str, flags: list[str]) -> dict:
@@ -212,7 +247,7 @@ def print_table(table: list) -> None:
           "| plan's estimate s | peak MB (max) | predict images/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, variant, mean, se, accs, found, extra in table:
-        print(f"| {name} | {variant} | {mean:.2%} ± {se:.2%} | {', '.join(f'{a:.2%}' for a in accs)} | {TARGETS[name]:.1%} | "
+        print(f"| {name} | {variant} | {mean:.2%} ± {se:.2%} | {', '.join(f'{a:.2%}' for a in accs)} | {TARGETS[name.partition('@')[0]]:.1%} | "
               f"{extra['no_near_copy']} | {max(m['train_seconds'] for m in found):.0f} | "
               f"{max(m['estimated_s'] for m in found):.0f} | {max(m['peak_rss_mb'] for m in found):.0f} | "
               f"{extra['images_per_s']:.1f} |")
