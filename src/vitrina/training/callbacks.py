@@ -136,7 +136,8 @@ class EarlyStoppingOnBest:
 
 
 class Checkpoint:
-    """After each epoch, the weights (``last.safetensors``) and ``train_state.pt``, for ``--resume``."""
+    """After each epoch, the weights (``last.safetensors``) and ``train_state.pt`` (those weights with
+    the optimizer and counters, what ``--resume`` reads)."""
 
     def __init__(self, run_dir: Path, description: ModelDescription, config_digest: str):
         self.run_dir, self.description, self.config_digest = run_dir, description, config_digest

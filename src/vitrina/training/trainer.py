@@ -2,7 +2,7 @@
 
 :func:`train` takes a loaded :class:`~vitrina.data.samples.Dataset` and a resolved config and
 writes one run folder: config, split lists, history (CSV/JSON), TensorBoard events, checkpoints
-(``model.safetensors`` = best, ``last.safetensors`` + ``train_state.pt`` for ``--resume``).
+(``model.safetensors`` = best, ``last.safetensors`` = last, ``train_state.pt`` for ``--resume``).
 Its steps: decode the splits, build the model, fit (the head on cached features and/or the
 network's epoch loop), calibrate, fit the post-fit extras, save.
 """
