@@ -23,7 +23,7 @@ from vitrina.errors import ConfigError, ModelError, VitrinaError
 from vitrina.models.checkpoint import save_model
 from vitrina.training.plan import Plan
 
-TRAIN_STATE = "train_state.pt"  # optimizer, schedule, history and counters of the last finished epoch
+TRAIN_STATE = "train_state.pt"  # weights, optimizer, schedule, history and counters of the last finished epoch
 LAST_STEM = "last"  # last.safetensors / last.json: the weights after the last finished epoch
 RESUME_WEIGHTS = "model"  # the key of those weights in train_state.pt
 
