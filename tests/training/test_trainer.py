@@ -252,11 +252,13 @@ class Payload:
 def test_damaged_resume_files_are_clear_errors(tmp_path: Path, damage: str) -> None:
     import pickle
 
+    import torch
+
+    from vitrina.training.run_folder import RESUME_WEIGHTS
+
     data = make_shapes_dataset(tmp_path / "shapes", per_class=6)
     config = scratch_config(tmp_path, **{"train.epochs": 2})
     api.train(data, config, out=tmp_path / "run", progress=False, log=quiet)
-    import torch
-
     state = tmp_path / "run" / "train_state.pt"
     if damage == "truncated state":
         state.write_bytes(state.read_bytes()[:200])
@@ -264,7 +266,7 @@ def test_damaged_resume_files_are_clear_errors(tmp_path: Path, damage: str) -> N
         state.write_bytes(pickle.dumps(Payload()))
     else:
         saved = torch.load(state, weights_only=True)
-        torch.save({**saved, "model": {"conv.weight": torch.zeros(3)}}, state)
+        torch.save({**saved, RESUME_WEIGHTS: {"conv.weight": torch.zeros(3)}}, state)
     with pytest.raises(ModelError) as error:
         api.train(data, config, out=tmp_path / "run", resume=True, progress=False, log=quiet)
     assert "start a new run" in str(error.value) and "weights_only" not in str(error.value)

@@ -26,7 +26,8 @@ log = logging.getLogger("vitrina")
 __all__ = ["META_FILE", "WEIGHTS_FILE", "build_from_meta", "file_digest", "load_model", "read_meta", "save_model"]
 
 
-def _state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights and buffers on the CPU, as files store them."""
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
@@ -56,7 +57,7 @@ def save_model(folder: str | Path, model: torch.nn.Module, description: ModelDes
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{stem}.safetensors"
     tmp = folder / f".{stem}.safetensors.tmp"
-    save_file(_state_dict_for_saving(model), str(tmp))
+    save_file(state_dict_for_saving(model), str(tmp))
     description = description.with_changes(vitrina_version=__version__, weights_digest=file_digest(tmp))
     os.replace(tmp, weights)
     tmp_meta = folder / f".{stem}.json.tmp"

@@ -20,7 +20,7 @@ from vitrina.config import Config
 from vitrina.data.samples import Dataset
 from vitrina.description import ModelDescription
 from vitrina.errors import ConfigError, ModelError, VitrinaError
-from vitrina.models.checkpoint import save_model
+from vitrina.models.checkpoint import save_model, state_dict_for_saving
 from vitrina.training.plan import Plan
 
 TRAIN_STATE = "train_state.pt"  # weights, optimizer, schedule, history and counters of the last finished epoch
@@ -133,9 +133,8 @@ def save_resume_point(run_dir: Path, model: nn.Module, description: ModelDescrip
     ``train_state.pt`` holds the weights too and is replaced in one step, so a run killed while
     these files are written resumes from one epoch's weights and the same epoch's optimizer."""
     save_model(run_dir, model, description, stem=LAST_STEM)
-    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     tmp = run_dir / f"{TRAIN_STATE}.tmp"
-    torch.save({**state, RESUME_WEIGHTS: weights}, tmp)
+    torch.save({**state, RESUME_WEIGHTS: state_dict_for_saving(model)}, tmp)
     os.replace(tmp, run_dir / TRAIN_STATE)
 
 
@@ -191,8 +190,9 @@ def _check_same_data(run_dir: Path, dataset: Dataset) -> None:
 def load_last_weights(run_dir: Path, model: nn.Module, resume_state: dict[str, Any]) -> None:
     """Load the interrupted run's weights of its last finished epoch into ``model``: those in
     ``train_state.pt``, or ``last.safetensors`` for a state saved without them."""
-    path = run_dir / TRAIN_STATE if RESUME_WEIGHTS in resume_state else run_dir / f"{LAST_STEM}.safetensors"
+    inside = RESUME_WEIGHTS in resume_state
+    path = run_dir / (TRAIN_STATE if inside else f"{LAST_STEM}.safetensors")
     try:
-        model.load_state_dict(resume_state[RESUME_WEIGHTS] if RESUME_WEIGHTS in resume_state else load_file(str(path)))
+        model.load_state_dict(resume_state[RESUME_WEIGHTS] if inside else load_file(str(path)))
     except Exception as exc:  # noqa: BLE001 - safetensors and torch raise several types for damaged files
         raise ModelError(f"{path}: cannot resume from these weights ({str(exc).splitlines()[0][:200]}); start a new run instead") from None
