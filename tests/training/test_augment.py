@@ -105,6 +105,31 @@ def test_warps_fill_borders_from_the_edges() -> None:
     assert torch.equal(y, flat)
 
 
+def test_a_shift_alone_moves_whole_pixels() -> None:
+    """Without rotation, shear or zoom every output pixel is an input pixel (no blur): the image
+    is the input moved by whole pixels, its uncovered border the repeated edge."""
+    torch.manual_seed(0)
+    x = photos(n=8, size=28, channels=1)
+    y = augment(channels=1, **{"augment.shift": 0.09})(x)
+    moved = 0
+    for before, after in zip(x[..., 0], y[..., 0]):
+        matches = [
+            (dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)
+            if torch.equal(after, shifted_with_edges(before, dy, dx))
+        ]
+        assert matches, "a shifted image should equal its input moved by whole pixels"
+        moved += matches[0] != (0, 0)
+    assert moved > 0
+
+
+def shifted_with_edges(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``image`` (H x W) moved down by dy and right by dx, the edge pixels repeated into the gap."""
+    h, w = image.shape
+    rows = (torch.arange(h) - dy).clamp(0, h - 1)
+    cols = (torch.arange(w) - dx).clamp(0, w - 1)
+    return image[rows][:, cols]
+
+
 def test_preview_writes_a_png_grid(tmp_path: Path) -> None:
     out = api.augment_preview(DEMO, out=tmp_path / "grid.png", images=3, variants=4)
     with Image.open(out) as grid:
