@@ -56,6 +56,7 @@ PLAIN = ["--model", "efficientnet_lite2", "--mode", "finetune", "--epochs", "6",
          "--set", "train.budget_minutes=null"]
 CANDIDATES = {
     "no-ema": ["--set", "train.ema_decay=0"],  # the weight average is a default: this checks it still pays
+    "ema-long": ["--set", "train.ema_decay=0.9995"],  # an average over about 2,000 steps where the default's spans about 500
     "llrd": ["--set", "train.layer_decay=0.7"],
     "trivial": ["--set", "augment.trivialaugment=true"],
     "mix": ["--set", "augment.mixup=0.2", "--set", "augment.cutmix=1.0"],
