@@ -27,6 +27,9 @@ default: kept only if it helps on average and hurts no dataset by more than one 
 ``--screen-epochs N`` screens cheaply: the default and the candidates train N epochs with no
 budget (runs kept apart from the full ones); ``--units split0,seed0`` runs only those units.
 Candidates joined by ``+`` (``trivial+mix``) are screened together as one change.
+A dataset's units answer the same test photos (avito's, clothing-small's and Fashion-MNIST's seeds
+change the training, not the test split), so the standard error of a mean over units, which takes
+each unit's photos as a sample of their own, understates the photos' sampling by up to sqrt(3).
 
     python bench/bench_recipe.py [--only freiburg,avito,clothing,fashion] [--variants default,plain]
                                  [--runs DIR] [--screen-epochs N] [--units U,...]
