@@ -100,8 +100,7 @@ class BatchAugment:
         """Shifts (N x 2, x then y, in [-1, 1] coordinates) rounded to whole pixels.
 
         A warp that only shifts then samples every pixel exactly, where a fractional shift would
-        blur the image by interpolating between neighbours: at 28x28 that blur costs more than the
-        shift teaches.
+        blur the image by interpolating between neighbours, which a 28x28 image shows plainly.
         """
         pixels = torch.tensor([width / 2, height / 2])
         return torch.round(offsets * pixels) / pixels
