@@ -71,6 +71,7 @@ CANDIDATES = {
     "all-blocks": ["--set", "train.unfreeze_blocks=-1"],  # every block in bf16 where the CPU has it: more of the budget
     "lite2": ["--model", "efficientnet_lite2", "--set", "model.input_size=260"],  # a larger backbone at its own size
     "lite1": ["--model", "efficientnet_lite1", "--set", "model.input_size=288"],  # the middle backbone at the default's 288 px (its own 240 would give 320)
+    "head-drop": ["--set", "model.dropout=0.5"],  # dropout before the classifier at 0.5 where the default has 0.2
     "droppath": ["--set", "model.drop_path=0.2"],  # stochastic depth in the residual blocks that train (timm's usual 0.2)
     "refit": ["--set", "train.refit=true"],  # trained again on train + validation where the budget has room
     "refit-60": ["--set", "train.refit=true", "--budget", "60"],  # the same with room for it: what the refit gains
