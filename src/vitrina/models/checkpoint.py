@@ -23,7 +23,7 @@ from vitrina.models.registry import create_model
 from vitrina.version import __version__
 
 log = logging.getLogger("vitrina")
-__all__ = ["META_FILE", "WEIGHTS_FILE", "build_from_meta", "file_digest", "load_model", "read_meta", "save_model"]
+__all__ = ["META_FILE", "WEIGHTS_FILE", "build_from_meta", "file_digest", "load_model", "read_meta", "save_model", "state_dict_for_saving"]
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
