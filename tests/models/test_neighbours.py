@@ -7,7 +7,7 @@ import torch
 
 from vitrina.errors import ModelError
 from vitrina.models import create_model
-from vitrina.models.neighbours import NeighbourVote, fit_vote
+from vitrina.models.neighbours import VOTE_KS, VOTE_TEMPERATURES, VOTE_WEIGHTS, NeighbourVote, fit_vote
 
 
 def test_vote_mixes_the_head_with_the_nearest_training_labels() -> None:
@@ -81,3 +81,31 @@ def test_a_network_with_a_vote_returns_log_probabilities_and_keeps_the_head_logi
     torch.testing.assert_close(torch.softmax(mixed, 1), probs, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(probs, model.vote(features, plain))
     assert not torch.allclose(torch.softmax(plain, 1), probs)
+
+
+@pytest.mark.parametrize("criterion", ["accuracy", "log_loss"])
+def test_fit_vote_ranks_the_settings_that_beat_the_head_by_its_criterion(criterion: str) -> None:
+    rng = np.random.default_rng(3)
+    feats, labels = _bursts(rng, 40, 4)
+    feats += 1.0 * rng.normal(size=feats.shape).astype(np.float32)  # looser bursts: the settings differ
+    val = np.arange(len(labels)) % 4 == 0
+    head = (np.eye(3, dtype=np.float32)[labels[val]] * 1.5 + rng.normal(size=(val.sum(), 3))).astype(np.float32)
+    head_probs = torch.softmax(torch.from_numpy(head), 1)
+    head_right = int((head_probs.argmax(1).numpy() == labels[val]).sum())
+    settings = {}
+    for k in VOTE_KS:
+        for temperature in VOTE_TEMPERATURES:
+            for weight in VOTE_WEIGHTS:
+                vote = NeighbourVote(torch.from_numpy(feats[~val]), torch.from_numpy(labels[~val]), 3, k, temperature, weight)
+                probs = vote(torch.from_numpy(feats[val]), torch.from_numpy(head)).numpy()
+                right = int((probs.argmax(1) == labels[val]).sum())
+                loss = float(-np.log(probs[np.arange(val.sum()), labels[val]]).mean())
+                if right > head_right:
+                    settings[(k, temperature, weight)] = (right, loss)
+    by_accuracy = max(settings, key=lambda s: (settings[s][0], -settings[s][1]))
+    by_loss = min(settings, key=lambda s: settings[s][1])
+    assert by_accuracy != by_loss  # the case tells the criteria apart
+    choice = fit_vote(feats[~val], labels[~val], feats[val], head, labels[val], num_classes=3, criterion=criterion)  # type: ignore[arg-type]
+    expected = by_accuracy if criterion == "accuracy" else by_loss
+    assert choice.vote is not None and (choice.vote.k, choice.vote.temperature, choice.vote.weight) == expected
+    assert choice.val_accuracy == pytest.approx(settings[expected][0] / val.sum())

@@ -20,6 +20,7 @@ weights, so PyTorch, ONNX Runtime and the server all compute the same probabilit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ from vitrina.errors import ModelError
 VOTE_KS = (5, 10, 20)
 VOTE_TEMPERATURES = (0.05, 0.1)
 VOTE_WEIGHTS = (0.25, 0.5, 0.75)
+# How fit_vote ranks the settings that beat the head alone on validation.
+VoteCriterion = Literal["accuracy", "log_loss"]
 
 
 class NeighbourVote(nn.Module):
@@ -121,12 +124,13 @@ def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit_vote(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_logits: np.ndarray,
-             val_labels: np.ndarray, num_classes: int) -> VoteChoice:
+             val_labels: np.ndarray, num_classes: int, criterion: VoteCriterion = "accuracy") -> VoteChoice:
     """Choose the neighbour vote's k, temperature and weight on the validation photos.
 
     ``train_features`` become the bank as given (training keeps at most MAX_BANK photos, as for
-    the unknown score). The highest validation accuracy wins (then the lower log loss); the vote
-    is used only when it gets more validation photos right than the head alone.
+    the unknown score). Only settings that get more validation photos right than the head alone
+    are candidates (none: no vote); of those, ``criterion`` "accuracy" takes the most photos
+    right (then the lower log loss), "log_loss" the lowest log loss.
     """
     feats = np.asarray(train_features, dtype=np.float32)
     labels = np.asarray(train_labels, dtype=np.int64)
@@ -138,8 +142,8 @@ def fit_vote(train_features: np.ndarray, train_labels: np.ndarray, val_features:
         return VoteChoice(None, head_correct / n_val, head_correct / n_val, 0)
     base = NeighbourVote(torch.from_numpy(feats), torch.from_numpy(labels), num_classes, 1, 1.0, 0.0)
     val_f = torch.from_numpy(np.asarray(val_features, dtype=np.float32))
-    best: tuple[int, float] = (head_correct + 1, -np.inf)  # at least one more photo right than the head alone
-    chosen: tuple[int, float, float] | None = None
+    best: tuple[float, float] = (-np.inf, -np.inf)
+    chosen: tuple[int, float, float, int] | None = None
     tried = 0
     with torch.inference_mode():
         for k in VOTE_KS:
@@ -149,11 +153,14 @@ def fit_vote(train_features: np.ndarray, train_labels: np.ndarray, val_features:
                 for weight in VOTE_WEIGHTS:
                     tried += 1
                     probs = (1.0 - weight) * head_probs + weight * votes
-                    score = (int((probs.argmax(1) == val_labels).sum()), -_log_loss(probs, val_labels))
+                    correct, loss = int((probs.argmax(1) == val_labels).sum()), _log_loss(probs, val_labels)
+                    if correct <= head_correct:
+                        continue
+                    score = (correct, -loss) if criterion == "accuracy" else (-loss, correct)
                     if score > best:
-                        best, chosen = score, (k, temperature, weight)
+                        best, chosen = score, (k, temperature, weight, correct)
     if chosen is None:
         return VoteChoice(None, head_correct / n_val, head_correct / n_val, tried)
-    k, temperature, weight = chosen
+    k, temperature, weight, correct = chosen
     vote = NeighbourVote(base.bank.float(), base.labels, num_classes, k, temperature, weight, centre=base.centre)
-    return VoteChoice(vote, head_correct / n_val, best[0] / n_val, tried)
+    return VoteChoice(vote, head_correct / n_val, correct / n_val, tried)

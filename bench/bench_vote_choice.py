@@ -1,0 +1,79 @@
+"""How the neighbour vote's settings are chosen on validation, compared on finished runs.
+
+Training tries 18 settings of the vote (k, temperature, weight) on the validation photos and
+keeps one that gets more of them right than the network alone (``vitrina.models.neighbours.
+fit_vote``). Which one: the most validation photos right ("accuracy", then the lower log loss),
+or the lowest validation log loss ("log_loss"). For each run folder given (the default's runs of
+``bench/bench_recipe.py``), this rebuilds the vote from the run's own network both ways (the
+training photos as the bank, as training chooses it, then grown by the validation photos, as
+training saves it) and prints the reported split's accuracy with each, and the photos each gets
+right that the other misses. Accuracy here is the network in fp32 PyTorch without the mirror
+average (as `vitrina train` reports it when the run kept no mirror average).
+
+    python bench/bench_vote_choice.py RUN [RUN ...]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_vote_bank import split_features
+from vitrina import config as config_lib
+from vitrina.models.checkpoint import load_model
+from vitrina.models.neighbours import fit_vote
+from vitrina.models.unknown import MAX_BANK, bank_rows
+
+CRITERIA = ("accuracy", "log_loss")
+
+
+def chosen_right(model: torch.nn.Module, features: dict, labels: dict, reported: str, criterion: str,
+                 seed: int) -> tuple[np.ndarray, str]:
+    """Which reported photos the run's network gets right with the vote ``criterion`` chooses, and the choice."""
+    rows = bank_rows(len(features["train"]), seed)
+    with torch.inference_mode():
+        val_logits = model.head_logits(torch.from_numpy(features["val"])).float().numpy()
+    choice = fit_vote(features["train"][rows], labels["train"][rows], features["val"], val_logits, labels["val"],
+                      val_logits.shape[1], criterion=criterion)  # type: ignore[arg-type]
+    vote, described = None, "no vote"
+    if choice.vote is not None:
+        vote = choice.vote.with_added(features["val"], labels["val"], MAX_BANK, seed)[0]
+        described = f"k {vote.k}, t {vote.temperature:g}, w {vote.weight:g}, val {choice.val_accuracy:.2%}"
+    model.vote = vote
+    with torch.inference_mode():
+        predicted = model.classify(torch.from_numpy(features[reported]))[0].argmax(1).numpy()
+    return predicted == labels[reported], described
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    args = parser.parse_args()
+    print("| run | split | photos | network alone | vote by accuracy | vote by log loss | change (photos: +, -) |")
+    print("|---|---|---|---|---|---|---|")
+    changes = []
+    for run in args.runs:
+        model, meta = load_model(run)
+        model.eval()
+        reported, features, labels = split_features(run, model, meta.preprocess, list(meta.classes))
+        seed = config_lib.resolve(run / "config.yaml").train.seed
+        model.vote = None
+        with torch.inference_mode():
+            alone = float((model.classify(torch.from_numpy(features[reported]))[0].argmax(1).numpy() == labels[reported]).mean())
+        (by_acc, acc_desc), (by_loss, loss_desc) = (chosen_right(model, features, labels, reported, c, seed) for c in CRITERIA)
+        n = len(by_acc)
+        changes.append((by_loss.mean() - by_acc.mean(), by_acc.mean(), by_loss.mean()))
+        print(f"| {run} | {reported} | {n} | {alone:.2%} | {by_acc.mean():.2%} ({acc_desc}) | {by_loss.mean():.2%} ({loss_desc}) | "
+              f"{int(by_loss.sum() - by_acc.sum()):+d} (+{int((by_loss & ~by_acc).sum())}, -{int((by_acc & ~by_loss).sum())}) |",
+              flush=True)
+    mean = sum(c[0] for c in changes) / len(changes)
+    spread = math.sqrt(sum((c[0] - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes)) if len(changes) > 1 else float("nan")
+    print(f"mean change {mean * 100:+.2f} points over {len(changes)} runs (standard error across runs {spread * 100:.2f}); "
+          f"mean accuracy {sum(c[1] for c in changes) / len(changes):.2%} -> {sum(c[2] for c in changes) / len(changes):.2%}")
+
+
+if __name__ == "__main__":
+    main()
