@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
-    print("| run | split | photos | network alone | vote by accuracy | vote by log loss | change (photos: +, -) |")
+    print("| run | split | photos | network alone | vote by accuracy | vote by log loss | change (SE; photos: +, -) |")
     print("|---|---|---|---|---|---|---|")
     changes = []
     for run in args.runs:
@@ -64,10 +64,12 @@ def main() -> None:
         with torch.inference_mode():
             alone = float((model.classify(torch.from_numpy(features[reported]))[0].argmax(1).numpy() == labels[reported]).mean())
         (by_acc, acc_desc), (by_loss, loss_desc) = (chosen_right(model, features, labels, reported, c, seed) for c in CRITERIA)
-        n = len(by_acc)
+        n, gained, lost = len(by_acc), int((by_loss & ~by_acc).sum()), int((by_acc & ~by_loss).sum())
+        # paired photo by photo: the standard error of the change in accuracy
+        se = math.sqrt(max(0.0, gained + lost - (gained - lost) ** 2 / n)) / n
         changes.append((by_loss.mean() - by_acc.mean(), by_acc.mean(), by_loss.mean()))
         print(f"| {run} | {reported} | {n} | {alone:.2%} | {by_acc.mean():.2%} ({acc_desc}) | {by_loss.mean():.2%} ({loss_desc}) | "
-              f"{int(by_loss.sum() - by_acc.sum()):+d} (+{int((by_loss & ~by_acc).sum())}, -{int((by_acc & ~by_loss).sum())}) |",
+              f"{(gained - lost) / n:+.2%} (SE {se:.2%}; {gained - lost:+d}: +{gained}, -{lost}) |",
               flush=True)
     mean = sum(c[0] for c in changes) / len(changes)
     spread = math.sqrt(sum((c[0] - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes)) if len(changes) > 1 else float("nan")
