@@ -59,6 +59,30 @@ def votes(features: dict, labels: dict, saved: NeighbourVote, seed: int) -> tupl
     return chosen, chosen.with_added(features["val"], labels["val"], MAX_BANK, seed)[0]
 
 
+def load_run(run: Path) -> tuple[torch.nn.Module, str, dict, dict, int]:
+    """A finished run's network (eval mode), its reported split, features and labels by split, and seed."""
+    model, meta = load_model(run)
+    model.eval()
+    reported, features, labels = split_features(run, model, meta.preprocess, list(meta.classes))
+    return model, reported, features, labels, config_lib.resolve(run / "config.yaml").train.seed
+
+
+def accuracy_with(model: torch.nn.Module, vote: NeighbourVote | None, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Which photos the network gets right with ``vote`` (None: the network alone) as its vote."""
+    model.vote = vote
+    with torch.inference_mode():
+        return model.classify(torch.from_numpy(features))[0].argmax(1).numpy() == labels
+
+
+def print_mean_change(changes: list[tuple[float, float, float]]) -> None:
+    """The mean of per-run (change, accuracy before, accuracy after), with the standard error across runs."""
+    mean = sum(c[0] for c in changes) / len(changes)
+    # paired changes: the standard error of the mean change across runs where there are several
+    spread = math.sqrt(sum((c[0] - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes)) if len(changes) > 1 else float("nan")
+    print(f"mean change {mean * 100:+.2f} points over {len(changes)} runs (standard error across runs {spread * 100:.2f}); "
+          f"mean accuracy {sum(c[1] for c in changes) / len(changes):.2%} -> {sum(c[2] for c in changes) / len(changes):.2%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
@@ -67,30 +91,18 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     changes = []
     for run in args.runs:
-        model, meta = load_model(run)
-        model.eval()
-        reported, features, labels = split_features(run, model, meta.preprocess, list(meta.classes))
-        saved, seed = model.vote, config_lib.resolve(run / "config.yaml").train.seed
-
-        def accuracy(vote: NeighbourVote | None) -> float:
-            model.vote = vote
-            with torch.inference_mode():
-                return float((model.classify(torch.from_numpy(features[reported]))[0].argmax(1).numpy() == labels[reported]).mean())
-
-        n, alone = len(labels[reported]), accuracy(None)
+        model, reported, features, labels, seed = load_run(run)
+        saved = model.vote
+        n, alone = len(labels[reported]), float(accuracy_with(model, None, features[reported], labels[reported]).mean())
         if saved is None:
             print(f"| {run} | {reported} | {n} | {alone:.2%} | no vote chosen | — | — |")
             continue
         chosen, grown = votes(features, labels, saved, seed)
-        train_only, with_val = accuracy(chosen), accuracy(grown)
-        changes.append((with_val - train_only, n, train_only, with_val))
+        train_only, with_val = (float(accuracy_with(model, v, features[reported], labels[reported]).mean()) for v in (chosen, grown))
+        changes.append((with_val - train_only, train_only, with_val))
         print(f"| {run} | {reported} | {n} | {alone:.2%} | {train_only:.2%} | {with_val:.2%} | {round((with_val - train_only) * n):+d} |", flush=True)
     if changes:
-        mean = sum(c[0] for c in changes) / len(changes)
-        # paired changes: the standard error of the mean change across runs where there are several
-        spread = math.sqrt(sum((c[0] - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes)) if len(changes) > 1 else float("nan")
-        print(f"mean change {mean * 100:+.2f} points over {len(changes)} runs (standard error across runs {spread * 100:.2f}); "
-              f"mean accuracy {sum(c[2] for c in changes) / len(changes):.2%} -> {sum(c[3] for c in changes) / len(changes):.2%}")
+        print_mean_change(changes)
 
 
 if __name__ == "__main__":

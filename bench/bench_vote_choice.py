@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_vote_bank import split_features
-from vitrina import config as config_lib
-from vitrina.models.checkpoint import load_model
+from bench_vote_bank import accuracy_with, load_run, print_mean_change
 from vitrina.models.neighbours import fit_vote
 from vitrina.models.unknown import MAX_BANK, bank_rows
 
@@ -42,10 +40,7 @@ def chosen_right(model: torch.nn.Module, features: dict, labels: dict, reported:
     if choice.vote is not None:
         vote = choice.vote.with_added(features["val"], labels["val"], MAX_BANK, seed)[0]
         described = f"k {vote.k}, t {vote.temperature:g}, w {vote.weight:g}, val {choice.val_accuracy:.2%}"
-    model.vote = vote
-    with torch.inference_mode():
-        predicted = model.classify(torch.from_numpy(features[reported]))[0].argmax(1).numpy()
-    return predicted == labels[reported], described
+    return accuracy_with(model, vote, features[reported], labels[reported]), described
 
 
 def main() -> None:
@@ -56,13 +51,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     changes = []
     for run in args.runs:
-        model, meta = load_model(run)
-        model.eval()
-        reported, features, labels = split_features(run, model, meta.preprocess, list(meta.classes))
-        seed = config_lib.resolve(run / "config.yaml").train.seed
-        model.vote = None
-        with torch.inference_mode():
-            alone = float((model.classify(torch.from_numpy(features[reported]))[0].argmax(1).numpy() == labels[reported]).mean())
+        model, reported, features, labels, seed = load_run(run)
+        alone = float(accuracy_with(model, None, features[reported], labels[reported]).mean())
         (by_acc, acc_desc), (by_loss, loss_desc) = (chosen_right(model, features, labels, reported, c, seed) for c in CRITERIA)
         n, gained, lost = len(by_acc), int((by_loss & ~by_acc).sum()), int((by_acc & ~by_loss).sum())
         # paired photo by photo: the standard error of the change in accuracy
@@ -71,10 +61,7 @@ def main() -> None:
         print(f"| {run} | {reported} | {n} | {alone:.2%} | {by_acc.mean():.2%} ({acc_desc}) | {by_loss.mean():.2%} ({loss_desc}) | "
               f"{(gained - lost) / n:+.2%} (SE {se:.2%}; {gained - lost:+d}: +{gained}, -{lost}) |",
               flush=True)
-    mean = sum(c[0] for c in changes) / len(changes)
-    spread = math.sqrt(sum((c[0] - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes)) if len(changes) > 1 else float("nan")
-    print(f"mean change {mean * 100:+.2f} points over {len(changes)} runs (standard error across runs {spread * 100:.2f}); "
-          f"mean accuracy {sum(c[1] for c in changes) / len(changes):.2%} -> {sum(c[2] for c in changes) / len(changes):.2%}")
+    print_mean_change(changes)
 
 
 if __name__ == "__main__":
