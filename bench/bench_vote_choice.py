@@ -22,20 +22,20 @@ import numpy as np
 import torch
 
 from bench_vote_bank import accuracy_with, load_run, print_mean_change
-from vitrina.models.neighbours import fit_vote
+from vitrina.models.neighbours import VoteCriterion, fit_vote
 from vitrina.models.unknown import MAX_BANK, bank_rows
 
-CRITERIA = ("accuracy", "log_loss")
+CRITERIA: tuple[VoteCriterion, ...] = ("accuracy", "log_loss")
 
 
-def chosen_right(model: torch.nn.Module, features: dict, labels: dict, reported: str, criterion: str,
+def chosen_right(model: torch.nn.Module, features: dict, labels: dict, reported: str, criterion: VoteCriterion,
                  seed: int) -> tuple[np.ndarray, str]:
     """Which reported photos the run's network gets right with the vote ``criterion`` chooses, and the choice."""
     rows = bank_rows(len(features["train"]), seed)
     with torch.inference_mode():
         val_logits = model.head_logits(torch.from_numpy(features["val"])).float().numpy()
     choice = fit_vote(features["train"][rows], labels["train"][rows], features["val"], val_logits, labels["val"],
-                      val_logits.shape[1], criterion=criterion)  # type: ignore[arg-type]
+                      val_logits.shape[1], criterion=criterion)
     vote, described = None, "no vote"
     if choice.vote is not None:
         vote = choice.vote.with_added(features["val"], labels["val"], MAX_BANK, seed)[0]
@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
-    print("| run | split | photos | network alone | vote by accuracy | vote by log loss | change (SE; photos: +, -) |")
+    print("| run | split | photos | network alone | vote by accuracy | vote by log loss | change, log loss - accuracy (SE; photos: gained, lost) |")
     print("|---|---|---|---|---|---|---|")
     changes = []
     for run in args.runs:

@@ -58,12 +58,13 @@ def test_fit_vote_uses_the_neighbours_when_they_are_right_more_often() -> None:
     assert choice.vote.describe().bank_size == (~val).sum()
 
 
-def test_fit_vote_keeps_the_head_alone_when_the_neighbours_do_not_help() -> None:
+@pytest.mark.parametrize("criterion", ["accuracy", "log_loss"])
+def test_fit_vote_keeps_the_head_alone_when_the_neighbours_do_not_help(criterion: str) -> None:
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(200, 16)).astype(np.float32)  # features that say nothing of the label
     labels = rng.integers(0, 3, 200)
     head = np.eye(3, dtype=np.float32)[labels[150:]] * 8.0  # a head that is always right
-    choice = fit_vote(feats[:150], labels[:150], feats[150:], head, labels[150:], num_classes=3)
+    choice = fit_vote(feats[:150], labels[:150], feats[150:], head, labels[150:], num_classes=3, criterion=criterion)  # type: ignore[arg-type]
     assert choice.vote is None and choice.val_accuracy == choice.val_accuracy_head == 1.0
 
 
@@ -109,3 +110,9 @@ def test_fit_vote_ranks_the_settings_that_beat_the_head_by_its_criterion(criteri
     expected = by_accuracy if criterion == "accuracy" else by_loss
     assert choice.vote is not None and (choice.vote.k, choice.vote.temperature, choice.vote.weight) == expected
     assert choice.val_accuracy == pytest.approx(settings[expected][0] / val.sum())
+
+
+def test_fit_vote_refuses_an_unknown_criterion() -> None:
+    feats, labels = _bursts(np.random.default_rng(0), 10, 4)
+    with pytest.raises(ModelError, match="criterion"):
+        fit_vote(feats[:30], labels[:30], feats[30:], np.zeros((10, 3), np.float32), labels[30:], 3, criterion="f1")  # type: ignore[arg-type]

@@ -132,6 +132,8 @@ def fit_vote(train_features: np.ndarray, train_labels: np.ndarray, val_features:
     are candidates (none: no vote); of those, ``criterion`` "accuracy" takes the most photos
     right (then the lower log loss), "log_loss" the lowest log loss.
     """
+    if criterion not in ("accuracy", "log_loss"):
+        raise ModelError(f"neighbour vote: criterion must be 'accuracy' or 'log_loss' (got {criterion!r})")
     feats = np.asarray(train_features, dtype=np.float32)
     labels = np.asarray(train_labels, dtype=np.int64)
     head_probs = torch.softmax(torch.from_numpy(np.asarray(val_logits, dtype=np.float32)), dim=1).numpy()
