@@ -59,6 +59,13 @@ def votes(features: dict, labels: dict, saved: NeighbourVote, seed: int) -> tupl
     return chosen, chosen.with_added(features["val"], labels["val"], MAX_BANK, seed)[0]
 
 
+def run_folders(description: str | None) -> list[Path]:
+    """The run folders given on the command line."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    return parser.parse_args().runs
+
+
 def load_run(run: Path) -> tuple[torch.nn.Module, str, dict, dict, int]:
     """A finished run's network (eval mode), its reported split, features and labels by split, and seed."""
     model, meta = load_model(run)
@@ -84,13 +91,11 @@ def print_mean_change(changes: list[tuple[float, float, float]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path)
-    args = parser.parse_args()
+    runs = run_folders(__doc__)
     print("| run | split | photos | network alone | vote, training photos | vote, training + validation photos | change (photos) |")
     print("|---|---|---|---|---|---|---|")
     changes = []
-    for run in args.runs:
+    for run in runs:
         model, reported, features, labels, seed = load_run(run)
         saved = model.vote
         n, alone = len(labels[reported]), float(accuracy_with(model, None, features[reported], labels[reported]).mean())

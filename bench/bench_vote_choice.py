@@ -14,14 +14,12 @@ average (as `vitrina train` reports it when the run kept no mirror average).
 """
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench_vote_bank import accuracy_with, load_run, print_mean_change
+from bench_vote_bank import accuracy_with, load_run, print_mean_change, run_folders
 from vitrina.models.neighbours import VoteCriterion, fit_vote
 from vitrina.models.unknown import MAX_BANK, bank_rows
 
@@ -44,13 +42,11 @@ def chosen_right(model: torch.nn.Module, features: dict, labels: dict, reported:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path)
-    args = parser.parse_args()
+    runs = run_folders(__doc__)
     print("| run | split | photos | network alone | vote by accuracy | vote by log loss | change, log loss - accuracy (SE; photos: gained, lost) |")
     print("|---|---|---|---|---|---|---|")
     changes = []
-    for run in args.runs:
+    for run in runs:
         model, reported, features, labels, seed = load_run(run)
         alone = float(accuracy_with(model, None, features[reported], labels[reported]).mean())
         (by_acc, acc_desc), (by_loss, loss_desc) = (chosen_right(model, features, labels, reported, c, seed) for c in CRITERIA)
