@@ -27,7 +27,7 @@ from vitrina.data.cache import decode_samples, default_cache_dir
 from vitrina.data.sources import load_dataset
 from vitrina.models.checkpoint import load_model
 from vitrina.models.neighbours import NeighbourVote
-from vitrina.models.unknown import MAX_BANK, penultimate_features
+from vitrina.models.unknown import MAX_BANK, bank_rows, penultimate_features
 
 
 def split_features(run: Path, model: torch.nn.Module, preprocess, classes: list[str]) -> tuple[str, dict, dict]:  # type: ignore[no-untyped-def]
@@ -52,8 +52,7 @@ def split_features(run: Path, model: torch.nn.Module, preprocess, classes: list[
 def votes(features: dict, labels: dict, saved: NeighbourVote, seed: int) -> tuple[NeighbourVote, NeighbourVote]:
     """The vote over the training photos (as training chose it) and the same vote grown by the
     validation photos, both built as training builds them."""
-    n = len(features["train"])
-    rows = np.arange(n) if n <= MAX_BANK else np.sort(np.random.default_rng(seed).choice(n, MAX_BANK, replace=False))
+    rows = bank_rows(len(features["train"]), seed)
     chosen = NeighbourVote(torch.from_numpy(features["train"][rows]), torch.from_numpy(labels["train"][rows]), saved.num_classes,
                            saved.k, saved.temperature, saved.weight)
     return chosen, chosen.with_added(features["val"], labels["val"], MAX_BANK, seed)[0]
@@ -81,13 +80,14 @@ def accuracy_with(model: torch.nn.Module, vote: NeighbourVote | None, features: 
         return model.classify(torch.from_numpy(features))[0].argmax(1).numpy() == labels
 
 
-def print_mean_change(changes: list[tuple[float, float, float]]) -> None:
-    """The mean of per-run (change, accuracy before, accuracy after), with the standard error across runs."""
-    mean = sum(c[0] for c in changes) / len(changes)
+def print_mean_change(accuracies: list[tuple[float, float]]) -> None:
+    """The mean change over per-run (accuracy before, accuracy after), with the standard error across runs."""
+    changes = [after - before for before, after in accuracies]
+    mean = sum(changes) / len(changes)
     # paired changes: the standard error of the mean change across runs where there are several
-    spread = math.sqrt(sum((c[0] - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes)) if len(changes) > 1 else float("nan")
+    spread = math.sqrt(sum((c - mean) ** 2 for c in changes) / (len(changes) - 1) / len(changes)) if len(changes) > 1 else float("nan")
     print(f"mean change {mean * 100:+.2f} points over {len(changes)} runs (standard error across runs {spread * 100:.2f}); "
-          f"mean accuracy {sum(c[1] for c in changes) / len(changes):.2%} -> {sum(c[2] for c in changes) / len(changes):.2%}")
+          f"mean accuracy {sum(a[0] for a in accuracies) / len(accuracies):.2%} -> {sum(a[1] for a in accuracies) / len(accuracies):.2%}")
 
 
 def main() -> None:
@@ -104,7 +104,7 @@ def main() -> None:
             continue
         chosen, grown = votes(features, labels, saved, seed)
         train_only, with_val = (float(accuracy_with(model, v, features[reported], labels[reported]).mean()) for v in (chosen, grown))
-        changes.append((with_val - train_only, train_only, with_val))
+        changes.append((train_only, with_val))
         print(f"| {run} | {reported} | {n} | {alone:.2%} | {train_only:.2%} | {with_val:.2%} | {round((with_val - train_only) * n):+d} |", flush=True)
     if changes:
         print_mean_change(changes)

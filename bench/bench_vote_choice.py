@@ -26,12 +26,11 @@ from vitrina.models.unknown import MAX_BANK, bank_rows
 CRITERIA: tuple[VoteCriterion, ...] = ("accuracy", "log_loss")
 
 
-def chosen_right(model: torch.nn.Module, features: dict, labels: dict, reported: str, criterion: VoteCriterion,
-                 seed: int) -> tuple[np.ndarray, str]:
-    """Which reported photos the run's network gets right with the vote ``criterion`` chooses, and the choice."""
+def chosen_right(model: torch.nn.Module, features: dict, labels: dict, reported: str, val_logits: np.ndarray,
+                 criterion: VoteCriterion, seed: int) -> tuple[np.ndarray, str]:
+    """Which reported photos the run's network gets right with the vote ``criterion`` chooses
+    (``val_logits``: its head's on the validation photos), and the choice."""
     rows = bank_rows(len(features["train"]), seed)
-    with torch.inference_mode():
-        val_logits = model.head_logits(torch.from_numpy(features["val"])).float().numpy()
     choice = fit_vote(features["train"][rows], labels["train"][rows], features["val"], val_logits, labels["val"],
                       val_logits.shape[1], criterion=criterion)
     vote, described = None, "no vote"
@@ -49,11 +48,13 @@ def main() -> None:
     for run in runs:
         model, reported, features, labels, seed = load_run(run)
         alone = float(accuracy_with(model, None, features[reported], labels[reported]).mean())
-        (by_acc, acc_desc), (by_loss, loss_desc) = (chosen_right(model, features, labels, reported, c, seed) for c in CRITERIA)
+        with torch.inference_mode():
+            val_logits = model.head_logits(torch.from_numpy(features["val"])).float().numpy()
+        (by_acc, acc_desc), (by_loss, loss_desc) = (chosen_right(model, features, labels, reported, val_logits, c, seed) for c in CRITERIA)
         n, gained, lost = len(by_acc), int((by_loss & ~by_acc).sum()), int((by_acc & ~by_loss).sum())
         # paired photo by photo: the standard error of the change in accuracy
         se = math.sqrt(max(0.0, gained + lost - (gained - lost) ** 2 / n)) / n
-        changes.append((by_loss.mean() - by_acc.mean(), by_acc.mean(), by_loss.mean()))
+        changes.append((float(by_acc.mean()), float(by_loss.mean())))
         print(f"| {run} | {reported} | {n} | {alone:.2%} | {by_acc.mean():.2%} ({acc_desc}) | {by_loss.mean():.2%} ({loss_desc}) | "
               f"{(gained - lost) / n:+.2%} (SE {se:.2%}; {gained - lost:+d}: +{gained}, -{lost}) |",
               flush=True)
