@@ -1,0 +1,76 @@
+"""What a second network's probabilities, blended in with a weight chosen on validation, would
+gain over a finished run's own, on the photos both runs were trained and evaluated on.
+
+For a run folder (the default's, from ``bench/bench_recipe.py``) and a second run folder with
+the same splits (another backbone, or a head on frozen features: ``vitrina train DATA --mode
+bottleneck --model NAME`` with the same seed), this rebuilds each run's neighbour vote from its
+own network and settings: over the training photos for the validation photos (as training
+chooses), grown by the validation photos for the reported split (as training saves it). It
+prints, for each blend weight w, the validation and reported accuracy of
+``(1 - w) * first + w * second``, then the weight validation picks (the most photos right, then
+the lower log loss, then the smaller weight) and what it gives on the reported split, paired
+photo by photo with the first run alone. Accuracy here is each network in fp32 PyTorch without
+the mirror average.
+
+    python bench/bench_blend.py RUN SECOND_RUN
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_vote_bank import load_run, votes
+
+WEIGHTS = tuple(round(0.1 * k, 1) for k in range(9))
+
+
+def probabilities(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """(validation probabilities with the vote over training photos, reported probabilities with
+    the grown vote, validation labels, reported labels, the reported split's name)."""
+    model, reported, features, labels, seed = load_run(run)
+    chosen = grown = None
+    if model.vote is not None:
+        chosen, grown = votes(features, labels, model.vote, seed)
+    out = []
+    for split, vote in (("val", chosen), (reported, grown)):
+        model.vote = vote
+        with torch.inference_mode():
+            out.append(model.classify(torch.from_numpy(features[split]))[0].float().numpy())
+    return out[0], out[1], labels["val"], labels[reported], reported
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("second", type=Path)
+    args = parser.parse_args()
+    if json.loads((args.run / "splits.json").read_text())["splits"] != json.loads((args.second / "splits.json").read_text())["splits"]:
+        raise SystemExit("the two runs do not have the same splits (train, val and the reported split must match)")
+    first_val, first_rep, y_val, y_rep, reported = probabilities(args.run)
+    second_val, second_rep, *_ = probabilities(args.second)
+    print(f"{args.run} + {args.second}: {len(y_val)} validation photos, {len(y_rep)} {reported} photos")
+    print(f"| w | validation right | validation log loss | {reported} right |")
+    print("|---|---|---|---|")
+    rows = []
+    for w in WEIGHTS:
+        val = (1 - w) * first_val + w * second_val
+        rep = (1 - w) * first_rep + w * second_rep
+        loss = float(-np.log(np.clip(val[np.arange(len(y_val)), y_val], 1e-12, 1.0)).mean())
+        rows.append((w, int((val.argmax(1) == y_val).sum()), loss, rep.argmax(1) == y_rep))
+        print(f"| {w:.1f} | {rows[-1][1]} ({rows[-1][1] / len(y_val):.2%}) | {loss:.4f} | {int(rows[-1][3].sum())} ({rows[-1][3].mean():.2%}) |")
+    best = max(rows, key=lambda r: (r[1], -r[2], -r[0]))
+    alone, blended, n = rows[0][3], best[3], len(y_rep)
+    gained, lost = int((blended & ~alone).sum()), int((alone & ~blended).sum())
+    se = math.sqrt(max(0.0, gained + lost - (gained - lost) ** 2 / n)) / n  # paired photo by photo
+    print(f"validation picks w {best[0]:.1f}: {reported} {alone.mean():.2%} -> {blended.mean():.2%} "
+          f"({gained - lost:+d} photos: +{gained}, -{lost}; SE {se:.2%}); the second run alone "
+          f"{float((second_rep.argmax(1) == y_rep).mean()):.2%}")
+
+
+if __name__ == "__main__":
+    main()
