@@ -52,9 +52,11 @@ def main() -> None:
     if json.loads((args.run / "splits.json").read_text())["splits"] != json.loads((args.second / "splits.json").read_text())["splits"]:
         raise SystemExit("the two runs do not have the same splits (train, val and the reported split must match)")
     first_val, first_rep, y_val, y_rep, reported = probabilities(args.run)
-    second_val, second_rep, *_ = probabilities(args.second)
-    print(f"{args.run} + {args.second}: {len(y_val)} validation photos, {len(y_rep)} {reported} photos")
-    print(f"| w | validation right | validation log loss | {reported} right |")
+    second_val, second_rep, second_y_val, second_y_rep, _ = probabilities(args.second)
+    if not (np.array_equal(y_val, second_y_val) and np.array_equal(y_rep, second_y_rep)):
+        raise SystemExit("the two runs label the photos differently (their classes must be the same, in the same order)")
+    print(f"{args.run} + {args.second}: {len(y_val)} photos in val, {len(y_rep)} in {reported}")
+    print(f"| w | val right | val log loss | {reported} right |")
     print("|---|---|---|---|")
     rows = []
     for w in WEIGHTS:
@@ -67,7 +69,7 @@ def main() -> None:
     alone, blended, n = rows[0][3], best[3], len(y_rep)
     gained, lost = int((blended & ~alone).sum()), int((alone & ~blended).sum())
     se = math.sqrt(max(0.0, gained + lost - (gained - lost) ** 2 / n)) / n  # paired photo by photo
-    print(f"validation picks w {best[0]:.1f}: {reported} {alone.mean():.2%} -> {blended.mean():.2%} "
+    print(f"val picks w {best[0]:.1f}: {reported} {alone.mean():.2%} -> {blended.mean():.2%} "
           f"({gained - lost:+d} photos: +{gained}, -{lost}; SE {se:.2%}); the second run alone "
           f"{float((second_rep.argmax(1) == y_rep).mean()):.2%}")
 
