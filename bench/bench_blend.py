@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench_vote_bank import load_run, votes
+from bench_vote_bank import load_run, paired_change, votes
 
 WEIGHTS = tuple(round(0.1 * k, 1) for k in range(9))
 
@@ -66,9 +65,8 @@ def main() -> None:
         rows.append((w, int((val.argmax(1) == y_val).sum()), loss, rep.argmax(1) == y_rep))
         print(f"| {w:.1f} | {rows[-1][1]} ({rows[-1][1] / len(y_val):.2%}) | {loss:.4f} | {int(rows[-1][3].sum())} ({rows[-1][3].mean():.2%}) |")
     best = max(rows, key=lambda r: (r[1], -r[2], -r[0]))
-    alone, blended, n = rows[0][3], best[3], len(y_rep)
-    gained, lost = int((blended & ~alone).sum()), int((alone & ~blended).sum())
-    se = math.sqrt(max(0.0, gained + lost - (gained - lost) ** 2 / n)) / n  # paired photo by photo
+    alone, blended = rows[0][3], best[3]
+    gained, lost, se = paired_change(alone, blended)
     print(f"val picks w {best[0]:.1f}: {reported} {alone.mean():.2%} -> {blended.mean():.2%} "
           f"({gained - lost:+d} photos: +{gained}, -{lost}; SE {se:.2%}); the second run alone "
           f"{float((second_rep.argmax(1) == y_rep).mean()):.2%}")

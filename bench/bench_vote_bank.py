@@ -80,6 +80,13 @@ def accuracy_with(model: torch.nn.Module, vote: NeighbourVote | None, features: 
         return model.classify(torch.from_numpy(features))[0].argmax(1).numpy() == labels
 
 
+def paired_change(before: np.ndarray, after: np.ndarray) -> tuple[int, int, float]:
+    """(photos gained, photos lost, standard error of the accuracy change), paired photo by photo,
+    from which photos are right before and after."""
+    n, gained, lost = len(before), int((after & ~before).sum()), int((before & ~after).sum())
+    return gained, lost, math.sqrt(max(0.0, gained + lost - (gained - lost) ** 2 / n)) / n
+
+
 def print_mean_change(accuracies: list[tuple[float, float]]) -> None:
     """The mean change over per-run (accuracy before, accuracy after), with the standard error across runs."""
     changes = [after - before for before, after in accuracies]

@@ -14,12 +14,10 @@ average (as `vitrina train` reports it when the run kept no mirror average).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from bench_vote_bank import accuracy_with, load_run, print_mean_change, run_folders
+from bench_vote_bank import accuracy_with, load_run, paired_change, print_mean_change, run_folders
 from vitrina.models.neighbours import VoteCriterion, fit_vote
 from vitrina.models.unknown import MAX_BANK, bank_rows
 
@@ -51,9 +49,7 @@ def main() -> None:
         with torch.inference_mode():
             val_logits = model.head_logits(torch.from_numpy(features["val"])).float().numpy()
         (by_acc, acc_desc), (by_loss, loss_desc) = (chosen_right(model, features, labels, reported, val_logits, c, seed) for c in CRITERIA)
-        n, gained, lost = len(by_acc), int((by_loss & ~by_acc).sum()), int((by_acc & ~by_loss).sum())
-        # paired photo by photo: the standard error of the change in accuracy
-        se = math.sqrt(max(0.0, gained + lost - (gained - lost) ** 2 / n)) / n
+        n, (gained, lost, se) = len(by_acc), paired_change(by_acc, by_loss)
         changes.append((float(by_acc.mean()), float(by_loss.mean())))
         print(f"| {run} | {reported} | {n} | {alone:.2%} | {by_acc.mean():.2%} ({acc_desc}) | {by_loss.mean():.2%} ({loss_desc}) | "
               f"{(gained - lost) / n:+.2%} (SE {se:.2%}; {gained - lost:+d}: +{gained}, -{lost}) |",
