@@ -9,8 +9,12 @@ chooses), grown by the validation photos for the reported split (as training sav
 prints, for each blend weight w, the validation and reported accuracy of
 ``(1 - w) * first + w * second``, then the weight validation picks (the most photos right, then
 the lower log loss, then the smaller weight) and what it gives on the reported split, paired
-photo by photo with the first run alone. Accuracy here is each network in fp32 PyTorch without
-the mirror average.
+photo by photo with the first run alone; then the same for the plain average (w 0.5, nothing
+chosen), and whether the pair pays for its prediction cost by the rule every extra must pass
+(:func:`vitrina.training.extras.pays_for_itself`), with the cost taken from the images/s each
+run's plan expected of its export (the pair runs both networks: c = 1 + first / second images/s,
+decoding counted twice, so a little above the true cost). Accuracy here is each network in fp32
+PyTorch without the mirror average.
 
     python bench/bench_blend.py RUN SECOND_RUN
 """
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 from bench_vote_bank import load_run, paired_change, votes
+from vitrina.training.extras import pays_for_itself
 
 WEIGHTS = tuple(round(0.1 * k, 1) for k in range(9))
 
@@ -41,6 +46,30 @@ def probabilities(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         with torch.inference_mode():
             out.append(model.classify(torch.from_numpy(features[split]))[0].float().numpy())
     return out[0], out[1], labels["val"], labels[reported], reported
+
+
+def pair_cost(run: Path, second: Path) -> float | None:
+    """Prediction passes of the pair per pass of ``run`` alone, from the plans' expected images/s."""
+    speeds = []
+    for folder in (run, second):
+        plan = folder / "plan.json"
+        speed = json.loads(plan.read_text()).get("expected_images_per_s") if plan.is_file() else None
+        if not speed:
+            return None
+        speeds.append(float(speed))
+    return 1.0 + speeds[0] / speeds[1]
+
+
+def report(label: str, row: tuple, alone: tuple, reported: str, n_val: int, cost: float | None) -> None:
+    """One summary line: the reported split paired with the first run alone, and the cost rule."""
+    gained, lost, se = paired_change(alone[3], row[3])
+    val_gain = row[1] - alone[1]
+    rule = "cost unknown" if cost is None else (
+        f"pair costs {cost:.2f} passes: validation {val_gain:+d} photos "
+        f"({100.0 * val_gain / n_val:+.2f} points) "
+        f"{'pays' if pays_for_itself(val_gain, n_val, cost) else 'does not pay'} for it")
+    print(f"{label}: {reported} {alone[3].mean():.2%} -> {row[3].mean():.2%} "
+          f"({gained - lost:+d} photos: +{gained}, -{lost}; SE {se:.2%}); {rule}")
 
 
 def main() -> None:
@@ -65,11 +94,10 @@ def main() -> None:
         rows.append((w, int((val.argmax(1) == y_val).sum()), loss, rep.argmax(1) == y_rep))
         print(f"| {w:.1f} | {rows[-1][1]} ({rows[-1][1] / len(y_val):.2%}) | {loss:.4f} | {int(rows[-1][3].sum())} ({rows[-1][3].mean():.2%}) |")
     best = max(rows, key=lambda r: (r[1], -r[2], -r[0]))
-    alone, blended = rows[0][3], best[3]
-    gained, lost, se = paired_change(alone, blended)
-    print(f"val picks w {best[0]:.1f}: {reported} {alone.mean():.2%} -> {blended.mean():.2%} "
-          f"({gained - lost:+d} photos: +{gained}, -{lost}; SE {se:.2%}); the second run alone "
-          f"{float((second_rep.argmax(1) == y_rep).mean()):.2%}")
+    cost = pair_cost(args.run, args.second)
+    report(f"val picks w {best[0]:.1f}", best, rows[0], reported, len(y_val), cost)
+    report("plain average (w 0.5)", rows[WEIGHTS.index(0.5)], rows[0], reported, len(y_val), cost)
+    print(f"the second run alone: {reported} {float((second_rep.argmax(1) == y_rep).mean()):.2%}")
 
 
 if __name__ == "__main__":
