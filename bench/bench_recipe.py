@@ -151,10 +151,11 @@ def shrunk_copy(data: Path, side: int, runs: Path) -> str:
 
 def train(out: Path, data: str, flags: list[str]) -> dict:
     if not (out / "metrics.json").is_file():
-        cache = Path(tempfile.mkdtemp(prefix="vitrina-cold-"))  # a cold cache for every run
         cmd = [sys.executable, "-m", "vitrina", "train", data, "--out", str(out), "--quiet", *flags]
         print(f"  {' '.join(cmd[3:])}", flush=True)
-        subprocess.run(cmd, check=True, env={**os.environ, "VITRINA_CACHE": str(cache)}, cwd=REPO)
+        # A cold cache for every run, removed after it: a freiburg run's decoded photos take about 1.5 GB.
+        with tempfile.TemporaryDirectory(prefix="vitrina-cold-") as cache:
+            subprocess.run(cmd, check=True, env={**os.environ, "VITRINA_CACHE": cache}, cwd=REPO)
     metrics = json.loads((out / "metrics.json").read_text())
     plan = out / "plan.json"
     metrics["estimated_s"] = json.loads(plan.read_text())["estimated_s"] if plan.is_file() else float("nan")
