@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +32,15 @@ from bench_vote_bank import load_run, paired_change, votes
 from vitrina.training.extras import pays_for_itself
 
 WEIGHTS = tuple(round(0.1 * k, 1) for k in range(9))
+
+
+class Blend(NamedTuple):
+    """One blend weight's figures."""
+
+    w: float
+    val_right: int  # validation photos right
+    val_loss: float  # validation log loss
+    reported_right: np.ndarray  # which reported photos are right (bool per photo)
 
 
 def probabilities(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
@@ -60,15 +70,15 @@ def pair_cost(run: Path, second: Path) -> float | None:
     return 1.0 + speeds[0] / speeds[1]
 
 
-def report(label: str, row: tuple, alone: tuple, reported: str, n_val: int, cost: float | None) -> None:
+def report(label: str, row: Blend, alone: Blend, reported: str, n_val: int, cost: float | None) -> None:
     """One summary line: the reported split paired with the first run alone, and the cost rule."""
-    gained, lost, se = paired_change(alone[3], row[3])
-    val_gain = row[1] - alone[1]
+    gained, lost, se = paired_change(alone.reported_right, row.reported_right)
+    val_gain = row.val_right - alone.val_right
     rule = "cost unknown" if cost is None else (
         f"pair costs {cost:.2f} passes: validation {val_gain:+d} photos "
         f"({100.0 * val_gain / n_val:+.2f} points) "
         f"{'pays' if pays_for_itself(val_gain, n_val, cost) else 'does not pay'} for it")
-    print(f"{label}: {reported} {alone[3].mean():.2%} -> {row[3].mean():.2%} "
+    print(f"{label}: {reported} {alone.reported_right.mean():.2%} -> {row.reported_right.mean():.2%} "
           f"({gained - lost:+d} photos: +{gained}, -{lost}; SE {se:.2%}); {rule}")
 
 
@@ -91,11 +101,13 @@ def main() -> None:
         val = (1 - w) * first_val + w * second_val
         rep = (1 - w) * first_rep + w * second_rep
         loss = float(-np.log(np.clip(val[np.arange(len(y_val)), y_val], 1e-12, 1.0)).mean())
-        rows.append((w, int((val.argmax(1) == y_val).sum()), loss, rep.argmax(1) == y_rep))
-        print(f"| {w:.1f} | {rows[-1][1]} ({rows[-1][1] / len(y_val):.2%}) | {loss:.4f} | {int(rows[-1][3].sum())} ({rows[-1][3].mean():.2%}) |")
-    best = max(rows, key=lambda r: (r[1], -r[2], -r[0]))
+        row = Blend(w, int((val.argmax(1) == y_val).sum()), loss, rep.argmax(1) == y_rep)
+        rows.append(row)
+        print(f"| {w:.1f} | {row.val_right} ({row.val_right / len(y_val):.2%}) | {loss:.4f} | "
+              f"{int(row.reported_right.sum())} ({row.reported_right.mean():.2%}) |")
+    best = max(rows, key=lambda r: (r.val_right, -r.val_loss, -r.w))
     cost = pair_cost(args.run, args.second)
-    report(f"val picks w {best[0]:.1f}", best, rows[0], reported, len(y_val), cost)
+    report(f"val picks w {best.w:.1f}", best, rows[0], reported, len(y_val), cost)
     report("plain average (w 0.5)", rows[WEIGHTS.index(0.5)], rows[0], reported, len(y_val), cost)
     print(f"the second run alone: {reported} {float((second_rep.argmax(1) == y_rep).mean()):.2%}")
 
