@@ -14,9 +14,11 @@ chosen), and whether the pair pays for its prediction cost by the rule every ext
 (:func:`vitrina.training.extras.pays_for_itself`), with the cost taken from the images/s each
 run's plan expected of its export (the pair runs both networks: c = 1 + first / second images/s,
 decoding counted twice, so a little above the true cost). Accuracy here is each network in fp32
-PyTorch without the mirror average.
+PyTorch without the mirror average. With ``--against THIRD_RUN`` (same splits) the two summary
+lines pair the blends with that run alone instead, and the cost is counted against its speed:
+for two networks trained with fewer epochs, so that both fit the budget one default fills.
 
-    python bench/bench_blend.py RUN SECOND_RUN
+    python bench/bench_blend.py RUN SECOND_RUN [--against THIRD_RUN]
 """
 from __future__ import annotations
 
@@ -58,16 +60,20 @@ def probabilities(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return out[0], out[1], labels["val"], labels[reported], reported
 
 
-def pair_cost(run: Path, second: Path) -> float | None:
-    """Prediction passes of the pair per pass of ``run`` alone, from the plans' expected images/s."""
-    speeds = []
-    for folder in (run, second):
-        plan = folder / "plan.json"
-        speed = json.loads(plan.read_text()).get("expected_images_per_s") if plan.is_file() else None
-        if not speed:
-            return None
-        speeds.append(float(speed))
-    return 1.0 + speeds[0] / speeds[1]
+def expected_speed(run: Path) -> float | None:
+    """The images/s the run's plan expected of its export (None where it did not say)."""
+    plan = run / "plan.json"
+    speed = json.loads(plan.read_text()).get("expected_images_per_s") if plan.is_file() else None
+    return float(speed) if speed else None
+
+
+def pair_cost(run: Path, second: Path, base: Path | None = None) -> float | None:
+    """Prediction passes of the pair per pass of ``base`` alone (``run`` by default), from the
+    plans' expected images/s."""
+    speeds = [expected_speed(folder) for folder in (base or run, run, second)]
+    if None in speeds:
+        return None
+    return speeds[0] / speeds[1] + speeds[0] / speeds[2]
 
 
 def report(label: str, row: Blend, alone: Blend, reported: str, n_val: int, cost: float | None) -> None:
@@ -82,13 +88,33 @@ def report(label: str, row: Blend, alone: Blend, reported: str, n_val: int, cost
           f"({gained - lost:+d} photos: +{gained}, -{lost}; SE {se:.2%}); {rule}")
 
 
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log probability of the true class."""
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
+
+
+def against_row(run: Path, y_val: np.ndarray, y_rep: np.ndarray) -> Blend:
+    """``run`` alone as a row to pair the blends with (its weight reads as nan)."""
+    val, rep, other_y_val, other_y_rep, _ = probabilities(run)
+    if not (np.array_equal(y_val, other_y_val) and np.array_equal(y_rep, other_y_rep)):
+        raise SystemExit(f"{run} labels the photos differently (its classes must be the same, in the same order)")
+    loss = log_loss(val, y_val)
+    print(f"paired with {run} alone: val {int((val.argmax(1) == y_val).sum())} right, log loss {loss:.4f}")
+    return Blend(float("nan"), int((val.argmax(1) == y_val).sum()), loss, rep.argmax(1) == y_rep)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
     parser.add_argument("second", type=Path)
+    parser.add_argument("--against", type=Path, metavar="RUN",
+                        help="pair the blends with this run alone instead of the first (same splits), "
+                             "e.g. the default when both runs trained fewer epochs")
     args = parser.parse_args()
-    if json.loads((args.run / "splits.json").read_text())["splits"] != json.loads((args.second / "splits.json").read_text())["splits"]:
-        raise SystemExit("the two runs do not have the same splits (train, val and the reported split must match)")
+    others = [args.second] + ([args.against] if args.against else [])
+    splits = json.loads((args.run / "splits.json").read_text())["splits"]
+    if any(json.loads((other / "splits.json").read_text())["splits"] != splits for other in others):
+        raise SystemExit("the runs do not have the same splits (train, val and the reported split must match)")
     first_val, first_rep, y_val, y_rep, reported = probabilities(args.run)
     second_val, second_rep, second_y_val, second_y_rep, _ = probabilities(args.second)
     if not (np.array_equal(y_val, second_y_val) and np.array_equal(y_rep, second_y_rep)):
@@ -100,15 +126,16 @@ def main() -> None:
     for w in WEIGHTS:
         val = (1 - w) * first_val + w * second_val
         rep = (1 - w) * first_rep + w * second_rep
-        loss = float(-np.log(np.clip(val[np.arange(len(y_val)), y_val], 1e-12, 1.0)).mean())
+        loss = log_loss(val, y_val)
         row = Blend(w, int((val.argmax(1) == y_val).sum()), loss, rep.argmax(1) == y_rep)
         rows.append(row)
         print(f"| {w:.1f} | {row.val_right} ({row.val_right / len(y_val):.2%}) | {loss:.4f} | "
               f"{int(row.reported_right.sum())} ({row.reported_right.mean():.2%}) |")
     best = max(rows, key=lambda r: (r.val_right, -r.val_loss, -r.w))
-    cost = pair_cost(args.run, args.second)
-    report(f"val picks w {best.w:.1f}", best, rows[0], reported, len(y_val), cost)
-    report("plain average (w 0.5)", rows[WEIGHTS.index(0.5)], rows[0], reported, len(y_val), cost)
+    alone = rows[0] if args.against is None else against_row(args.against, y_val, y_rep)
+    cost = pair_cost(args.run, args.second, args.against)
+    report(f"val picks w {best.w:.1f}", best, alone, reported, len(y_val), cost)
+    report("plain average (w 0.5)", rows[WEIGHTS.index(0.5)], alone, reported, len(y_val), cost)
     print(f"the second run alone: {reported} {float((second_rep.argmax(1) == y_rep).mean()):.2%}")
 
 

@@ -78,8 +78,9 @@ CANDIDATES = {
     "wd05": ["--set", "train.weight_decay=0.05"],  # AdamW's decoupled decay at the usual fine-tuning figure (default 1e-4)
     "body-lr": ["--set", "train.body_lr_scale=0.3"],  # the trained blocks at 0.3x the head's rate (default 0.1x)
     "bn-train": ["--set", "train.freeze_bn=no"],  # every BatchNorm's statistics follow the new photos (no ONNX Runtime prefix: slower epochs)
+    "e5": ["--epochs", "5"],  # 5 epochs where the default plans 8: two such networks fit one 30-minute budget here (lite1+e5 the second)
 }
-PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "lite1", "droppath", "wd05", "body-lr", "bn-train"}  # not for a network trained from scratch
+PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "lite1", "droppath", "wd05", "body-lr", "bn-train", "e5"}  # not for a network trained from scratch
 
 
 def variant_flags(variant: str, screen_epochs: int | None) -> list[str]:
