@@ -93,6 +93,61 @@ def test_the_deadline_stops_when_another_epoch_would_not_fit() -> None:
     assert state.stop_reason and "time budget" in state.stop_reason and deadline.stopped
 
 
+def test_the_deadline_grows_the_epochs_a_busy_calibration_cut() -> None:
+    recorded: list[tuple[int, float]] = []
+    deadline = Deadline(time.perf_counter() + 100.0, reserve_s=0.0, log=quiet, most_epochs=8,
+                        record=lambda epochs, rest_s: recorded.append((epochs, rest_s)))
+    state = EpochEnd(1, None, True, planned_epochs=2)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 5.0}, state)  # 19 more would fit: the recommended 8 do
+    assert state.planned_epochs == 8 and recorded == [(8, 35.0)] and state.stop_reason is None
+
+
+def test_the_deadline_shrinks_the_epochs_that_no_longer_fit() -> None:
+    deadline = Deadline(time.perf_counter() + 22.0, reserve_s=0.0, log=quiet, most_epochs=8)
+    state = EpochEnd(1, None, True, planned_epochs=8)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 5.0}, state)
+    assert state.planned_epochs == 5 and state.stop_reason is None  # 4 more of 5 s fit in 22 s
+
+
+def test_the_deadline_keeps_a_plan_that_fits_or_was_asked_for() -> None:
+    fits = Deadline(time.perf_counter() + 100.0, reserve_s=0.0, log=quiet, most_epochs=8)
+    state = EpochEnd(1, None, True, planned_epochs=8)  # type: ignore[arg-type]
+    fits.on_epoch_end({"seconds": 5.0}, state)
+    assert state.planned_epochs == 8
+    asked = Deadline(time.perf_counter() + 100.0, reserve_s=0.0, log=quiet)  # --epochs: no most_epochs
+    state = EpochEnd(1, None, True, planned_epochs=2)  # type: ignore[arg-type]
+    asked.on_epoch_end({"seconds": 5.0}, state)
+    assert state.planned_epochs == 2
+
+
+def test_one_slow_epoch_neither_grows_nor_shrinks_the_plan_alone() -> None:
+    deadline = Deadline(time.perf_counter() + 60.0, reserve_s=0.0, log=quiet, most_epochs=12)
+    state = EpochEnd(1, None, True, planned_epochs=8)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 2.0}, state)  # 29 more by this epoch: grows to the most
+    assert state.planned_epochs == 12
+    state = EpochEnd(2, None, True, planned_epochs=12)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 7.0}, state)  # 13 more by the mean (4.5 s), 8 by this one: 12 may still fit
+    assert state.planned_epochs == 12
+    state = EpochEnd(3, None, True, planned_epochs=12)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 20.0}, state)  # 6 more by the mean (9.7 s), 3 by this one: 9 in all
+    assert state.planned_epochs == 9
+
+
+def test_a_run_re_plans_when_its_epochs_are_faster_than_calibrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
+    # A calibration taken while the machine was busy: 5 s a photo, so the plan fits one epoch of the recommended 20.
+    monkeypatch.setattr(trainer, "calibrate_speed", lambda *args, **kwargs: Calibration(5.0, 0.001))
+    config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 5})
+    messages: list[str] = []
+    run = api.train(data, config, out=tmp_path / "run", progress=False, log=messages.append)
+    assert any(m.startswith("plan for 5 minutes: 1 epochs") for m in messages), messages[:12]
+    plan = json.loads((run.run_dir / "plan.json").read_text())
+    assert plan["epochs"] == 20 == len(run.history)
+    assert any(r.startswith("re-planned while training: 20 epochs in all") for r in plan["reasons"])
+    lrs = [row["lr"] for row in run.history]
+    assert lrs[1] > 0.5 * max(lrs) and lrs[-1] < 0.05 * max(lrs)  # the schedule decays over the 20 epochs, not after the first
+
+
 @pytest.mark.expected_speed
 def test_a_run_writes_its_plan(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=12)

@@ -209,11 +209,22 @@ def plan_epochs(
 
 class Deadline:
     """Ends training after an epoch when another one would not finish before ``deadline``
-    (a ``time.perf_counter()`` value) less ``reserve_s`` for what follows training."""
+    (a ``time.perf_counter()`` value) less ``reserve_s`` for what follows training.
 
-    def __init__(self, deadline: float, reserve_s: float, log: Callable[[str], None] = print):
+    With ``most_epochs`` it also re-plans from the epochs measured so far, which a calibration
+    taken while the machine was busy (or idle) cannot foresee: it grows the epochs up to
+    ``most_epochs`` (the recommended ones) when more fit than were planned, and shrinks them when
+    fewer do, so the learning rate still decays to its end within the budget. It judges by the
+    epochs' mean and the last one's time, growing by the slower and shrinking by the faster of
+    the two, and hands each new count with the seconds its remaining epochs need to ``record``.
+    """
+
+    def __init__(self, deadline: float, reserve_s: float, log: Callable[[str], None] = print, *,
+                 most_epochs: int | None = None, record: Callable[[int, float], None] | None = None):
         self.deadline, self.reserve_s, self.log = deadline, reserve_s, log
+        self.most_epochs, self.record = most_epochs, record
         self._last = time.perf_counter()
+        self._seconds: list[float] = []
         self.stopped = False
 
     def seconds_left(self) -> float:
@@ -223,7 +234,27 @@ class Deadline:
     def on_epoch_end(self, row: dict[str, float], state: EpochEnd) -> None:
         now = time.perf_counter()
         epoch_s, self._last = float(row.get("seconds", now - self._last)), now
+        self._seconds.append(epoch_s)
         if now + epoch_s + self.reserve_s > self.deadline:
             self.stopped = True
             state.stop(f"the time budget: another epoch (about {epoch_s:.0f} s) would not finish in time")
             self.log(f"  stopping after epoch {state.epoch} at the time budget; the best epoch so far is kept")
+        elif self.most_epochs is not None and state.planned_epochs is not None:
+            self._replan(state, epoch_s)
+
+    def _replan(self, state: EpochEnd, last_s: float) -> None:
+        planned, most, mean_s = state.planned_epochs or 0, self.most_epochs or 0, float(np.mean(self._seconds))
+        left = max(0.0, self.seconds_left())
+        surely = state.epoch + int(left // max(mean_s, last_s, 1e-9))  # by the slower of the two
+        perhaps = state.epoch + int(left // max(min(mean_s, last_s), 1e-9))  # by the faster
+        if planned < min(surely, most):
+            epochs = min(surely, most)
+        elif planned > perhaps:
+            epochs = max(state.epoch + 1, perhaps)
+        else:
+            return
+        self.log(f"  re-planned after epoch {state.epoch}: epochs take about {mean_s:.0f} s here (the last {last_s:.0f} s), "
+                 f"so {epochs} epochs in all fit the budget where {planned} were planned")
+        state.replan(epochs)
+        if self.record is not None:
+            self.record(epochs, (epochs - state.epoch) * mean_s)

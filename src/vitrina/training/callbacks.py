@@ -2,8 +2,9 @@
 TensorBoard scalars, early stopping, the resume checkpoint and the caller's own hook.
 
 A loop calls each callback's ``on_epoch_end(row, state)`` in order, with the epoch's history row
-and an :class:`EpochEnd`; a callback asks the loop to stop with ``state.stop(reason)``, and may
-raise to end training at once (hyperparameter search prunes trials so).
+and an :class:`EpochEnd`; a callback asks the loop to stop with ``state.stop(reason)`` or to plan
+for another number of epochs with ``state.replan(epochs)`` (the time budget does), and may raise
+to end training at once (hyperparameter search prunes trials so).
 """
 from __future__ import annotations
 
@@ -31,9 +32,15 @@ class EpochEnd:
     # Everything --resume needs to continue after this epoch (the network loop only).
     resume_point: Callable[[], dict[str, Any]] | None = None
     stop_reason: str | None = None
+    # The epochs the schedule is planned for now (the network loop only); ``replan`` changes them.
+    planned_epochs: int | None = None
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
+
+    def replan(self, epochs: int) -> None:
+        """Ask the loop to plan its learning-rate schedule for ``epochs`` epochs in all from now on."""
+        self.planned_epochs = epochs
 
 
 @runtime_checkable

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -28,7 +28,7 @@ from vitrina.training.distributed import processes_on_this_machine, world_positi
 from vitrina.training.ema import WeightAverage
 from vitrina.training.mixing import BatchMix, mixed_cross_entropy
 from vitrina.training.optim import (
-    BestEpoch, build_optimizer, class_weights, epoch_order, freeze_batchnorm, loss_and_accuracy, lr_schedule,
+    BestEpoch, build_optimizer, class_weights, epoch_order, freeze_batchnorm, loss_and_accuracy, lr_schedule, replan_schedule,
 )
 from vitrina.training.plan import Plan
 
@@ -259,16 +259,27 @@ def _log_epoch(job: NetworkTraining, row: dict[str, float], improved: bool) -> N
     )
 
 
+def _steps_per_epoch(job: NetworkTraining, world: int) -> tuple[int, int]:
+    """(optimisation steps an epoch, this process's batch size)."""
+    # The configured batch size is the global one: each of the `world` processes takes a share.
+    local_batch = max(1, job.plan.batch_size // world)
+    return math.ceil(math.ceil(len(job.train_labels) / world) / local_batch), local_batch
+
+
 def _optimizer_and_schedule(job: NetworkTraining, world: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int]:
     """The optimizer over the trainable parameters, its per-step schedule, and this process's batch size."""
     t, plan = job.config.train, job.plan
     optimizer = build_optimizer(t.optimizer, _parameter_groups(job), plan.weight_decay)
     for g in optimizer.param_groups:
         g["initial_lr"] = g["lr"]
-    # The configured batch size is the global one: each of the `world` processes takes a share.
-    local_batch = max(1, plan.batch_size // world)
-    steps_per_epoch = math.ceil(math.ceil(len(job.train_labels) / world) / local_batch)
+    steps_per_epoch, local_batch = _steps_per_epoch(job, world)
     return optimizer, lr_schedule(optimizer, plan.epochs, steps_per_epoch, t.warmup_epochs, t.schedule), local_batch
+
+
+def _replan(job: NetworkTraining, scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int, world: int) -> None:
+    """Plan the rest of training for ``epochs`` epochs in all (a callback asked: the time budget)."""
+    job.plan = replace(job.plan, epochs=epochs)
+    replan_schedule(scheduler, epochs, _steps_per_epoch(job, world)[0], job.config.train.warmup_epochs, job.config.train.schedule)
 
 
 def _restore(
@@ -340,7 +351,8 @@ def train_network(
     batch_workers = 1 if augments_in_worker(transform, t.workers, job.device, processes_on_this_machine()) else 0
     batch_source = AugmentedBatches(job.train_images.images, job.train_labels, transform, plan.preprocess)
 
-    for epoch in range(start_epoch, plan.epochs):
+    epoch = start_epoch
+    while epoch < job.plan.epochs:
         started = time.perf_counter()
         torch.manual_seed(t.seed * 100_003 + epoch)
         loss_sum, correct, total = _train_epoch(job, net, optimisation, batch_source, batch_workers, local_batch, epoch)
@@ -351,11 +363,15 @@ def train_network(
             row = _history_row(epoch, loss_sum, correct, total, val_loss, val_acc, optimizer, started, train_seconds)
             improved = chosen.record(row, model, job.select_best)  # the averaged weights, where they are averaged
         _log_epoch(job, row, improved)
-        state = EpochEnd(epoch + 1, model, improved, partial(_resume_point, optimisation, chosen, callbacks, epoch + 1))
+        state = EpochEnd(epoch + 1, model, improved, partial(_resume_point, optimisation, chosen, callbacks, epoch + 1),
+                         planned_epochs=job.plan.epochs)
         run_callbacks(callbacks, row, state)
         if state.stop_reason:
             job.log(f"  early stop: {state.stop_reason}")
             break
+        if state.planned_epochs != job.plan.epochs:
+            _replan(job, scheduler, int(state.planned_epochs or job.plan.epochs), world)
+        epoch += 1
     return chosen.history, chosen.state
 
 

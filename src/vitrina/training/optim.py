@@ -47,6 +47,16 @@ def lr_schedule(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def replan_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int, steps_per_epoch: int, warmup_epochs: float,
+                    schedule: str) -> None:
+    """Plan ``scheduler`` for ``epochs`` epochs in all from its next step on (the steps taken stay as they were).
+
+    After the warm-up a cosine decay then runs from where it is to zero at the new last step.
+    """
+    factor = lr_factor(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), schedule)
+    scheduler.lr_lambdas = [factor] * len(scheduler.optimizer.param_groups)
+
+
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """Loss weights inversely proportional to each class's share of ``labels``."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)

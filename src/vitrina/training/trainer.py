@@ -198,6 +198,7 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
     if prediction is not None:
         budget.reasons.append(prediction.describe())
         budget.expected_images_per_s = round(prediction.images_per_second, 1)
+    recommended = run.plan.epochs
     run.plan = _with_budget_plan(run.plan, budget)
     blocks = f", the last {budget.unfreeze_blocks} blocks" if budget.unfreeze_blocks is not None else ""
     run.log(f"plan for {budget_s / 60:g} minutes: {budget.epochs} epochs{blocks}, about {budget.estimated_s / 60:.1f} min in all")
@@ -205,7 +206,21 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
         run.log(f"  - {reason}")
     if run.main:
         budget.write(run.run_dir)
-    return Deadline(started + budget_s, budget.reserve_s, run.log)
+    most = None if t.epochs is not None or run.plan.mode == "bottleneck" else recommended
+    return Deadline(started + budget_s, budget.reserve_s, run.log, most_epochs=most, record=_replanned(run, budget, started))
+
+
+def _replanned(run: _Run, budget: BudgetPlan, started: float) -> Callable[[int, float], None]:
+    """What the deadline calls when training re-plans its epochs: the run's plan and ``plan.json`` follow."""
+    def record(epochs: int, remaining_s: float) -> None:
+        budget.reasons.append(f"re-planned while training: {epochs} epochs in all, from the epochs measured "
+                              f"(the calibration planned {budget.epochs})")
+        budget.epochs = epochs
+        budget.estimated_s = round(time.perf_counter() - started + remaining_s + budget.reserve_s, 1)
+        run.plan = replace(run.plan, epochs=epochs)
+        if run.main:
+            budget.write(run.run_dir)
+    return record
 
 
 def _with_budget_plan(plan: Plan, budget: BudgetPlan) -> Plan:
@@ -425,6 +440,9 @@ def train(
     finally:
         if writer is not None:
             writer.close()
+    plan = run.plan  # the epochs as training re-planned them
+    if deadline is not None:
+        deadline.most_epochs = None  # a refit repeats the first network's schedule as it ended
     train_seconds = time.perf_counter() - started
 
     model.eval()
