@@ -120,7 +120,7 @@ def test_the_deadline_keeps_a_plan_that_fits_or_was_asked_for() -> None:
     assert state.planned_epochs == 2
 
 
-def test_one_slow_epoch_neither_grows_nor_shrinks_the_plan_alone() -> None:
+def test_the_deadline_grows_by_the_slower_and_shrinks_by_the_faster_estimate() -> None:
     deadline = Deadline(time.perf_counter() + 60.0, reserve_s=0.0, log=quiet, most_epochs=12)
     state = EpochEnd(1, None, True, planned_epochs=8)  # type: ignore[arg-type]
     deadline.on_epoch_end({"seconds": 2.0}, state)  # 29 more by this epoch: grows to the most
@@ -133,19 +133,43 @@ def test_one_slow_epoch_neither_grows_nor_shrinks_the_plan_alone() -> None:
     assert state.planned_epochs == 9
 
 
+def test_one_fast_epoch_does_not_grow_the_plan_alone() -> None:
+    deadline = Deadline(time.perf_counter() + 45.0, reserve_s=0.0, log=quiet, most_epochs=12)
+    state = EpochEnd(1, None, True, planned_epochs=5)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 10.0}, state)  # 4 more fit: the plan holds
+    assert state.planned_epochs == 5
+    state = EpochEnd(2, None, True, planned_epochs=9)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 2.0}, state)  # 7 more by the mean (6 s), 22 by this one: 9 stays
+    assert state.planned_epochs == 9
+
+
+def test_an_early_stop_is_not_re_planned() -> None:
+    recorded: list[tuple[int, float]] = []
+    deadline = Deadline(time.perf_counter() + 100.0, reserve_s=0.0, log=quiet, most_epochs=8,
+                        record=lambda epochs, rest_s: recorded.append((epochs, rest_s)))
+    state = EpochEnd(3, None, False, planned_epochs=4)  # type: ignore[arg-type]
+    state.stop("no better for 2 epochs")  # early stopping runs before the deadline
+    deadline.on_epoch_end({"seconds": 5.0}, state)
+    assert state.planned_epochs == 4 and not recorded
+
+
 def test_a_run_re_plans_when_its_epochs_are_faster_than_calibrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
-    # A calibration taken while the machine was busy: 5 s a photo, so the plan fits one epoch of the recommended 20.
-    monkeypatch.setattr(trainer, "calibrate_speed", lambda *args, **kwargs: Calibration(5.0, 0.001))
+    # A calibration taken while the machine was busy: 8 s a photo, so the plan fits few of the recommended 20 epochs.
+    monkeypatch.setattr(trainer, "calibrate_speed", lambda *args, **kwargs: Calibration(8.0, 0.001))
     config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 5})
     messages: list[str] = []
     run = api.train(data, config, out=tmp_path / "run", progress=False, log=messages.append)
-    assert any(m.startswith("plan for 5 minutes: 1 epochs") for m in messages), messages[:12]
+    calibrated = [int(m.split()[4]) for m in messages if m.startswith("plan for 5 minutes:")]
+    assert calibrated and calibrated[0] < 20, messages[:12]
     plan = json.loads((run.run_dir / "plan.json").read_text())
     assert plan["epochs"] == 20 == len(run.history)
     assert any(r.startswith("re-planned while training: 20 epochs in all") for r in plan["reasons"])
     lrs = [row["lr"] for row in run.history]
     assert lrs[1] > 0.5 * max(lrs) and lrs[-1] < 0.05 * max(lrs)  # the schedule decays over the 20 epochs, not after the first
+    asked = api.train(data, replace(config, train=replace(config.train, epochs=3)), out=tmp_path / "asked", progress=False, log=quiet)
+    reasons = json.loads((asked.run_dir / "plan.json").read_text())["reasons"]
+    assert len(asked.history) == 3 and not any(r.startswith("re-planned") for r in reasons)  # --epochs is kept as asked
 
 
 @pytest.mark.expected_speed

@@ -224,8 +224,12 @@ class Deadline:
         self.deadline, self.reserve_s, self.log = deadline, reserve_s, log
         self.most_epochs, self.record = most_epochs, record
         self._last = time.perf_counter()
-        self._seconds: list[float] = []
+        self._seconds: list[float] = []  # each epoch's, with what the callbacks took after the one before
         self.stopped = False
+
+    def stop_replanning(self) -> None:
+        """Keep the epochs as they are from now on (a refit repeats the first network's)."""
+        self.most_epochs = None
 
     def seconds_left(self) -> float:
         """Seconds left for training before the deadline, ``reserve_s`` kept for what follows."""
@@ -233,14 +237,15 @@ class Deadline:
 
     def on_epoch_end(self, row: dict[str, float], state: EpochEnd) -> None:
         now = time.perf_counter()
-        epoch_s, self._last = float(row.get("seconds", now - self._last)), now
-        self._seconds.append(epoch_s)
+        epoch_s = float(row.get("seconds", now - self._last))
+        self._seconds.append(epoch_s if not self._seconds else max(epoch_s, now - self._last))
+        self._last = now
         if now + epoch_s + self.reserve_s > self.deadline:
             self.stopped = True
             state.stop(f"the time budget: another epoch (about {epoch_s:.0f} s) would not finish in time")
             self.log(f"  stopping after epoch {state.epoch} at the time budget; the best epoch so far is kept")
-        elif self.most_epochs is not None and state.planned_epochs is not None:
-            self._replan(state, epoch_s)
+        elif self.most_epochs is not None and state.planned_epochs is not None and state.stop_reason is None:
+            self._replan(state, self._seconds[-1])
 
     def _replan(self, state: EpochEnd, last_s: float) -> None:
         planned, most, mean_s = state.planned_epochs or 0, self.most_epochs or 0, float(np.mean(self._seconds))

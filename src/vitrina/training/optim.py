@@ -41,20 +41,35 @@ def lr_factor(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[i
     return factor
 
 
+def _planned_factor(epochs: int, steps_per_epoch: int, warmup_epochs: float, schedule: str) -> Callable[[int], float]:
+    return lr_factor(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), schedule)
+
+
 def lr_schedule(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float, schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
     """The per-step scheduler over ``epochs`` epochs of ``steps_per_epoch`` steps."""
-    factor = lr_factor(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), schedule)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _planned_factor(epochs, steps_per_epoch, warmup_epochs, schedule))
 
 
 def replan_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int, steps_per_epoch: int, warmup_epochs: float,
                     schedule: str) -> None:
-    """Plan ``scheduler`` for ``epochs`` epochs in all from its next step on (the steps taken stay as they were).
+    """Plan ``scheduler`` for ``epochs`` epochs in all from its next step on; the steps taken stay as they were.
 
-    After the warm-up a cosine decay then runs from where it is to zero at the new last step.
+    Within the warm-up, and for the step and constant schedules, the rest follows the schedule
+    planned for the new count; past the warm-up a cosine decays from the factor it has reached
+    to zero at the new last step, so the learning rate does not jump.
     """
-    factor = lr_factor(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), schedule)
-    scheduler.lr_lambdas = [factor] * len(scheduler.optimizer.param_groups)
+    groups = len(scheduler.optimizer.param_groups)
+    now, total = scheduler.last_epoch, epochs * steps_per_epoch
+    if schedule != "cosine" or now <= int(warmup_epochs * steps_per_epoch):
+        scheduler.lr_lambdas = [_planned_factor(epochs, steps_per_epoch, warmup_epochs, schedule)] * groups
+        return
+    reached = scheduler.lr_lambdas[0](now)
+
+    def decay(step: int) -> float:
+        progress = (step - now) / max(1, total - now)
+        return reached * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+    scheduler.lr_lambdas = [decay] * groups
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:

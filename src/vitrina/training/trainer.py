@@ -211,13 +211,13 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
 
 
 def _replanned(run: _Run, budget: BudgetPlan, started: float) -> Callable[[int, float], None]:
-    """What the deadline calls when training re-plans its epochs: the run's plan and ``plan.json`` follow."""
+    """What the deadline calls when training re-plans its epochs: ``plan.json`` follows at once
+    (a resumed run reads it); the run's plan takes the loop's when training ends."""
     def record(epochs: int, remaining_s: float) -> None:
         budget.reasons.append(f"re-planned while training: {epochs} epochs in all, from the epochs measured "
-                              f"(the calibration planned {budget.epochs})")
+                              f"(where {budget.epochs} were planned)")
         budget.epochs = epochs
         budget.estimated_s = round(time.perf_counter() - started + remaining_s + budget.reserve_s, 1)
-        run.plan = replace(run.plan, epochs=epochs)
         if run.main:
             budget.write(run.run_dir)
     return record
@@ -260,6 +260,7 @@ def _fit_network(
     job = NetworkTraining(model, decoded["train"], labels["train"], decoded["val"], labels["val"], run.plan, run.config,
                           run.device, run.precision, run.num_classes, run.progress, run.log, run.train_precision)
     history, best_state = train_network(job, callbacks, resume_state)
+    run.plan = job.plan  # with the epochs as training re-planned them
     if best_state is not None:
         model.load_state_dict(best_state)
     if run.main:
@@ -442,7 +443,7 @@ def train(
             writer.close()
     plan = run.plan  # the epochs as training re-planned them
     if deadline is not None:
-        deadline.most_epochs = None  # a refit repeats the first network's schedule as it ended
+        deadline.stop_replanning()
     train_seconds = time.perf_counter() - started
 
     model.eval()
