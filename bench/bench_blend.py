@@ -93,14 +93,24 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
 
 
-def against_row(run: Path, y_val: np.ndarray, y_rep: np.ndarray) -> Blend:
-    """``run`` alone as a row to pair the blends with (its weight reads as nan)."""
+def blend_row(w: float, val: np.ndarray, rep: np.ndarray, y_val: np.ndarray, y_rep: np.ndarray) -> Blend:
+    """The figures of one set of validation and reported probabilities."""
+    return Blend(w, int((val.argmax(1) == y_val).sum()), log_loss(val, y_val), rep.argmax(1) == y_rep)
+
+
+def same_labels(run: Path, y_val: np.ndarray, y_rep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``run``'s validation and reported probabilities; exits where it labels the photos differently."""
     val, rep, other_y_val, other_y_rep, _ = probabilities(run)
     if not (np.array_equal(y_val, other_y_val) and np.array_equal(y_rep, other_y_rep)):
         raise SystemExit(f"{run} labels the photos differently (its classes must be the same, in the same order)")
-    loss = log_loss(val, y_val)
-    print(f"paired with {run} alone: val {int((val.argmax(1) == y_val).sum())} right, log loss {loss:.4f}")
-    return Blend(float("nan"), int((val.argmax(1) == y_val).sum()), loss, rep.argmax(1) == y_rep)
+    return val, rep
+
+
+def against_row(run: Path, y_val: np.ndarray, y_rep: np.ndarray) -> Blend:
+    """``run`` alone as a row to pair the blends with (its weight reads as nan)."""
+    row = blend_row(float("nan"), *same_labels(run, y_val, y_rep), y_val, y_rep)
+    print(f"paired with {run} alone: val {row.val_right} right, log loss {row.val_loss:.4f}")
+    return row
 
 
 def main() -> None:
@@ -116,9 +126,7 @@ def main() -> None:
     if any(json.loads((other / "splits.json").read_text())["splits"] != splits for other in others):
         raise SystemExit("the runs do not have the same splits (train, val and the reported split must match)")
     first_val, first_rep, y_val, y_rep, reported = probabilities(args.run)
-    second_val, second_rep, second_y_val, second_y_rep, _ = probabilities(args.second)
-    if not (np.array_equal(y_val, second_y_val) and np.array_equal(y_rep, second_y_rep)):
-        raise SystemExit("the two runs label the photos differently (their classes must be the same, in the same order)")
+    second_val, second_rep = same_labels(args.second, y_val, y_rep)
     print(f"{args.run} + {args.second}: {len(y_val)} photos in val, {len(y_rep)} in {reported}")
     print(f"| w | val right | val log loss | {reported} right |")
     print("|---|---|---|---|")
@@ -126,10 +134,9 @@ def main() -> None:
     for w in WEIGHTS:
         val = (1 - w) * first_val + w * second_val
         rep = (1 - w) * first_rep + w * second_rep
-        loss = log_loss(val, y_val)
-        row = Blend(w, int((val.argmax(1) == y_val).sum()), loss, rep.argmax(1) == y_rep)
+        row = blend_row(w, val, rep, y_val, y_rep)
         rows.append(row)
-        print(f"| {w:.1f} | {row.val_right} ({row.val_right / len(y_val):.2%}) | {loss:.4f} | "
+        print(f"| {w:.1f} | {row.val_right} ({row.val_right / len(y_val):.2%}) | {row.val_loss:.4f} | "
               f"{int(row.reported_right.sum())} ({row.reported_right.mean():.2%}) |")
     best = max(rows, key=lambda r: (r.val_right, -r.val_loss, -r.w))
     alone = rows[0] if args.against is None else against_row(args.against, y_val, y_rep)
