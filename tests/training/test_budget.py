@@ -94,12 +94,12 @@ def test_the_deadline_stops_when_another_epoch_would_not_fit() -> None:
 
 
 def test_the_deadline_grows_the_epochs_a_busy_calibration_cut() -> None:
-    recorded: list[tuple[int, float]] = []
+    recorded: list[tuple[int, float, float]] = []
     deadline = Deadline(time.perf_counter() + 100.0, reserve_s=0.0, log=quiet, most_epochs=8,
-                        record=lambda epochs, rest_s: recorded.append((epochs, rest_s)))
+                        record=lambda epochs, rest_s, reserve_s: recorded.append((epochs, rest_s, reserve_s)))
     state = EpochEnd(1, None, True, planned_epochs=2)  # type: ignore[arg-type]
     deadline.on_epoch_end({"seconds": 5.0}, state)  # 19 more would fit: the recommended 8 do
-    assert state.planned_epochs == 8 and recorded == [(8, 35.0)] and state.stop_reason is None
+    assert state.planned_epochs == 8 and recorded == [(8, 35.0, 0.0)] and state.stop_reason is None
 
 
 def test_the_deadline_shrinks_the_epochs_that_no_longer_fit() -> None:
@@ -144,13 +144,45 @@ def test_one_fast_epoch_does_not_grow_the_plan_alone() -> None:
 
 
 def test_an_early_stop_is_not_re_planned() -> None:
-    recorded: list[tuple[int, float]] = []
+    recorded: list[tuple[int, float, float]] = []
     deadline = Deadline(time.perf_counter() + 100.0, reserve_s=0.0, log=quiet, most_epochs=8,
-                        record=lambda epochs, rest_s: recorded.append((epochs, rest_s)))
+                        record=lambda epochs, rest_s, reserve_s: recorded.append((epochs, rest_s, reserve_s)))
     state = EpochEnd(3, None, False, planned_epochs=4)  # type: ignore[arg-type]
     state.stop("no better for 2 epochs")  # early stopping runs before the deadline
     deadline.on_epoch_end({"seconds": 5.0}, state)
     assert state.planned_epochs == 4 and not recorded
+
+
+def test_the_reserve_follows_the_validation_passes_measured() -> None:
+    # Calibrated at 0.3 s a photo (a busy machine): a reserve of 60 s. The passes measure 0.1 s a photo.
+    recorded: list[tuple[int, float, float]] = []
+    deadline = Deadline(time.perf_counter() + 100.0, reserve_s=60.0, log=quiet, most_epochs=8, forward_s=0.3, val_photos=100,
+                        record=lambda epochs, rest_s, reserve_s: recorded.append((epochs, rest_s, reserve_s)))
+    state = EpochEnd(1, None, True, planned_epochs=3)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 10.0}, state)
+    assert deadline.reserve_s == pytest.approx(20.0)  # by the calibrated reserve, 4 more epochs would fit, not 7
+    assert state.planned_epochs == 8 and recorded == [(8, 70.0, pytest.approx(20.0))]
+    deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 40.0}, state)  # one slow pass: the median of two moves halfway
+    assert deadline.reserve_s == pytest.approx(50.0)
+    deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 10.0}, state)
+    assert deadline.reserve_s == pytest.approx(20.0)
+
+
+def test_the_reserve_stays_as_calibrated_without_timed_passes() -> None:
+    for kwargs, row in (({"forward_s": 0.3, "val_photos": 10}, {"val_seconds": 1.0}),  # too few photos to time
+                        ({"forward_s": None, "val_photos": 100}, {"val_seconds": 10.0}),  # the head alone (bottleneck)
+                        ({"forward_s": 0.3, "val_photos": 100}, {"val_seconds": math.nan})):  # no validation
+        deadline = Deadline(time.perf_counter() + 100.0, reserve_s=60.0, log=quiet, **kwargs)  # type: ignore[arg-type]
+        deadline.on_epoch_end({"seconds": 10.0, **row}, EpochEnd(1, None, True))  # type: ignore[arg-type]
+        assert deadline.reserve_s == 60.0
+
+
+def test_the_deadline_stops_by_the_measured_reserve() -> None:
+    # 30 s left: by the calibrated 60 s reserve no epoch fits; measured, the reserve is 6 s and another epoch does.
+    deadline = Deadline(time.perf_counter() + 30.0, reserve_s=60.0, log=quiet, forward_s=1.0, val_photos=100)
+    state = EpochEnd(1, None, True)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 10.0}, state)
+    assert deadline.reserve_s == pytest.approx(6.0) and state.stop_reason is None
 
 
 def test_a_run_re_plans_when_its_epochs_are_faster_than_calibrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,7 +118,7 @@ def test_joined_photos_are_the_training_then_the_validation_photos_in_a_file_rem
 
 def test_the_refit_time_is_the_measured_epochs_scaled_to_its_photos_and_the_passes_after() -> None:
     # 1000 photos at 10 img/s: 100 s of each epoch trains, the rest (10 s) validates 200 photos.
-    history = [{"seconds": 110.0, "images_per_second": 10.0}, {"seconds": 110.0, "images_per_second": 10.0}]
+    history = [{"seconds": 110.0, "images_per_second": 10.0, "val_seconds": 10.0}, {"seconds": 110.0, "images_per_second": 10.0, "val_seconds": 10.0}]
     assert refit_seconds(history, n_train=1000, n_val=200, after_photos=0) == pytest.approx(264.0)
     assert refit_seconds(history, n_train=1000, n_val=200, after_photos=400) == pytest.approx(264.0 + 20.0)
 

@@ -207,9 +207,27 @@ def plan_epochs(
                       seconds_per_epoch=round(per_epoch, 2), reserve_s=round(after_s, 1), reasons=reasons)
 
 
+# Fewest validation photos whose pass times the network well enough to re-estimate the reserve
+# (below a batch, the pass's fixed costs would weigh as photos).
+FEWEST_TIMED_PHOTOS = 64
+
+
+def validation_seconds_per_photo(history: list[dict[str, float]], n_val: int) -> float | None:
+    """The median over ``history``'s epochs of their validation pass's seconds per photo (the
+    network's inference speed as training measured it); None where no pass was timed."""
+    passes = [float(row["val_seconds"]) for row in history if math.isfinite(float(row.get("val_seconds", math.nan)))]
+    return float(np.median(passes)) / n_val if passes and n_val > 0 else None
+
+
 class Deadline:
     """Ends training after an epoch when another one would not finish before ``deadline``
     (a ``time.perf_counter()`` value) less ``reserve_s`` for what follows training.
+
+    With ``forward_s`` (the calibrated inference seconds per photo the reserve was estimated
+    from) and ``val_photos`` (at least :data:`FEWEST_TIMED_PHOTOS`), the reserve follows the
+    validation passes as measured: it is scaled by their median seconds per photo over
+    ``forward_s``, so a calibration taken on a busy (or idle) machine does not hold back (or
+    overrun) the rest of the run.
 
     With ``most_epochs`` it also re-plans from the epochs measured so far, which a calibration
     taken while the machine was busy (or idle) cannot foresee: it grows the epochs up to
@@ -220,11 +238,14 @@ class Deadline:
     """
 
     def __init__(self, deadline: float, reserve_s: float, log: Callable[[str], None] = print, *,
-                 most_epochs: int | None = None, record: Callable[[int, float], None] | None = None):
+                 most_epochs: int | None = None, record: Callable[[int, float, float], None] | None = None,
+                 forward_s: float | None = None, val_photos: int = 0):
         self.deadline, self.reserve_s, self.log = deadline, reserve_s, log
         self.most_epochs, self.record = most_epochs, record
+        self._planned_reserve_s, self._forward_s, self._val_photos = reserve_s, forward_s, val_photos
         self._last = time.perf_counter()
         self._seconds: list[float] = []  # each epoch's, with what the callbacks took after the one before
+        self._rows: list[dict[str, float]] = []
         self.stopped = False
 
     def stop_replanning(self) -> None:
@@ -240,12 +261,22 @@ class Deadline:
         epoch_s = float(row.get("seconds", now - self._last))
         self._seconds.append(epoch_s if not self._seconds else max(epoch_s, now - self._last))
         self._last = now
+        self._remeasure_reserve(row)
         if now + epoch_s + self.reserve_s > self.deadline:
             self.stopped = True
             state.stop(f"the time budget: another epoch (about {epoch_s:.0f} s) would not finish in time")
             self.log(f"  stopping after epoch {state.epoch} at the time budget; the best epoch so far is kept")
         elif self.most_epochs is not None and state.planned_epochs is not None and state.stop_reason is None:
             self._replan(state, self._seconds[-1])
+
+    def _remeasure_reserve(self, row: dict[str, float]) -> None:
+        """The reserve scaled by the validation passes' measured speed over the calibrated one."""
+        if not self._forward_s or self._val_photos < FEWEST_TIMED_PHOTOS:
+            return
+        self._rows.append(row)
+        measured = validation_seconds_per_photo(self._rows, self._val_photos)
+        if measured is not None:
+            self.reserve_s = self._planned_reserve_s * measured / self._forward_s
 
     def _replan(self, state: EpochEnd, last_s: float) -> None:
         planned, most, mean_s = state.planned_epochs or 0, self.most_epochs or 0, float(np.mean(self._seconds))
@@ -258,8 +289,9 @@ class Deadline:
             epochs = max(state.epoch + 1, perhaps)
         else:
             return
-        self.log(f"  re-planned after epoch {state.epoch}: epochs take about {mean_s:.0f} s here (the last {last_s:.0f} s), "
-                 f"so {epochs} epochs in all fit the budget where {planned} were planned")
+        self.log(f"  re-planned after epoch {state.epoch}: epochs take about {mean_s:.0f} s here (the last {last_s:.0f} s) "
+                 f"and the work after training about {self.reserve_s:.0f} s, so {epochs} epochs in all fit the budget "
+                 f"where {planned} were planned")
         state.replan(epochs)
         if self.record is not None:
-            self.record(epochs, (epochs - state.epoch) * mean_s)
+            self.record(epochs, (epochs - state.epoch) * mean_s, self.reserve_s)

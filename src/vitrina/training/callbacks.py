@@ -19,7 +19,7 @@ from vitrina.description import ModelDescription
 from vitrina.training.run_folder import save_resume_point
 
 EpochHook = Callable[[dict[str, float]], None]  # sees each epoch's history row; may raise to stop
-TIMING_KEYS = ("seconds", "images_per_second")  # history columns that are not learning curves
+TIMING_KEYS = ("seconds", "images_per_second", "val_seconds")  # history columns that are not learning curves
 
 
 @dataclass

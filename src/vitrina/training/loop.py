@@ -359,8 +359,10 @@ def train_network(
         train_seconds = time.perf_counter() - started
         loss_sum, correct, total = _sum_over_processes(loss_sum, correct, total)
         with average.applied() if average is not None else nullcontext():
+            val_started = time.perf_counter()
             val_loss, val_acc = _validate(job, validate) if job.select_best else (math.nan, math.nan)
-            row = _history_row(epoch, loss_sum, correct, total, val_loss, val_acc, optimizer, started, train_seconds)
+            val_seconds = time.perf_counter() - val_started if job.select_best else math.nan
+            row = _history_row(epoch, (loss_sum, correct, total), (val_loss, val_acc, val_seconds), optimizer, started, train_seconds)
             improved = chosen.record(row, model, job.select_best)  # the averaged weights, where they are averaged
         _log_epoch(job, row, improved)
         state = EpochEnd(epoch + 1, model, improved, partial(_resume_point, optimisation, chosen, callbacks, epoch + 1),
@@ -376,9 +378,13 @@ def train_network(
 
 
 def _history_row(
-    epoch: int, loss_sum: float, correct: float, total: float, val_loss: float, val_acc: float,
+    epoch: int, training: tuple[float, float, float], validation: tuple[float, float, float],
     optimizer: torch.optim.Optimizer, started: float, train_seconds: float,
 ) -> dict[str, float]:
+    """An epoch's row of the history: ``training`` (loss sum, correct, photos), ``validation``
+    (loss, accuracy, seconds its pass took; NaN without validation)."""
+    loss_sum, correct, total = training
+    val_loss, val_acc, val_seconds = validation
     return {
         "epoch": epoch + 1,
         "train_loss": loss_sum / max(total, 1),
@@ -388,6 +394,7 @@ def _history_row(
         "lr": optimizer.param_groups[-1]["lr"],
         "seconds": time.perf_counter() - started,
         "images_per_second": total / max(train_seconds, 1e-9),
+        "val_seconds": val_seconds,
     }
 
 

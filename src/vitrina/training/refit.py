@@ -34,6 +34,7 @@ from vitrina.errors import ConfigError
 from vitrina.models.neighbours import NeighbourVote
 from vitrina.models.network import VitrinaNet
 from vitrina.models.unknown import UnknownScore, build_score
+from vitrina.training.budget import validation_seconds_per_photo
 
 Log = Callable[[str], None]
 CARRIED_SCORES = ("knn", "msp", "energy")  # the unknown scores a refit can carry over
@@ -56,10 +57,7 @@ def refit_seconds(history: list[dict[str, float]], n_train: int, n_val: int, aft
     photos it learns from) and ``after_photos`` more photos through the network beyond the
     evaluation reserve (at the first network's measured validation speed)."""
     epochs = sum(float(row.get("seconds", 0.0)) for row in history) * (n_train + n_val) / max(1, n_train)
-    validation = [float(row["seconds"]) - n_train / float(row["images_per_second"]) for row in history
-                  if row.get("images_per_second") and "seconds" in row]
-    per_photo = max(0.0, float(np.median(validation))) / max(1, n_val) if validation else 0.0
-    return epochs + per_photo * after_photos
+    return epochs + (validation_seconds_per_photo(history, n_val) or 0.0) * after_photos
 
 
 @contextlib.contextmanager

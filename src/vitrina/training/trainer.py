@@ -207,17 +207,19 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
     if run.main:
         budget.write(run.run_dir)
     most = None if t.epochs is not None or run.plan.mode == "bottleneck" else recommended
-    return Deadline(started + budget_s, budget.reserve_s, run.log, most_epochs=most, record=_replanned(run, budget, started))
+    timed = speed.forward_s_per_image if run.plan.mode != "bottleneck" else None  # the head's epochs pass no photo through the network
+    return Deadline(started + budget_s, budget.reserve_s, run.log, most_epochs=most, record=_replanned(run, budget, started),
+                    forward_s=timed, val_photos=len(decoded["val"].index))
 
 
-def _replanned(run: _Run, budget: BudgetPlan, started: float) -> Callable[[int, float], None]:
+def _replanned(run: _Run, budget: BudgetPlan, started: float) -> Callable[[int, float, float], None]:
     """What the deadline calls when training re-plans its epochs: ``plan.json`` follows at once
     (a resumed run reads it); the run's plan takes the loop's when training ends."""
-    def record(epochs: int, remaining_s: float) -> None:
+    def record(epochs: int, remaining_s: float, reserve_s: float) -> None:
         budget.reasons.append(f"re-planned while training: {epochs} epochs in all, from the epochs measured "
                               f"(where {budget.epochs} were planned)")
-        budget.epochs = epochs
-        budget.estimated_s = round(time.perf_counter() - started + remaining_s + budget.reserve_s, 1)
+        budget.epochs, budget.reserve_s = epochs, round(reserve_s, 1)
+        budget.estimated_s = round(time.perf_counter() - started + remaining_s + reserve_s, 1)
         if run.main:
             budget.write(run.run_dir)
     return record
