@@ -78,6 +78,7 @@ CANDIDATES = {
     "wd05": ["--set", "train.weight_decay=0.05"],  # AdamW's decoupled decay at the usual fine-tuning figure (default 1e-4)
     "body-lr": ["--set", "train.body_lr_scale=0.3"],  # the trained blocks at 0.3x the head's rate (default 0.1x)
     "bn-train": ["--set", "train.freeze_bn=no"],  # every BatchNorm's statistics follow the new photos (no ONNX Runtime prefix: slower epochs)
+    "reseed": ["--seed", "100"],  # the default from another training seed, the carve kept: two of one network averaged (bench_blend)
     "e5": ["--epochs", "5"],  # 5 epochs where the default plans 8: two such networks fit one 30-minute budget here (lite1+e5 the second)
 }
 PRETRAINED_ONLY = {"plain", "llrd", "size224", "size320", "blocks4", "all-blocks", "lite2", "lite1", "droppath", "wd05", "body-lr", "bn-train", "e5"}  # not for a network trained from scratch
@@ -219,7 +220,8 @@ def main() -> None:
             folder = variant if variant == "plain" or not args.screen_epochs else f"{variant}-e{args.screen_epochs}"
             print(f"{name} / {folder}", flush=True)
             chosen = [(u, d, f) for u, d, f in units(name, args.runs) if wanted is None or u in wanted]
-            found = [train(args.runs / name / folder / unit, data, variant_flags(variant, args.screen_epochs) + flags)
+            # The candidate's flags come last, so a candidate may change what a unit sets (reseed).
+            found = [train(args.runs / name / folder / unit, data, flags + variant_flags(variant, args.screen_epochs))
                      for unit, data, flags in chosen]
             for (unit, _, _), m in zip(chosen, found):
                 if "before_refit" in m:  # the same run's network before its refit: a paired comparison
