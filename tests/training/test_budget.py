@@ -162,33 +162,49 @@ def test_the_reserve_follows_the_validation_passes_measured() -> None:
     deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 10.0}, state)
     assert deadline.reserve_s == pytest.approx(20.0)  # by the calibrated reserve, 4 more epochs would fit, not 7
     assert state.planned_epochs == 8 and recorded == [(8, 70.0, pytest.approx(20.0))]
-    deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 40.0}, state)  # one slow pass: the median of two moves halfway
-    assert deadline.reserve_s == pytest.approx(50.0)
+    # One slow pass: the median of two (0.25 s a photo) says 50 s, the last (0.4) 80 s. The plan
+    # shrinks by the smaller (4 more epochs of 10 s in the 50 s left) and grows back by the larger once passes are quick again.
+    state = EpochEnd(2, None, True, planned_epochs=8)  # type: ignore[arg-type]
+    deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 40.0}, state)
+    assert deadline.reserve_s == pytest.approx(50.0) and state.planned_epochs == 6
+    state = EpochEnd(3, None, True, planned_epochs=6)  # type: ignore[arg-type]
     deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 10.0}, state)
-    assert deadline.reserve_s == pytest.approx(20.0)
+    assert deadline.reserve_s == pytest.approx(20.0) and state.planned_epochs == 8
+    assert [epochs for epochs, _, _ in recorded] == [8, 6, 8]
 
 
 def test_the_reserve_stays_as_calibrated_without_timed_passes() -> None:
     for kwargs, row in (({"forward_s": 0.3, "val_photos": 10}, {"val_seconds": 1.0}),  # too few photos to time
                         ({"forward_s": None, "val_photos": 100}, {"val_seconds": 10.0}),  # the head alone (bottleneck)
-                        ({"forward_s": 0.3, "val_photos": 100}, {"val_seconds": math.nan})):  # no validation
+                        ({"forward_s": 0.3, "val_photos": 100}, {"val_seconds": math.nan}),  # no validation
+                        ({"forward_s": 0.3, "val_photos": 100}, {"val_seconds": None})):  # the same, read back from JSON
         deadline = Deadline(time.perf_counter() + 100.0, reserve_s=60.0, log=quiet, **kwargs)  # type: ignore[arg-type]
         deadline.on_epoch_end({"seconds": 10.0, **row}, EpochEnd(1, None, True))  # type: ignore[arg-type]
         assert deadline.reserve_s == 60.0
 
 
-def test_the_deadline_stops_by_the_measured_reserve() -> None:
+def test_the_deadline_stops_by_the_measured_reserve_and_says_so() -> None:
     # 30 s left: by the calibrated 60 s reserve no epoch fits; measured, the reserve is 6 s and another epoch does.
-    deadline = Deadline(time.perf_counter() + 30.0, reserve_s=60.0, log=quiet, forward_s=1.0, val_photos=100)
-    state = EpochEnd(1, None, True)  # type: ignore[arg-type]
+    messages: list[str] = []
+    recorded: list[tuple[int, float, float]] = []
+    deadline = Deadline(time.perf_counter() + 30.0, reserve_s=60.0, log=messages.append, forward_s=1.0, val_photos=100,
+                        record=lambda epochs, rest_s, reserve_s: recorded.append((epochs, rest_s, reserve_s)))
+    state = EpochEnd(1, None, True, planned_epochs=2)  # type: ignore[arg-type]  # --epochs 2: nothing re-planned
     deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 10.0}, state)
-    assert deadline.reserve_s == pytest.approx(6.0) and state.stop_reason is None
+    assert deadline.reserve_s == pytest.approx(6.0) and state.stop_reason is None and state.planned_epochs == 2
+    assert recorded == [(2, 10.0, pytest.approx(6.0))]
+    assert messages == ["  the work after training should take about 6 s: validation passes take 100.0 ms a photo here "
+                        "where the calibration gave 1000.0"]
+    deadline.on_epoch_end({"seconds": 10.0, "val_seconds": 10.5}, state)  # within a tenth: nothing more said
+    assert len(messages) == 1 and len(recorded) == 1
 
 
 def test_a_run_re_plans_when_its_epochs_are_faster_than_calibrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=12)
-    # A calibration taken while the machine was busy: 8 s a photo, so the plan fits few of the recommended 20 epochs.
-    monkeypatch.setattr(trainer, "calibrate_speed", lambda *args, **kwargs: Calibration(8.0, 0.001))
+    # A calibration taken while the machine was busy: 8 s a photo, so the plan fits few of the recommended 20 epochs,
+    # and an inference pass of 50 ms a photo, so the reserve is far larger than the validation passes show.
+    monkeypatch.setattr(trainer, "calibrate_speed", lambda *args, **kwargs: Calibration(8.0, 0.05))
+    monkeypatch.setattr(budget, "FEWEST_TIMED_PHOTOS", 1)  # the few validation photos of this dataset time the pass
     config = scratch_config(tmp_path, **{"train.epochs": None, "train.budget_minutes": 5})
     messages: list[str] = []
     run = api.train(data, config, out=tmp_path / "run", progress=False, log=messages.append)
@@ -197,6 +213,9 @@ def test_a_run_re_plans_when_its_epochs_are_faster_than_calibrated(tmp_path: Pat
     plan = json.loads((run.run_dir / "plan.json").read_text())
     assert plan["epochs"] == 20 == len(run.history)
     assert any(r.startswith("re-planned while training: 20 epochs in all") for r in plan["reasons"])
+    assert all(row["val_seconds"] > 0 for row in run.history)
+    assert plan["reserve_s"] > 0 and plan["measured_reserve_s"] is not None and plan["measured_reserve_s"] < plan["reserve_s"] / 2
+    assert any(m.startswith("  the work after training should take about") for m in messages)
     lrs = [row["lr"] for row in run.history]
     assert lrs[1] > 0.5 * max(lrs) and lrs[-1] < 0.05 * max(lrs)  # the schedule decays over the 20 epochs, not after the first
     asked = api.train(data, replace(config, train=replace(config.train, epochs=3)), out=tmp_path / "asked", progress=False, log=quiet)

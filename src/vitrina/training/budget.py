@@ -54,6 +54,7 @@ class BudgetPlan:
     measured_s: float | None = None
     seconds_per_epoch: float = 0.0
     reserve_s: float = 0.0  # after training: evaluation, the extras, the features they need
+    measured_reserve_s: float | None = None  # the same, scaled by the validation passes as timed in training
     reasons: list[str] = field(default_factory=list)
     # vitrina predict with the exported int8 model on this machine, measured before training
     expected_images_per_s: float | None = None
@@ -212,10 +213,17 @@ def plan_epochs(
 FEWEST_TIMED_PHOTOS = 64
 
 
-def validation_seconds_per_photo(history: list[dict[str, float]], n_val: int) -> float | None:
-    """The median over ``history``'s epochs of their validation pass's seconds per photo (the
-    network's inference speed as training measured it); None where no pass was timed."""
-    passes = [float(row["val_seconds"]) for row in history if math.isfinite(float(row.get("val_seconds", math.nan)))]
+def validation_pass_seconds(row: dict[str, Any]) -> float | None:
+    """An epoch's validation pass in seconds, where it was timed (``val_seconds``; a history read
+    back from JSON holds None for an epoch without one)."""
+    value = row.get("val_seconds")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
+def validation_seconds_per_photo(history: list[dict[str, Any]], n_val: int) -> float | None:
+    """The median over ``history``'s epochs of their validation pass's seconds per photo; None
+    where no pass was timed."""
+    passes = [seconds for row in history if (seconds := validation_pass_seconds(row)) is not None]
     return float(np.median(passes)) / n_val if passes and n_val > 0 else None
 
 
@@ -223,18 +231,21 @@ class Deadline:
     """Ends training after an epoch when another one would not finish before ``deadline``
     (a ``time.perf_counter()`` value) less ``reserve_s`` for what follows training.
 
-    With ``forward_s`` (the calibrated inference seconds per photo the reserve was estimated
-    from) and ``val_photos`` (at least :data:`FEWEST_TIMED_PHOTOS`), the reserve follows the
-    validation passes as measured: it is scaled by their median seconds per photo over
-    ``forward_s``, so a calibration taken on a busy (or idle) machine does not hold back (or
-    overrun) the rest of the run.
-
     With ``most_epochs`` it also re-plans from the epochs measured so far, which a calibration
     taken while the machine was busy (or idle) cannot foresee: it grows the epochs up to
     ``most_epochs`` (the recommended ones) when more fit than were planned, and shrinks them when
     fewer do, so the learning rate still decays to its end within the budget. It judges by the
     epochs' mean and the last one's time, growing by the slower and shrinking by the faster of
-    the two, and hands each new count with the seconds its remaining epochs need to ``record``.
+    the two, and hands each new count with the seconds its remaining epochs need and the reserve
+    to ``record``.
+
+    With ``forward_s`` (the calibrated inference seconds per photo the reserve was estimated
+    from) and ``val_photos`` (at least :data:`FEWEST_TIMED_PHOTOS`), the reserve follows the
+    validation passes as timed: it is scaled by their median seconds per photo over
+    ``forward_s`` (re-planning grows by the slower and shrinks by the faster of the median and
+    the last pass, as with the epochs), so a calibration taken on a busy (or idle) machine does
+    not hold back (or overrun) the rest of the run. A change of more than a tenth is printed and
+    handed to ``record`` too.
     """
 
     def __init__(self, deadline: float, reserve_s: float, log: Callable[[str], None] = print, *,
@@ -242,10 +253,12 @@ class Deadline:
                  forward_s: float | None = None, val_photos: int = 0):
         self.deadline, self.reserve_s, self.log = deadline, reserve_s, log
         self.most_epochs, self.record = most_epochs, record
-        self._planned_reserve_s, self._forward_s, self._val_photos = reserve_s, forward_s, val_photos
+        self._planned_reserve_s, self._reported_reserve_s = reserve_s, reserve_s
+        self._forward_s = forward_s if val_photos >= FEWEST_TIMED_PHOTOS else None
+        self._val_photos = val_photos
         self._last = time.perf_counter()
         self._seconds: list[float] = []  # each epoch's, with what the callbacks took after the one before
-        self._rows: list[dict[str, float]] = []
+        self._per_photo: list[float] = []  # each timed validation pass's seconds per photo
         self.stopped = False
 
     def stop_replanning(self) -> None:
@@ -261,37 +274,60 @@ class Deadline:
         epoch_s = float(row.get("seconds", now - self._last))
         self._seconds.append(epoch_s if not self._seconds else max(epoch_s, now - self._last))
         self._last = now
-        self._remeasure_reserve(row)
+        reserve_moved = self._remeasure_reserve(row)
         if now + epoch_s + self.reserve_s > self.deadline:
             self.stopped = True
             state.stop(f"the time budget: another epoch (about {epoch_s:.0f} s) would not finish in time")
             self.log(f"  stopping after epoch {state.epoch} at the time budget; the best epoch so far is kept")
-        elif self.most_epochs is not None and state.planned_epochs is not None and state.stop_reason is None:
-            self._replan(state, self._seconds[-1])
-
-    def _remeasure_reserve(self, row: dict[str, float]) -> None:
-        """The reserve scaled by the validation passes' measured speed over the calibrated one."""
-        if not self._forward_s or self._val_photos < FEWEST_TIMED_PHOTOS:
             return
-        self._rows.append(row)
-        measured = validation_seconds_per_photo(self._rows, self._val_photos)
-        if measured is not None:
-            self.reserve_s = self._planned_reserve_s * measured / self._forward_s
+        replanned = False
+        if self.most_epochs is not None and state.planned_epochs is not None and state.stop_reason is None:
+            replanned = self._replan(state, self._seconds[-1])
+        if reserve_moved and not replanned and self.record is not None and state.planned_epochs is not None:
+            self.record(state.planned_epochs, (state.planned_epochs - state.epoch) * float(np.mean(self._seconds)), self.reserve_s)
 
-    def _replan(self, state: EpochEnd, last_s: float) -> None:
+    def _remeasure_reserve(self, row: dict[str, float]) -> bool:
+        """Scale the reserve by the validation passes' median speed over the calibrated one;
+        whether it moved by more than a tenth since it was last said."""
+        seconds = validation_pass_seconds(row)
+        if self._forward_s is None or seconds is None:
+            return False
+        self._per_photo.append(seconds / self._val_photos)
+        median = float(np.median(self._per_photo))
+        self.reserve_s = self._reserve_at(median)
+        if abs(self.reserve_s - self._reported_reserve_s) <= 0.1 * self._reported_reserve_s:
+            return False
+        self._reported_reserve_s = self.reserve_s
+        self.log(f"  the work after training should take about {self.reserve_s:.0f} s: validation passes take "
+                 f"{1000 * median:.1f} ms a photo here where the calibration gave {1000 * self._forward_s:.1f}")
+        return True
+
+    def _reserve_at(self, per_photo_s: float) -> float:
+        return self._planned_reserve_s * per_photo_s / (self._forward_s or per_photo_s)
+
+    def _reserves(self) -> tuple[float, float]:
+        """(the larger, the smaller) reserve by the median pass and the last one."""
+        if not self._per_photo:
+            return self.reserve_s, self.reserve_s
+        median, last = float(np.median(self._per_photo)), self._per_photo[-1]
+        return self._reserve_at(max(median, last)), self._reserve_at(min(median, last))
+
+    def _replan(self, state: EpochEnd, last_s: float) -> bool:
         planned, most, mean_s = state.planned_epochs or 0, self.most_epochs or 0, float(np.mean(self._seconds))
-        left = max(0.0, self.seconds_left())
-        surely = state.epoch + int(left // max(mean_s, last_s, 1e-9))  # by the slower of the two
-        perhaps = state.epoch + int(left // max(min(mean_s, last_s), 1e-9))  # by the faster
+        larger, smaller = self._reserves()
+        now = time.perf_counter()
+        surely = state.epoch + int(max(0.0, self.deadline - larger - now) // max(mean_s, last_s, 1e-9))  # by the slower
+        perhaps = state.epoch + int(max(0.0, self.deadline - smaller - now) // max(min(mean_s, last_s), 1e-9))  # by the faster
         if planned < min(surely, most):
             epochs = min(surely, most)
         elif planned > perhaps:
             epochs = max(state.epoch + 1, perhaps)
         else:
-            return
+            return False
         self.log(f"  re-planned after epoch {state.epoch}: epochs take about {mean_s:.0f} s here (the last {last_s:.0f} s) "
                  f"and the work after training about {self.reserve_s:.0f} s, so {epochs} epochs in all fit the budget "
                  f"where {planned} were planned")
         state.replan(epochs)
         if self.record is not None:
             self.record(epochs, (epochs - state.epoch) * mean_s, self.reserve_s)
+        return True

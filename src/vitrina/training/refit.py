@@ -34,7 +34,7 @@ from vitrina.errors import ConfigError
 from vitrina.models.neighbours import NeighbourVote
 from vitrina.models.network import VitrinaNet
 from vitrina.models.unknown import UnknownScore, build_score
-from vitrina.training.budget import validation_seconds_per_photo
+from vitrina.training.budget import validation_pass_seconds, validation_seconds_per_photo
 
 Log = Callable[[str], None]
 CARRIED_SCORES = ("knn", "msp", "energy")  # the unknown scores a refit can carry over
@@ -56,7 +56,8 @@ def refit_seconds(history: list[dict[str, float]], n_train: int, n_val: int, aft
     """The refit's expected time: its epochs (the first network's measured epochs, scaled to the
     photos it learns from) and ``after_photos`` more photos through the network beyond the
     evaluation reserve (at the first network's measured validation speed)."""
-    epochs = sum(float(row.get("seconds", 0.0)) for row in history) * (n_train + n_val) / max(1, n_train)
+    trained = sum(float(row.get("seconds", 0.0)) - (validation_pass_seconds(row) or 0.0) for row in history)
+    epochs = trained * (n_train + n_val) / max(1, n_train)
     return epochs + (validation_seconds_per_photo(history, n_val) or 0.0) * after_photos
 
 

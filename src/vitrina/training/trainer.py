@@ -183,7 +183,8 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
             return None
         run.plan = _with_budget_plan(run.plan, previous)
         spent = sum(float(row.get("seconds", 0.0)) for row in resume_state.get("history", []))
-        return Deadline(time.perf_counter() + max(0.0, previous.budget_s - spent), previous.reserve_s, run.log)
+        reserve_s = previous.measured_reserve_s if previous.measured_reserve_s is not None else previous.reserve_s
+        return Deadline(time.perf_counter() + max(0.0, previous.budget_s - spent), reserve_s, run.log)
     on_prefix = runs_frozen_prefix(run.config, run.plan.mode, run.device)
     prediction = _expected_prediction_speed(run, model, decoded["train"])
     speed = calibrate_speed(model, run.plan, run.plan.unfreeze_blocks, run.device, run.train_precision,
@@ -213,12 +214,14 @@ def _plan_budget(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages],
 
 
 def _replanned(run: _Run, budget: BudgetPlan, started: float) -> Callable[[int, float, float], None]:
-    """What the deadline calls when training re-plans its epochs: ``plan.json`` follows at once
-    (a resumed run reads it); the run's plan takes the loop's when training ends."""
+    """What the deadline calls when training re-plans its epochs or re-measures its reserve:
+    ``plan.json`` follows at once (a resumed run reads it); the run's plan takes the loop's when
+    training ends."""
     def record(epochs: int, remaining_s: float, reserve_s: float) -> None:
-        budget.reasons.append(f"re-planned while training: {epochs} epochs in all, from the epochs measured "
-                              f"(where {budget.epochs} were planned)")
-        budget.epochs, budget.reserve_s = epochs, round(reserve_s, 1)
+        if epochs != budget.epochs:
+            budget.reasons.append(f"re-planned while training: {epochs} epochs in all, from the epochs measured "
+                                  f"(where {budget.epochs} were planned)")
+        budget.epochs, budget.measured_reserve_s = epochs, round(reserve_s, 1)
         budget.estimated_s = round(time.perf_counter() - started + remaining_s + reserve_s, 1)
         if run.main:
             budget.write(run.run_dir)
