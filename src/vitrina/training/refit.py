@@ -53,9 +53,10 @@ def check_refit(unknown_score: str, mode: str, processes: int) -> None:
 
 
 def refit_seconds(history: list[dict[str, float]], n_train: int, n_val: int, after_photos: int) -> float:
-    """The refit's expected time: its epochs (the first network's measured epochs, scaled to the
-    photos it learns from) and ``after_photos`` more photos through the network beyond the
-    evaluation reserve (at the first network's measured validation speed)."""
+    """The refit's expected time: its epochs (the first network's measured epochs less their
+    validation passes, which a refit does not run, scaled to the photos it learns from) and
+    ``after_photos`` more photos through the network beyond the evaluation reserve (at the first
+    network's measured validation speed)."""
     trained = sum(float(row.get("seconds", 0.0)) - (validation_pass_seconds(row) or 0.0) for row in history)
     epochs = trained * (n_train + n_val) / max(1, n_train)
     return epochs + (validation_seconds_per_photo(history, n_val) or 0.0) * after_photos
