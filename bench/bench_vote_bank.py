@@ -30,8 +30,9 @@ from vitrina.models.neighbours import NeighbourVote
 from vitrina.models.unknown import MAX_BANK, bank_rows, penultimate_features
 
 
-def split_features(run: Path, model: torch.nn.Module, preprocess, classes: list[str]) -> tuple[str, dict, dict]:  # type: ignore[no-untyped-def]
-    """(reported split, features by split, labels by split) of the run's train, val and reported photos."""
+def split_images(run: Path, preprocess, classes: list[str]) -> tuple[str, dict, dict, Path]:  # type: ignore[no-untyped-def]
+    """(reported split, decoded uint8 images by split, labels by split, the cache folder) of the
+    run's train, val and reported photos."""
     listed = json.loads((run / "splits.json").read_text())
     cfg = config_lib.resolve(run / "config.yaml")
     pool = {s.path: s for part in load_dataset(listed["source"], cfg.data, carve_val=False).splits.values() for s in part}
@@ -40,12 +41,19 @@ def split_features(run: Path, model: torch.nn.Module, preprocess, classes: list[
         raise SystemExit(f"{run}: no split beyond train and val to measure on")
     reported = "test" if "test" in others else others[0]
     cache = default_cache_dir(cfg.train.cache_dir)
-    features, labels = {}, {}
+    images, labels = {}, {}
     for split in ("train", "val", reported):
         samples = [pool[p] for p in listed["splits"][split]]
         decoded = decode_samples(samples, preprocess, cache, progress=False)
-        features[split] = penultimate_features(model, decoded.images, preprocess, torch.device("cpu"), "fp32", cache)
+        images[split] = decoded.images
         labels[split] = np.array([classes.index(samples[i].label) for i in decoded.index])
+    return reported, images, labels, cache
+
+
+def split_features(run: Path, model: torch.nn.Module, preprocess, classes: list[str]) -> tuple[str, dict, dict]:  # type: ignore[no-untyped-def]
+    """(reported split, features by split, labels by split) of the run's train, val and reported photos."""
+    reported, images, labels, cache = split_images(run, preprocess, classes)
+    features = {split: penultimate_features(model, part, preprocess, torch.device("cpu"), "fp32", cache) for split, part in images.items()}
     return reported, features, labels
 
 
