@@ -13,9 +13,10 @@ photo by photo with the first run alone; then the same for the plain average (w 
 chosen), and whether the pair pays for its prediction cost by the rule every extra must pass
 (:func:`vitrina.training.extras.pays_for_itself`), with the cost taken from the images/s each
 run's plan expected of its export (the pair runs both networks: c = 1 + first / second images/s,
-decoding counted twice, so a little above the true cost). Accuracy here is each network in fp32
-PyTorch without the mirror average. With ``--against THIRD_RUN`` (same splits) the two summary
-lines pair the blends with that run alone instead, and the cost is counted against its speed:
+decoding counted twice, so a little above the true cost). Accuracy here is each network (its
+body in ONNX Runtime fp32, its head in PyTorch) without the mirror average. With ``--against
+THIRD_RUN`` (same splits) the two summary lines pair the blends with that run alone instead, and
+the cost is counted against its speed:
 for two networks trained with fewer epochs, so that both fit the budget one default fills.
 
     python bench/bench_blend.py RUN SECOND_RUN [--against THIRD_RUN]

@@ -48,9 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from bench_carve_gap import test_photos_without_near_copy
-from bench_vote_bank import paired_change
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
@@ -276,6 +274,9 @@ def correct_by_photo(run: Path) -> dict[str, int]:
 def paired_delta(candidate: list[Path], default: list[Path]) -> tuple[float, float, int]:
     """Mean accuracy difference over the units, its standard error, paired photo by photo (both
     variants answer the same photos, so their errors are not independent), and the net photos."""
+    import numpy as np  # here, not at the top: the process that launches and times the runs stays free of torch
+    from bench_vote_bank import paired_change
+
     deltas, variances, net = [], [], 0
     for a, b in zip(candidate, default):
         ca, cb = correct_by_photo(a), correct_by_photo(b)

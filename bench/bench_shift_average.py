@@ -10,10 +10,10 @@ moved by ``--shift`` of its side (whole pixels, at least one, edges repeated) le
 down are averaged. For each set of views and each share of the least sure validation photos
 (the shares training tries for the mirror, and every photo), it prints the validation gain,
 the passes and the rule's verdict; then, for the setting that pays best on validation (as
-training chooses the mirror's), the reported split paired photo by photo with the network alone
-and with the mirror setting chosen the same way. The vote is rebuilt as training builds it (the
+training chooses the mirror's), the reported split paired photo by photo with the first pass
+alone (the vote included) and with the mirror setting chosen the same way. The vote is rebuilt as training builds it (the
 training photos' bank for validation, grown by the validation photos for the reported split);
-each network runs in fp32 PyTorch.
+the network's body runs in ONNX Runtime fp32 and its head in PyTorch, as training does on a CPU.
 
     python bench/bench_shift_average.py RUN [RUN ...] [--shift 0.035]
 """
@@ -53,7 +53,7 @@ class Setting(NamedTuple):
 
 def shifted(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """uint8 N x H x W x C images moved ``dx`` pixels right and ``dy`` down, the edges repeated."""
-    n, h, w = images.shape[:3]
+    h, w = images.shape[1:3]
     padded = np.pad(np.asarray(images), ((0, 0), (abs(dy),) * 2, (abs(dx),) * 2, (0, 0)), mode="edge")
     top, left = abs(dy) - dy, abs(dx) - dx
     return np.ascontiguousarray(padded[:, top : top + h, left : left + w])
@@ -136,7 +136,8 @@ def measure(run: Path, shift: float) -> None:
         p, k = averaged(rep, VIEW_SETS[choice.views], choice.margin)
         right = p.argmax(1) == labels[reported]
         gained, lost, se = paired_change(plain_right, right)
-        line = (f"{label}: {choice.views}, margin < {choice.margin:.3f} ({choice.passes:.2f} passes on validation, "
+        which = "every photo" if not math.isfinite(choice.margin) else f"margin < {choice.margin:.3f}"
+        line = (f"{label}: {choice.views}, {which} ({choice.passes:.2f} passes on validation, "
                 f"{1 + len(VIEW_SETS[choice.views]) * k / len(right):.2f} on {reported}; validation {choice.gain:+d}): "
                 f"{reported} {plain_right.mean():.2%} -> {right.mean():.2%} ({gained - lost:+d} photos: +{gained}, -{lost}; SE {se:.2%})")
         if label != "mirror alone":

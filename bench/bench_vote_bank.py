@@ -7,8 +7,8 @@ training photos as its bank, then puts the validation photos into the bank too
 reported split's accuracy with each: the network alone, the vote over the training photos, the
 vote over training and validation photos, and the difference in photos. The network and the
 vote's settings are the run's, so the difference is the bank's alone. Accuracy here is the
-network in fp32 PyTorch without the mirror average (as `vitrina train` reports it when the
-run kept no mirror average).
+network (its body in ONNX Runtime fp32, as training runs it on a CPU, its head in PyTorch)
+without the mirror average (as `vitrina train` reports it when the run kept no mirror average).
 
     python bench/bench_vote_bank.py RUN [RUN ...]
 """
