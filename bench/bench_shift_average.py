@@ -11,9 +11,10 @@ down are averaged. For each set of views and each share of the least sure valida
 (the shares training tries for the mirror, and every photo), it prints the validation gain,
 the passes and the rule's verdict; then, for the setting that pays best on validation (as
 training chooses the mirror's), the reported split paired photo by photo with the first pass
-alone (the vote included) and with the mirror setting chosen the same way. The vote is rebuilt as training builds it (the
-training photos' bank for validation, grown by the validation photos for the reported split);
-the network's body runs in ONNX Runtime fp32 and its head in PyTorch, as training does on a CPU.
+alone (the vote included) and with the mirror setting chosen the same way. The vote is rebuilt
+as training builds it (the training photos' bank for validation, grown by the validation photos
+for the reported split); the network's body runs in ONNX Runtime fp32 and its head in PyTorch,
+as training does on a CPU.
 
     python bench/bench_shift_average.py RUN [RUN ...] [--shift 0.035]
 """
@@ -33,7 +34,7 @@ from vitrina.description import top_margin
 from vitrina.models.checkpoint import load_model
 from vitrina.models.unknown import penultimate_features
 from vitrina.preprocess import mirror_images
-from vitrina.training.extras import POINTS_PER_EXTRA_PASS, UNSURE_SHARES, pays_for_itself
+from vitrina.training.extras import POINTS_PER_EXTRA_PASS, pays_for_itself, unsure_cuts
 
 VIEW_SETS = {"mirror": ("mirror",), "shifts": ("left", "right", "up", "down"),
              "mirror+shifts": ("mirror", "left", "right", "up", "down")}
@@ -90,11 +91,9 @@ def settings(probs: dict[str, np.ndarray], labels: np.ndarray) -> list[Setting]:
     """Every view set at every share of the least sure photos training tries, and at every photo."""
     n = len(labels)
     right = int((probs["plain"].argmax(1) == labels).sum())
-    margins = np.sort(top_margin(probs["plain"]))
-    cuts = sorted({float(margins[min(n - 1, int(np.ceil(share * n)))]) for share in UNSURE_SHARES}) + [math.inf]
     out = []
     for name, views in VIEW_SETS.items():
-        for cut in cuts:
+        for cut in unsure_cuts(probs["plain"]):
             p, k = averaged(probs, views, cut)
             out.append(Setting(name, cut, 1.0 + len(views) * k / n, int((p.argmax(1) == labels).sum()) - right))
     return out

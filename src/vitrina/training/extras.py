@@ -92,14 +92,21 @@ class MirrorOption:
         return 100.0 * self.gain_photos / max(1, n_photos) - POINTS_PER_EXTRA_PASS * ((self.policy.passes or 1.0) - 1.0)
 
 
+def unsure_cuts(plain: np.ndarray) -> list[float]:
+    """The margins below which the UNSURE_SHARES of the least sure rows of ``plain`` lie, then
+    infinity (every row): the second-pass settings training tries."""
+    n = len(plain)
+    margins = np.sort(top_margin(plain))
+    cuts = sorted({float(margins[min(n - 1, int(np.ceil(share * n)))]) for share in UNSURE_SHARES}) if n else []
+    return [*cuts, math.inf]
+
+
 def mirror_options(plain: np.ndarray, flipped: np.ndarray, labels: np.ndarray) -> list[MirrorOption]:
     """The mirror average for every photo, and for the least sure shares of them (margin thresholds)."""
     n = len(labels)
     right_plain = int((plain.argmax(1) == labels).sum())
-    margins = np.sort(top_margin(plain))
-    cuts = sorted({float(margins[min(n - 1, int(np.ceil(share * n)))]) for share in UNSURE_SHARES}) if n else []
     options = []
-    for margin in [*cuts, math.inf]:
+    for margin in unsure_cuts(plain):
         probs, mirrored = MirrorAverage(margin).apply(plain, lambda rows: flipped[rows])
         gain = int((probs.argmax(1) == labels).sum()) - right_plain
         options.append(MirrorOption(MirrorAverage(margin, passes=1.0 + mirrored / max(1, n), gain_points=100.0 * gain / max(1, n)), probs, gain))
