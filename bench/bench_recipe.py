@@ -79,6 +79,7 @@ CANDIDATES = {
     "body-lr": ["--set", "train.body_lr_scale=0.3"],  # the trained blocks at 0.3x the head's rate (default 0.1x)
     "bn-train": ["--set", "train.freeze_bn=no"],  # every BatchNorm's statistics follow the new photos (no ONNX Runtime prefix: slower epochs)
     "reseed": ["--seed", "100"],  # the default from another training seed, the carve kept: two of one network averaged (bench_blend)
+    "tail50": ["--set", "train.refit=true", "--set", "train.refit_tail=0.5", "--budget", "60"],  # the chosen network goes on through its schedule's last half on every photo
     "val5": ["--val-fraction", "0.05"],  # a carve of 5% where the default takes 15%: 3,000 validation photos of Fashion-MNIST's 60,000
     "e5": ["--epochs", "5"],  # 5 epochs where the default plans 8: two such networks fit one 30-minute budget here (lite1+e5 the second)
 }

@@ -61,7 +61,7 @@ def test_legacy_artifacts_predict_what_they_predicted_when_they_were_made(source
 def test_every_field_round_trips(tmp_path: Path) -> None:
     legacy = read_meta(LEGACY)
     full = legacy.with_changes(flip_average=True, weights_digest="ab" * 32, coarse_of={"dress": "clothes"}, train_seconds=1.5,
-                               refit=Refit(epochs=8, photos=3411, validation_photos=341, unknown_scale=0.93))
+                               refit=Refit(epochs=8, photos=3411, validation_photos=341, unknown_scale=0.93, continued=True))
     assert ModelDescription.from_dict(json.loads(json.dumps(full.to_dict()))) == full
     infinite = legacy.with_changes(unknown=UnknownDetector("msp", math.inf))
     assert ModelDescription.from_dict(json.loads(json.dumps(infinite.to_dict()))).unknown.threshold == math.inf
@@ -81,6 +81,7 @@ def test_every_field_round_trips(tmp_path: Path) -> None:
         ({"thresholds": {"confidence": 2}}, "thresholds.confidence"),
         ({"refit": {"epochs": 0, "photos": 10, "validation_photos": 2}}, "refit.epochs"),
         ({"refit": {"epochs": 8, "photos": 10}}, "refit lacks 'validation_photos'"),
+        ({"refit": {"epochs": 8, "photos": 10, "validation_photos": 2, "continued": "yes"}}, "refit.continued"),
         ({"hidden": "wide"}, "hidden"),
         ({"format": "other/9"}, "format"),
     ],

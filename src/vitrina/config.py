@@ -135,6 +135,10 @@ class TrainConfig:
     # and carry those choices over (vitrina.training.refit); only where the measured epochs leave
     # room for it in the time budget. Fine-tuning and scratch training.
     refit: bool = False
+    # 0: the refit trains a new network from the same start for all the first one's epochs. Above
+    # 0: it continues the network validation chose, on every photo, through that last share of its
+    # learning-rate schedule (0.5: the last half, at about half the cost).
+    refit_tail: float = 0.0
     # Offer averaging each photo's probabilities with its mirror image's; kept only when it gets
     # more validation photos right (prediction then costs two passes).
     flip_average: bool = True
@@ -224,7 +228,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "train.epochs": (1, 10_000), "train.batch_size": (1, 65_536), "train.lr": (1e-9, 10.0), "train.body_lr_scale": (0.0, 10.0),
     "train.weight_decay": (0.0, 10.0), "train.warmup_epochs": (0.0, 1000.0), "train.label_smoothing": (0.0, 0.99),
     "train.patience": (0, 10_000), "train.budget_minutes": (0.01, 10**6), "train.unfreeze_blocks": (-1, 1000), "train.feature_copies": (0, 100),
-    "train.workers": (-1, 256), "train.seed": (0, 2**32 - 1), "train.unknown_k": (1, 10_000),
+    "train.workers": (-1, 256), "train.seed": (0, 2**32 - 1), "train.unknown_k": (1, 10_000), "train.refit_tail": (0.0, 1.0),
     "export.int8_tolerance": (0.0, 100.0),
 }
 

@@ -48,6 +48,12 @@ def _count(value: Any, name: str, low: int = 1) -> int:
     return value
 
 
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def _optional(data: Mapping[str, Any], key: str, parse: Any) -> Any:
     value = data.get(key)
     return None if value is None else parse(value, key)
@@ -147,12 +153,14 @@ class Refit:
     """The network was trained again on the training and validation photos together (``photos``
     in all, ``epochs`` as validation had chosen), once everything was chosen on validation; the
     unknown score's threshold was carried over scaled by ``unknown_scale`` (see
-    :mod:`vitrina.training.refit`)."""
+    :mod:`vitrina.training.refit`). ``continued``: the network validation chose went on learning
+    for the last ``epochs`` of its schedule, rather than a new one from the same start."""
 
     epochs: int
     photos: int
     validation_photos: int
     unknown_scale: float | None = None
+    continued: bool = False
 
     @classmethod
     def parse(cls, data: Any, name: str = "refit") -> "Refit":
@@ -160,13 +168,15 @@ class Refit:
         try:
             return cls(_count(data["epochs"], f"{name}.epochs"), _count(data["photos"], f"{name}.photos"),
                        _count(data["validation_photos"], f"{name}.validation_photos", low=0),
-                       _optional(data, "unknown_scale", lambda v, k: _number(v, f"{name}.{k}", 0.0)))
+                       _optional(data, "unknown_scale", lambda v, k: _number(v, f"{name}.{k}", 0.0)),
+                       _flag(data.get("continued", False), f"{name}.continued"))
         except KeyError as exc:
             raise ValueError(f"{name} lacks {exc.args[0]!r}") from None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"epochs": self.epochs, "photos": self.photos, "validation_photos": self.validation_photos}
-        return {**out, "unknown_scale": self.unknown_scale} if self.unknown_scale is not None else out
+        out.update({"unknown_scale": self.unknown_scale} if self.unknown_scale is not None else {})
+        return {**out, "continued": True} if self.continued else out  # older model files lack it
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,38 @@ def test_no_refit_where_the_budget_has_no_room_for_it(tmp_path: Path, monkeypatc
     assert "before_refit" not in run.metrics and not (run.run_dir / "history_refit.json").exists()
 
 
+def test_a_refit_tail_continues_the_chosen_network_through_the_end_of_its_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = split_shapes(tmp_path / "shapes", per_class=12, test_per_class=3)
+    starts: list[tuple[int, dict[str, torch.Tensor]]] = []  # each network's first epoch and its weights as it starts
+    kept: list[dict[str, torch.Tensor]] = []  # the weights each network's training kept
+    train_network = trainer.train_network
+
+    def recording(job: trainer.NetworkTraining, *args: object, **kwargs: object) -> object:
+        starts.append((job.first_epoch, {k: v.clone() for k, v in job.model.state_dict().items()}))
+        rows, state = train_network(job, *args, **kwargs)  # type: ignore[arg-type]
+        kept.append(state)
+        return rows, state
+
+    monkeypatch.setattr(trainer, "train_network", recording)
+    lines: list[str] = []
+    cfg = scratch_config(tmp_path, **{"train.refit": True, "train.refit_tail": 0.5})  # 4 epochs: the last 2 again
+    run = api.train(data, cfg, out=tmp_path / "run", progress=False, log=lines.append)
+    n_train, n_val = _split_sizes(run.run_dir)
+    assert f"refit: the network validation chose goes on for the last 2 of its 4 epochs on the {n_train + n_val} training and validation photos" in " ".join(lines)
+    assert [first for first, _ in starts] == [0, 2]
+    # It starts from the weights the first network's training kept (the temperature, folded into
+    # the head meanwhile, taken back out), not from the first network's start.
+    assert starts[1][1].keys() == kept[0].keys()
+    for key, value in starts[1][1].items():
+        assert torch.allclose(value, kept[0][key], rtol=1e-4, atol=1e-6), key
+    assert not torch.equal(starts[0][1]["head.fc.weight"], starts[1][1]["head.fc.weight"])
+    refit_rows = json.loads((run.run_dir / "history_refit.json").read_text())
+    assert [row["epoch"] for row in refit_rows] == [3, 4]
+    saved = ModelDescription.from_dict(json.loads((run.run_dir / "model.json").read_text()))
+    assert saved.refit is not None and (saved.refit.epochs, saved.refit.continued, saved.refit.photos) == (2, True, n_train + n_val)
+    assert "the chosen network went on for the last 2 epochs on" in (run.run_dir / "report.html").read_text()
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"train.mode": "bottleneck"}, "use it with --mode finetune or scratch"),
     ({"train.unknown_score": "knn_energy"}, "only for knn, msp, energy"),

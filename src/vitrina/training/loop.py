@@ -57,6 +57,7 @@ class NetworkTraining:
     log: Log = print
     train_precision: str = "fp32"  # of the optimisation steps (validation and frozen parts: ``precision``)
     select_best: bool = True  # validate each epoch and keep the best; else no validation, the last epoch kept (a refit)
+    first_epoch: int = 0  # the epoch it starts at, its schedule that far along (a refit that continues the chosen network)
 
     @property
     def freeze_bn(self) -> bool:
@@ -273,7 +274,7 @@ def _optimizer_and_schedule(job: NetworkTraining, world: int) -> tuple[torch.opt
     for g in optimizer.param_groups:
         g["initial_lr"] = g["lr"]
     steps_per_epoch, local_batch = _steps_per_epoch(job, world)
-    return optimizer, lr_schedule(optimizer, plan.epochs, steps_per_epoch, t.warmup_epochs, t.schedule), local_batch
+    return optimizer, lr_schedule(optimizer, plan.epochs, steps_per_epoch, t.warmup_epochs, t.schedule, job.first_epoch), local_batch
 
 
 def _replan(job: NetworkTraining, scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int, world: int) -> None:
@@ -335,7 +336,7 @@ def train_network(
     _stochastic_depth(job)
     weight = class_weights(job.train_labels, job.num_classes).to(job.device) if t.balance == "weights" else None
     transform = build_augment(job.config.augment, channels=plan.preprocess.channels)
-    chosen, start_epoch = BestEpoch(to_cpu=True), 0
+    chosen, start_epoch = BestEpoch(to_cpu=True), job.first_epoch
     if resume_state:
         start_epoch = _restore(resume_state, optimizer, scheduler, chosen, callbacks)
         job.log(f"  resumed after epoch {start_epoch}")

@@ -45,9 +45,12 @@ def _planned_factor(epochs: int, steps_per_epoch: int, warmup_epochs: float, sch
     return lr_factor(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), schedule)
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float, schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
-    """The per-step scheduler over ``epochs`` epochs of ``steps_per_epoch`` steps."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _planned_factor(epochs, steps_per_epoch, warmup_epochs, schedule))
+def lr_schedule(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float, schedule: str,
+                first_epoch: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-step scheduler over ``epochs`` epochs of ``steps_per_epoch`` steps, starting
+    ``first_epoch`` epochs along it (a network that goes on learning through the schedule's end)."""
+    planned, skipped = _planned_factor(epochs, steps_per_epoch, warmup_epochs, schedule), first_epoch * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, planned if not skipped else lambda step: planned(step + skipped))
 
 
 def replan_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int, steps_per_epoch: int, warmup_epochs: float,

@@ -96,7 +96,7 @@ def _settings_section(config: dict[str, Any], meta: ModelDescription, metrics: d
         rows.insert(1, ["backbone weights", model["weights"]])
     if meta.refit is not None:
         before = metrics.get("before_refit", {}).get("accuracy")
-        rows.insert(next(i for i, row in enumerate(rows) if row[0] == "epochs") + 1, ["refit", f"{meta.refit.epochs} epochs on {meta.refit.photos} photos (training and validation)"
+        rows.insert(next(i for i, row in enumerate(rows) if row[0] == "epochs") + 1, ["refit", ("the chosen network went on for the last " if meta.refit.continued else "") + f"{meta.refit.epochs} epochs on {meta.refit.photos} photos (training and validation)"
                         + (f"; {metrics.get('split')} accuracy before it {before:.4f}" if isinstance(before, float) else "")])
     return table(["setting", "value"], rows)
 

@@ -8,6 +8,7 @@ network's epoch loop), calibrate, fit the post-fit extras, save.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -333,16 +334,18 @@ def _refit(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], label
     (:mod:`vitrina.training.refit`); None where the budget has no room for it or it fails."""
     n_train, n_val = len(labels["train"]), len(labels["val"])
     held_out = sum(len(labels[split]) for split in labels if split not in ("train", "val"))
-    epochs = len(history)
-    estimate = refit_seconds(history, n_train, n_val, held_out + min(MAX_BANK, n_train + n_val))
+    epochs, tail = len(history), run.config.train.refit_tail
+    steps = min(epochs, max(1, math.ceil(tail * epochs))) if tail > 0 else epochs
+    estimate = refit_seconds(history[epochs - steps :], n_train, n_val, held_out + min(MAX_BANK, n_train + n_val))
     if deadline is not None and estimate > deadline.seconds_left():
         run.log(f"  refit on the validation photos too: not done, it would take about {estimate:.0f} s of the "
                 f"{max(0.0, deadline.seconds_left()):.0f} s the budget has left")
         return None
     started = time.perf_counter()
-    run.log(f"refit: {epochs} epochs on the {n_train + n_val} training and validation photos (about {estimate:.0f} s)")
+    how = f"the network validation chose goes on for the last {steps} of its {epochs} epochs" if tail > 0 else f"{epochs} epochs"
+    run.log(f"refit: {how} on the {n_train + n_val} training and validation photos (about {estimate:.0f} s)")
     try:
-        refitted = _train_refit(run, decoded, labels, epochs, deadline, temperature)
+        refitted = _train_refit(run, model if tail > 0 else None, decoded, labels, (epochs - steps, epochs), deadline, temperature)
     except (OSError, RuntimeError, VitrinaError) as exc:
         run.log(f"  refit: failed ({type(exc).__name__}: {exc}); the network validation chose is kept")
         return None
@@ -351,7 +354,7 @@ def _refit(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], label
         return None
     refitted_model, rows, bank, bank_labels, bank_validation = refitted
     write_history(run.run_dir, [{k: v for k, v in row.items() if not k.startswith("val_")} for row in rows], "history_refit")
-    carried = carry_over(refitted_model, bank, bank_labels, bank_validation, Refit(epochs, n_train + n_val, n_val),
+    carried = carry_over(refitted_model, bank, bank_labels, bank_validation, Refit(steps, n_train + n_val, n_val, continued=tail > 0),
                          extras.scorer, extras.fields["unknown"], model.vote, run.log)
     return _Refitted(refitted_model, carried, time.perf_counter() - started)
 
@@ -371,23 +374,36 @@ def _warm_start_epochs(run: _Run) -> int:
     return epochs
 
 
-def _train_refit(run: _Run, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray], epochs: int,
-                 deadline: Deadline | None, temperature: float) -> tuple[nn.Module, list[dict[str, float]], np.ndarray, np.ndarray, int] | None:
-    """The refit network trained on the joined photos and calibrated, its history, and its
-    features of the bank photos with their labels and how many of them are validation photos;
-    None where the budget ended it."""
+def _continue_from(refitted: nn.Module, chosen: nn.Module, temperature: float) -> None:
+    """Give ``refitted`` the weights of the network validation ``chosen``, its temperature taken
+    back out of the head (the vote's bank is fitted again afterwards)."""
+    own = refitted.state_dict()
+    refitted.load_state_dict({k: v for k, v in chosen.state_dict().items() if k in own})
+    apply_temperature(refitted, 1.0 / temperature)
+
+
+def _train_refit(run: _Run, chosen: nn.Module | None, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray],
+                 epochs: tuple[int, int], deadline: Deadline | None,
+                 temperature: float) -> tuple[nn.Module, list[dict[str, float]], np.ndarray, np.ndarray, int] | None:
+    """The refit network trained on the joined photos through ``epochs`` (first, end) of the
+    schedule and calibrated, its history, and its features of the bank photos with their labels
+    and how many of them are validation photos; None where the budget ended it. It starts as
+    the first network did, or from the network validation ``chosen``."""
     n_train = len(labels["train"])
     all_labels = np.concatenate([labels["train"], labels["val"]])
     with joined_photos(decoded["train"], decoded["val"], run.cache_dir) as joined:
         refitted = _build_model(run)
         splits, split_labels = {"train": joined, "val": decoded["val"]}, {"train": all_labels, "val": labels["val"]}
-        if run.plan.mode == "finetune" and run.config.train.warm_start_head:
+        if chosen is not None:
+            _continue_from(refitted, chosen, temperature)
+        elif run.plan.mode == "finetune" and run.config.train.warm_start_head:
             fit_head_on_features(run.backbone_features(refitted), splits, split_labels, run.config, run.num_classes,
                                  repeat_epochs=_warm_start_epochs(run))
         job = NetworkTraining(refitted, joined, all_labels, decoded["val"], labels["val"], run.plan, run.config, run.device,
-                              run.precision, run.num_classes, run.progress, run.log, run.train_precision, select_best=False)
-        rows, state = train_network(job, [StopAfter(epochs), *([deadline] if deadline is not None else [])])
-        if len(rows) < epochs or state is None:
+                              run.precision, run.num_classes, run.progress, run.log, run.train_precision, select_best=False,
+                              first_epoch=epochs[0])
+        rows, state = train_network(job, [StopAfter(epochs[1]), *([deadline] if deadline is not None else [])])
+        if len(rows) < epochs[1] - epochs[0] or state is None:
             return None
         refitted.load_state_dict(state)
         refitted.eval()
