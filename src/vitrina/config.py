@@ -136,8 +136,8 @@ class TrainConfig:
     # room for it in the time budget. Fine-tuning and scratch training.
     refit: bool = False
     # 0: the refit trains a new network from the same start for all the first one's epochs. Above
-    # 0: it continues the network validation chose, on every photo, through that last share of its
-    # learning-rate schedule (0.5: the last half, at about half the cost).
+    # 0: the network validation chose learns on from its own weights, on every photo, for that last
+    # share of the first one's epochs on their learning rates (0.5: the last half, about half the cost).
     refit_tail: float = 0.0
     # Offer averaging each photo's probabilities with its mirror image's; kept only when it gets
     # more validation photos right (prediction then costs two passes).

@@ -41,3 +41,11 @@ def test_a_later_re_plan_decays_from_where_the_rate_is_to_the_new_end(epochs: in
     rates = _rates(scheduler, epochs * 10 - 25 + 1)
     assert all(a >= b for a, b in zip(rates, rates[1:]))  # still decaying
     assert rates[-1] == pytest.approx(0.0, abs=1e-9)  # to zero at the new last step
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_a_schedule_started_epochs_along_runs_the_rest_of_the_whole_one(schedule: str) -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    whole = _rates(lr_schedule(optimizer, 8, 10, 1.0, schedule), 80)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert _rates(lr_schedule(optimizer, 8, 10, 1.0, schedule, first_epoch=5), 30) == pytest.approx(whole[50:])

@@ -114,6 +114,11 @@ def test_a_refit_tail_continues_the_chosen_network_through_the_end_of_its_schedu
     assert not torch.equal(starts[0][1]["head.fc.weight"], starts[1][1]["head.fc.weight"])
     refit_rows = json.loads((run.run_dir / "history_refit.json").read_text())
     assert [row["epoch"] for row in refit_rows] == [3, 4]
+    # At the learning rates the schedule had at the end of those epochs (more steps to an epoch on
+    # every photo, so only about the first network's): well above zero after epoch 3, zero after 4.
+    first_rows = json.loads((run.run_dir / "history.json").read_text())
+    assert refit_rows[0]["lr"] == pytest.approx(first_rows[2]["lr"], rel=0.2) and refit_rows[0]["lr"] > 0.1 * first_rows[0]["lr"]
+    assert refit_rows[1]["lr"] == pytest.approx(0.0, abs=1e-12)
     saved = ModelDescription.from_dict(json.loads((run.run_dir / "model.json").read_text()))
     assert saved.refit is not None and (saved.refit.epochs, saved.refit.continued, saved.refit.photos) == (2, True, n_train + n_val)
     assert "the chosen network went on for the last 2 epochs on" in (run.run_dir / "report.html").read_text()
@@ -122,6 +127,7 @@ def test_a_refit_tail_continues_the_chosen_network_through_the_end_of_its_schedu
 @pytest.mark.parametrize("overrides, message", [
     ({"train.mode": "bottleneck"}, "use it with --mode finetune or scratch"),
     ({"train.unknown_score": "knn_energy"}, "only for knn, msp, energy"),
+    ({"train.refit": False, "train.refit_tail": 0.5}, "use it with --set train.refit=true"),
 ])
 def test_a_refit_that_cannot_be_carried_over_is_refused_before_training(tmp_path: Path, overrides: dict, message: str) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", per_class=6, size=64)

@@ -57,7 +57,7 @@ class StopAfter:
 
     def on_epoch_end(self, row: dict[str, float], state: EpochEnd) -> None:
         if state.epoch >= self.epochs:
-            state.stop(f"the {self.epochs} epochs the first network ran")
+            state.stop(f"epoch {self.epochs}, the last the first network ran")
 
 
 @runtime_checkable

@@ -279,6 +279,8 @@ def _optimizer_and_schedule(job: NetworkTraining, world: int) -> tuple[torch.opt
 
 def _replan(job: NetworkTraining, scheduler: torch.optim.lr_scheduler.LambdaLR, epochs: int, world: int) -> None:
     """Plan the rest of training for ``epochs`` epochs in all (a callback asked: the time budget)."""
+    if job.first_epoch:  # a schedule started epochs along (a refit's tail) is never re-planned: the budget stops re-planning before it
+        raise RuntimeError("a schedule started epochs along cannot be re-planned")
     job.plan = replace(job.plan, epochs=epochs)
     replan_schedule(scheduler, epochs, _steps_per_epoch(job, world)[0], job.config.train.warmup_epochs, job.config.train.schedule)
 

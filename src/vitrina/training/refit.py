@@ -43,8 +43,10 @@ CARRIED_SCORES = ("knn", "msp", "energy")  # the unknown scores a refit can carr
 COPY_ROWS = 256  # photos copied at a time into the joined split
 
 
-def check_refit(unknown_score: str, mode: str, processes: int) -> None:
-    """Refuse a refit the run cannot carry out or carry over (before any training)."""
+def check_refit(refit: bool, unknown_score: str, mode: str, processes: int) -> None:
+    """Refuse a refit the run cannot carry out or carry over, and its tail without it (before any training)."""
+    if not refit:
+        raise ConfigError("train.refit_tail says how the refit trains: use it with --set train.refit=true")
     if mode == "bottleneck":
         raise ConfigError("train.refit trains the network again: use it with --mode finetune or scratch")
     if unknown_score not in CARRIED_SCORES:

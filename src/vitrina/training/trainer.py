@@ -335,7 +335,7 @@ def _refit(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], label
     n_train, n_val = len(labels["train"]), len(labels["val"])
     held_out = sum(len(labels[split]) for split in labels if split not in ("train", "val"))
     epochs, tail = len(history), run.config.train.refit_tail
-    steps = min(epochs, max(1, math.ceil(tail * epochs))) if tail > 0 else epochs
+    steps = min(epochs, max(1, math.ceil(round(tail * epochs, 9)))) if tail > 0 else epochs  # round: 0.28 x 25 is 7.000000000000001
     estimate = refit_seconds(history[epochs - steps :], n_train, n_val, held_out + min(MAX_BANK, n_train + n_val))
     if deadline is not None and estimate > deadline.seconds_left():
         run.log(f"  refit on the validation photos too: not done, it would take about {estimate:.0f} s of the "
@@ -442,8 +442,8 @@ def train(
     config = with_recommended_settings(dataset, config)
     run = _resolve_run(dataset, config, run_dir, progress, log)
     plan = run.plan
-    if config.train.refit:
-        check_refit(config.train.unknown_score, plan.mode, world_position()[1])
+    if config.train.refit or config.train.refit_tail:
+        check_refit(config.train.refit, config.train.unknown_score, plan.mode, world_position()[1])
     resume_state = load_resume_state(run_dir, config, dataset) if resume else None
     started = time.perf_counter()
     if not run.main:
