@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from vitrina.data.samples import Sample
-from vitrina.data.splits import assign_roles, carve, carve_by_group, complete_splits, restore_carve
+from vitrina.data.splits import assign_roles, carve, carve_by_group, complete_splits, held_split_name, restore_carve
 from vitrina.errors import ConfigError, DataError
 
 
@@ -76,6 +76,15 @@ def test_holdout_keeps_the_source_name(holdout):
 
 def test_holdout_of_a_split_named_val_is_reported_as_validation():
     assert list(assign_roles({"train": [], "val": []}, "val")) == ["train", "validation"]
+
+
+@pytest.mark.parametrize("holdout, sources", [
+    ("val", ("train", "val")), ("val", ("train", "validation", "test")), ("validation", ("train", "validation", "test")),
+])
+def test_the_held_split_goes_by_the_name_it_is_set_aside_under(holdout, sources):
+    splits = assign_roles({name: [] for name in sources}, holdout)
+    assert held_split_name(holdout) == "validation" and "validation" in splits
+    assert held_split_name("test") == "test" and held_split_name(None) is None
 
 
 def test_holdout_of_a_missing_split_lists_the_splits():

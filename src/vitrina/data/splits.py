@@ -119,6 +119,14 @@ def recorded_val(run_dir: str | os.PathLike) -> list[str] | None:
     return list(listed.get("splits", {}).get("val", []))
 
 
+def held_split_name(holdout: str | None) -> str | None:
+    """The name the ``holdout`` split goes by once :func:`assign_roles` has set it aside:
+    "validation" for the validation split ("val" or "validation"), so "val" can be carved."""
+    if not holdout:
+        return None
+    return "validation" if ROLE_OF_SOURCE.get(holdout) == "val" else holdout
+
+
 def assign_roles(
     splits: dict[str, list[Sample]], holdout: str | None = None
 ) -> dict[str, list[Sample]]:

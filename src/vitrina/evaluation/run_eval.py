@@ -24,7 +24,7 @@ from vitrina.config import Config
 from vitrina.data.cache import DecodedImages, decode_samples, default_cache_dir
 from vitrina.data.samples import Dataset, Sample
 from vitrina.data.sources import load_dataset
-from vitrina.data.splits import recorded_val, restore_carve
+from vitrina.data.splits import held_split_name, recorded_val, restore_carve
 from vitrina.description import ModelDescription
 from vitrina.errors import ConfigError, DataError, ModelError
 from vitrina.evaluation.evaluate import decision_metrics, evaluate_images, predict_probabilities, unknown_scores, write_predictions
@@ -72,7 +72,7 @@ def run_config(folder: Path, overrides: Mapping[str, Any] | None = None) -> Conf
 
 def default_split(dataset: Dataset, holdout: str | None) -> str:
     """The split to evaluate when none is named: test, else the holdout, else validation, else all."""
-    for name in ("test", holdout, "val"):
+    for name in ("test", held_split_name(holdout), "val"):
         if name and name in dataset.splits:
             return name
     return next(iter(dataset.splits))

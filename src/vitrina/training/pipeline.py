@@ -18,6 +18,7 @@ from vitrina.artifact import prepare_out_dir, write_json
 from vitrina.config import Config
 from vitrina.data.cache import default_cache_dir
 from vitrina.data.samples import Dataset
+from vitrina.data.splits import held_split_name
 from vitrina.errors import VitrinaError
 from vitrina.evaluation.evaluate import evaluate_images, evaluate_probabilities, write_predictions
 from vitrina.evaluation.metrics import softmax
@@ -52,8 +53,9 @@ def peak_rss_mb() -> float:
 
 def report_split(split_names: list[str], holdout: str | None) -> str:
     """The split whose figures a run reports: the holdout, else test, else validation."""
-    if holdout and holdout in split_names:
-        return holdout
+    held = held_split_name(holdout)
+    if held and held in split_names:
+        return held
     return "test" if "test" in split_names else "val"
 
 
