@@ -131,14 +131,16 @@ class TrainConfig:
     # the vote's bank, so it votes with every photo given (their figures are from before).
     vote_includes_validation: bool = True
     # Once validation has chosen the epochs, the calibration, the vote and the mirror average,
-    # train the network again from the same start on the training and validation photos together
-    # and carry those choices over (vitrina.training.refit); only where the measured epochs leave
-    # room for it in the time budget. Fine-tuning and scratch training.
-    refit: bool = False
+    # train the network again on the training and validation photos together and carry those
+    # choices over (vitrina.training.refit); only where the measured epochs leave room for it in
+    # the time budget. Fine-tuning and scratch training. None: the recommended, on for small
+    # grayscale images trained from scratch (where it was measured to gain), off otherwise.
+    refit: bool | None = None
     # 0: the refit trains a new network from the same start for all the first one's epochs. Above
     # 0: the network validation chose learns on from its own weights, on every photo, for that last
-    # share of the first one's epochs on their learning rates (0.5: the last half, about half the cost).
-    refit_tail: float = 0.0
+    # share of the first one's epochs on their learning rates (0.5: the last half, about half the
+    # cost). None: the recommended, 0.5 for small grayscale images from scratch, else 0.
+    refit_tail: float | None = None
     # Offer averaging each photo's probabilities with its mirror image's; kept only when it gets
     # more validation photos right (prediction then costs two passes).
     flip_average: bool = True

@@ -7,7 +7,7 @@ import pytest
 
 from vitrina.config import resolve
 from vitrina.data.sources import load_dataset
-from vitrina.training.plan import RECOMMENDED_AUGMENT, make_plan, with_recommended_settings
+from vitrina.training.plan import RECOMMENDED_AUGMENT, SMALL_GRAYSCALE_REFIT_TAIL, make_plan, planned_refit, with_recommended_settings
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "vitrina" / "demo" / "clothing"
 
@@ -66,3 +66,26 @@ def test_mostly_non_square_photos_are_letterboxed_unless_set(tmp_path: Path, mak
     square = load_dataset(tmp_path / "square", resolve().data, carve_val=True)
     assert median_aspect(square) == 1.0
     assert make_plan(square, resolve()).preprocess.resize == "center_crop"
+
+
+@pytest.mark.parametrize("overrides, small_gray_scratch, refit", [
+    ({}, True, SMALL_GRAYSCALE_REFIT_TAIL),  # recommended: the chosen network learns on for its last half
+    ({}, False, None),  # photos: no refit unless asked
+    ({"train.refit": True}, False, 0.0),  # asked on photos: a whole new network
+    ({"train.refit": True, "train.refit_tail": 0.25}, False, 0.25),
+    ({"train.refit": False}, True, None),
+    ({"train.refit_tail": 1.0}, True, 1.0),
+    ({"train.refit_tail": 0.25}, False, None),  # a tail alone on photos: no refit (the trainer refuses it)
+    ({"train.refit": True}, True, 0.0),  # asked for: a whole new network, as without the recommendation
+    ({"train.refit": False, "train.refit_tail": 0.0}, True, None),  # a config saved before refit and its tail were left open
+])
+def test_the_refit_is_recommended_for_small_grayscale_images_from_scratch_only(overrides: dict, small_gray_scratch: bool,
+                                                                               refit: float | None) -> None:
+    assert planned_refit(resolve(overrides=overrides), small_gray_scratch) == refit
+
+
+def test_the_plan_carries_the_recommended_refit(pixel_csv: Path) -> None:
+    dataset = load_dataset(pixel_csv, resolve().data, carve_val=True)
+    assert make_plan(dataset, with_recommended_settings(dataset, resolve())).refit == SMALL_GRAYSCALE_REFIT_TAIL
+    photos = load_dataset(DEMO, resolve().data, carve_val=True)
+    assert make_plan(photos, with_recommended_settings(photos, resolve())).refit is None

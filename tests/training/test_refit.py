@@ -124,6 +124,29 @@ def test_a_refit_tail_continues_the_chosen_network_through_the_end_of_its_schedu
     assert "the chosen network went on for the last 2 epochs on" in (run.run_dir / "report.html").read_text()
 
 
+@pytest.mark.parametrize("with_test, extra, dropped", [
+    (True, {}, None),
+    (False, {}, "the data holds no split beyond validation"),  # the refit learns validation: nothing left to report it on
+    (True, {"train.unknown_score": "mahalanobis"}, "it cannot carry the mahalanobis score's threshold over"),
+])
+def test_small_grayscale_images_from_scratch_get_the_refit_tail_where_the_run_can_make_it(
+    tmp_path: Path, pixel_csv: Path, with_test: bool, extra: dict, dropped: str | None,
+) -> None:
+    spec = {"train": str(pixel_csv), **({"test": str(pixel_csv)} if with_test else {})}
+    (tmp_path / "data.yaml").write_text(json.dumps(spec))  # YAML reads JSON
+    cfg = resolve(overrides={"train.epochs": 2, "train.workers": 1, "train.cache_dir": str(tmp_path / "cache"),
+                             "train.patience": 0, "train.expected_speed": False, **extra})
+    lines: list[str] = []
+    run = api.train(tmp_path / "data.yaml", cfg, out=tmp_path / "run", progress=False, log=lines.append)
+    refit = json.loads((run.run_dir / "model.json").read_text()).get("refit")
+    if dropped is None:
+        assert "then a refit on the validation photos too (the chosen network learning on for the last 50% of its epochs" in " ".join(lines)
+        assert refit is not None and (refit["epochs"], refit["continued"]) == (1, True)
+    else:
+        assert f"no refit on the validation photos too (recommended for this data): {dropped}" in " ".join(lines)
+        assert refit is None
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"train.mode": "bottleneck"}, "use it with --mode finetune or scratch"),
     ({"train.unknown_score": "knn_energy"}, "only for knn, msp, energy"),

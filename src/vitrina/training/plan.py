@@ -69,6 +69,11 @@ RECOMMENDED_LABEL_SMOOTHING = {"photo": 0.1, "small_grayscale": 0.1}
 # the default's patience of 5 stopped the 20-epoch run at epoch 19: 94.38%). The decay is AdamW's:
 # Adam and SGD add it to the gradient, where 0.05 would be far too strong, so they keep 5e-4.
 SMALL_GRAYSCALE_SCRATCH: dict[str, float | int] = {"epochs": 20, "weight_decay": 0.05}
+# The refit (train.refit) where the config leaves it open: on small grayscale images from scratch
+# the network validation chose learns on for the last half of its epochs on every photo
+# (Fashion-MNIST, docs/benchmarks.md#refit); elsewhere none, it has not shown a gain on photos.
+SMALL_GRAYSCALE_REFIT_TAIL = 0.5
+REFIT_CARRIED_SCORES = ("knn", "msp", "energy")  # the unknown scores whose threshold a refit can carry over
 DECOUPLED_DECAY_OPTIMIZERS = ("adamw",)
 
 
@@ -86,6 +91,8 @@ class Plan:
     feature_copies: int = 0
     # Fine-tuning: the last N backbone blocks train (-1 = all).
     unfreeze_blocks: int = RECOMMENDED_UNFREEZE_BLOCKS
+    # The refit on every photo once validation has chosen: None none; else its tail (0 = a whole new network).
+    refit: float | None = None
 
 
 def looks_like_small_grayscale(dataset: Dataset) -> tuple[bool, int]:
@@ -207,4 +214,17 @@ def make_plan(dataset: Dataset, config: Config) -> Plan:
         head=config.model.head if config.model.head != "auto" else RECOMMENDED_HEAD[mode],
         feature_copies=int(t.feature_copies if t.feature_copies is not None else RECOMMENDED_FEATURE_COPIES[mode]),
         unfreeze_blocks=int(t.unfreeze_blocks if t.unfreeze_blocks is not None else RECOMMENDED_UNFREEZE_BLOCKS),
+        refit=planned_refit(config, small_gray and mode == "scratch"),
     )
+
+
+def planned_refit(config: Config, small_gray_scratch: bool) -> float | None:
+    """The refit's tail (0: a whole new network), or None for no refit: as the config says, else
+    the recommended, for small grayscale images from scratch only (the trainer drops it where the
+    run cannot make or report it: :func:`vitrina.training.refit.recommended_refit_obstacle`)."""
+    t = config.train
+    if t.refit is False or (t.refit is None and not small_gray_scratch):
+        return None
+    if t.refit_tail is not None:
+        return t.refit_tail
+    return SMALL_GRAYSCALE_REFIT_TAIL if t.refit is None else 0.0  # asked for: a whole new network

@@ -37,9 +37,9 @@ from vitrina.models.neighbours import NeighbourVote
 from vitrina.models.network import VitrinaNet
 from vitrina.models.unknown import UnknownScore, build_score
 from vitrina.training.budget import validation_pass_seconds, validation_seconds_per_photo
+from vitrina.training.plan import REFIT_CARRIED_SCORES
 
 Log = Callable[[str], None]
-CARRIED_SCORES = ("knn", "msp", "energy")  # the unknown scores a refit can carry over
 COPY_ROWS = 256  # photos copied at a time into the joined split
 
 
@@ -49,11 +49,22 @@ def check_refit(refit: bool, unknown_score: str, mode: str, processes: int) -> N
         raise ConfigError("train.refit_tail says how the refit trains: use it with --set train.refit=true")
     if mode == "bottleneck":
         raise ConfigError("train.refit trains the network again: use it with --mode finetune or scratch")
-    if unknown_score not in CARRIED_SCORES:
-        raise ConfigError(f"train.refit carries the unknown score's threshold over only for {', '.join(CARRIED_SCORES)} "
+    if unknown_score not in REFIT_CARRIED_SCORES:
+        raise ConfigError(f"train.refit carries the unknown score's threshold over only for {', '.join(REFIT_CARRIED_SCORES)} "
                           f"(train.unknown_score is {unknown_score!r})")
     if processes > 1:
         raise ConfigError(f"train.refit runs in one process ({processes} were started): train with one, or without the refit")
+
+
+def recommended_refit_obstacle(unknown_score: str, processes: int, held_out_photos: int) -> str | None:
+    """Why a recommended refit (one the config did not ask for) is not made in this run, or None."""
+    if processes > 1:
+        return f"it runs in one process ({processes} were started)"
+    if unknown_score not in REFIT_CARRIED_SCORES:
+        return f"it cannot carry the {unknown_score} score's threshold over"
+    if not held_out_photos:
+        return "the data holds no split beyond validation to report it on"
+    return None
 
 
 def refit_seconds(history: list[dict[str, float]], n_train: int, n_val: int, after_photos: int) -> float:

@@ -45,7 +45,7 @@ from vitrina.training.augment import BatchAugment, build_augment
 from vitrina.training.loop import NetworkTraining, augments_in_worker, runs_frozen_prefix, train_network
 from vitrina.training.optim import chosen_epoch
 from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
-from vitrina.training.refit import CarriedOver, carry_over, check_refit, joined_photos, refit_seconds
+from vitrina.training.refit import CarriedOver, carry_over, check_refit, joined_photos, recommended_refit_obstacle, refit_seconds
 from vitrina.training.run_folder import (
     config_digest, load_last_weights, load_resume_state, model_meta, open_tensorboard, read_history, write_history,
     write_skipped, write_splits,
@@ -117,7 +117,12 @@ def _summary(run: _Run) -> str:
         f"training {plan.model} ({plan.mode}) on {run.num_classes} classes: "
         f"{plan.epochs} epochs, batch {plan.batch_size}, lr {plan.lr:g}, {run.device.type}, training in {run.train_precision}, "
         f"input {plan.preprocess.channels}x{plan.preprocess.input_size} {plan.preprocess.resize}"
+        + ("" if plan.refit is None else f"; then a refit on the validation photos too ({_refit_kind(plan.refit)}, where the budget leaves room)")
     )
+
+
+def _refit_kind(tail: float) -> str:
+    return f"the chosen network learning on for the last {tail:.0%} of its epochs" if tail > 0 else "a new network for all its epochs"
 
 
 def _label_array(dataset: Dataset, decoded: DecodedImages, split: str) -> np.ndarray:
@@ -334,7 +339,7 @@ def _refit(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], label
     (:mod:`vitrina.training.refit`); None where the budget has no room for it or it fails."""
     n_train, n_val = len(labels["train"]), len(labels["val"])
     held_out = sum(len(labels[split]) for split in labels if split not in ("train", "val"))
-    epochs, tail = len(history), run.config.train.refit_tail
+    epochs, tail = len(history), run.plan.refit or 0.0
     steps = min(epochs, max(1, math.ceil(round(tail * epochs, 9)))) if tail > 0 else epochs  # round: 0.28 x 25 is 7.000000000000001
     estimate = refit_seconds(history[epochs - steps :], n_train, n_val, held_out + min(MAX_BANK, n_train + n_val))
     if deadline is not None and estimate > deadline.seconds_left():
@@ -443,7 +448,13 @@ def train(
     run = _resolve_run(dataset, config, run_dir, progress, log)
     plan = run.plan
     if config.train.refit or config.train.refit_tail:
-        check_refit(config.train.refit, config.train.unknown_score, plan.mode, world_position()[1])
+        check_refit(plan.refit is not None, config.train.unknown_score, plan.mode, world_position()[1])
+    elif plan.refit is not None:  # the recommended refit, where this run can make it and report it
+        held_out = sum(len(samples) for split, samples in dataset.splits.items() if split not in ("train", "val"))
+        why = recommended_refit_obstacle(config.train.unknown_score, world_position()[1], held_out)
+        if why is not None:
+            run.plan = plan = replace(plan, refit=None)
+            log(f"no refit on the validation photos too (recommended for this data): {why}")
     resume_state = load_resume_state(run_dir, config, dataset) if resume else None
     started = time.perf_counter()
     if not run.main:
@@ -489,7 +500,7 @@ def train(
     if grown:
         split_logits["val"] = val_logits  # the validation figures from before its photos joined the vote
     before = None
-    refitted = _refit(run, model, decoded, labels, history, deadline, extras, temperature) if config.train.refit and extras else None
+    refitted = _refit(run, model, decoded, labels, history, deadline, extras, temperature) if plan.refit is not None and extras else None
     if refitted is not None and extras is not None:
         before, model, extras = model, refitted.model, replace(extras, scorer=refitted.carried.scorer)
         train_seconds += refitted.seconds

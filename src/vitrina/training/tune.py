@@ -170,7 +170,7 @@ def _objective(dataset: Dataset, base: Config, mode: str, searched: tuple[str, .
         params = suggest(trial, mode, searched)
         config = apply_params(base, params)
         config.train.budget_minutes = None  # trials run their planned epochs; the search keeps its own --minutes
-        config.train.refit = False  # a trial is scored on validation: a refit's network would go unused
+        config.train.refit, config.train.refit_tail = False, None  # a trial is scored on validation: a refit's network would go unused
         trial_dir = out_dir / "trials" / f"trial-{trial.number:04d}"
         pruner = EpochPruner(trial)
         started = time.perf_counter()
