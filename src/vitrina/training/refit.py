@@ -5,9 +5,9 @@ Validation chooses the number of epochs, the softmax temperature, the confidence
 the neighbour vote's settings and the mirror-image average. The refit network starts from the
 same weights and learns from every photo the user gave, for the same epochs with the same
 recipe, and keeps its last epoch (nothing is left to choose by); with ``train.refit_tail`` the
-network validation chose goes on instead, through that last share of its schedule. It takes
-the temperature, the thresholds, the vote's settings and the mirror average as they were
-chosen; what lives in
+network validation chose learns on instead, for that last share of its epochs (small
+grayscale images from scratch get this by default). It takes the temperature, the
+thresholds, the vote's settings and the mirror average as they were chosen; what lives in
 feature space is fitted again on its own features (the unknown score's bank, the vote's bank,
 both of every photo).
 
