@@ -29,7 +29,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
+from vitrina.config import TrainConfig
 from vitrina.data.cache import DecodedImages
 from vitrina.description import Refit, UnknownDetector
 from vitrina.errors import ConfigError
@@ -37,7 +39,8 @@ from vitrina.models.neighbours import NeighbourVote
 from vitrina.models.network import VitrinaNet
 from vitrina.models.unknown import UnknownScore, build_score
 from vitrina.training.budget import validation_pass_seconds, validation_seconds_per_photo
-from vitrina.training.plan import REFIT_CARRIED_SCORES
+from vitrina.training.calibration import apply_temperature
+from vitrina.training.plan import REFIT_CARRIED_SCORES, Plan
 
 Log = Callable[[str], None]
 COPY_ROWS = 256  # photos copied at a time into the joined split
@@ -65,6 +68,32 @@ def recommended_refit_obstacle(unknown_score: str, processes: int, held_out_phot
     if not held_out_photos:
         return "the data holds no split beyond validation to report it on"
     return None
+
+
+def settled_refit(plan: Plan, train: TrainConfig, held_out_photos: int, processes: int, log: Log) -> Plan:
+    """``plan`` with the refit this run makes: one asked for is checked (refused where it cannot be
+    made), a recommended one dropped, saying why, where the run cannot make or report it."""
+    if train.refit or train.refit_tail:
+        check_refit(plan.refit is not None, train.unknown_score, plan.mode, processes)
+        return plan
+    why = recommended_refit_obstacle(train.unknown_score, processes, held_out_photos) if plan.refit is not None else None
+    if why is None:
+        return plan
+    log(f"no refit on the validation photos too (recommended for this data): {why}")
+    return replace(plan, refit=None)
+
+
+def describe_refit(tail: float) -> str:
+    """The refit a plan makes, in words, from its tail (0: a whole new network)."""
+    return f"the chosen network learning on for the last {tail:.0%} of its epochs" if tail > 0 else "a new network for all its epochs"
+
+
+def continue_from(refitted: nn.Module, chosen: nn.Module, temperature: float) -> None:
+    """Give ``refitted`` the weights of the network validation ``chosen``, its temperature taken
+    back out of the head (the vote's bank is fitted again afterwards)."""
+    own = refitted.state_dict()
+    refitted.load_state_dict({k: v for k, v in chosen.state_dict().items() if k in own})
+    apply_temperature(refitted, 1.0 / temperature)
 
 
 def refit_seconds(history: list[dict[str, float]], n_train: int, n_val: int, after_photos: int) -> float:

@@ -45,7 +45,7 @@ from vitrina.training.augment import BatchAugment, build_augment
 from vitrina.training.loop import NetworkTraining, augments_in_worker, runs_frozen_prefix, train_network
 from vitrina.training.optim import chosen_epoch
 from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
-from vitrina.training.refit import CarriedOver, carry_over, check_refit, joined_photos, recommended_refit_obstacle, refit_seconds
+from vitrina.training.refit import CarriedOver, carry_over, continue_from, describe_refit, joined_photos, refit_seconds, settled_refit
 from vitrina.training.run_folder import (
     config_digest, load_last_weights, load_resume_state, model_meta, open_tensorboard, read_history, write_history,
     write_skipped, write_splits,
@@ -117,12 +117,8 @@ def _summary(run: _Run) -> str:
         f"training {plan.model} ({plan.mode}) on {run.num_classes} classes: "
         f"{plan.epochs} epochs, batch {plan.batch_size}, lr {plan.lr:g}, {run.device.type}, training in {run.train_precision}, "
         f"input {plan.preprocess.channels}x{plan.preprocess.input_size} {plan.preprocess.resize}"
-        + ("" if plan.refit is None else f"; then a refit on the validation photos too ({_refit_kind(plan.refit)}, where the budget leaves room)")
+        + ("" if plan.refit is None else f"; then a refit on the validation photos too ({describe_refit(plan.refit)}, where the budget leaves room)")
     )
-
-
-def _refit_kind(tail: float) -> str:
-    return f"the chosen network learning on for the last {tail:.0%} of its epochs" if tail > 0 else "a new network for all its epochs"
 
 
 def _label_array(dataset: Dataset, decoded: DecodedImages, split: str) -> np.ndarray:
@@ -379,14 +375,6 @@ def _warm_start_epochs(run: _Run) -> int:
     return epochs
 
 
-def _continue_from(refitted: nn.Module, chosen: nn.Module, temperature: float) -> None:
-    """Give ``refitted`` the weights of the network validation ``chosen``, its temperature taken
-    back out of the head (the vote's bank is fitted again afterwards)."""
-    own = refitted.state_dict()
-    refitted.load_state_dict({k: v for k, v in chosen.state_dict().items() if k in own})
-    apply_temperature(refitted, 1.0 / temperature)
-
-
 def _train_refit(run: _Run, chosen: nn.Module | None, decoded: dict[str, DecodedImages], labels: dict[str, np.ndarray],
                  epochs: tuple[int, int], deadline: Deadline | None,
                  temperature: float) -> tuple[nn.Module, list[dict[str, float]], np.ndarray, np.ndarray, int] | None:
@@ -400,7 +388,7 @@ def _train_refit(run: _Run, chosen: nn.Module | None, decoded: dict[str, Decoded
         refitted = _build_model(run)
         splits, split_labels = {"train": joined, "val": decoded["val"]}, {"train": all_labels, "val": labels["val"]}
         if chosen is not None:
-            _continue_from(refitted, chosen, temperature)
+            continue_from(refitted, chosen, temperature)
         elif run.plan.mode == "finetune" and run.config.train.warm_start_head:
             fit_head_on_features(run.backbone_features(refitted), splits, split_labels, run.config, run.num_classes,
                                  repeat_epochs=_warm_start_epochs(run))
@@ -447,14 +435,8 @@ def train(
     config = with_recommended_settings(dataset, config)
     run = _resolve_run(dataset, config, run_dir, progress, log)
     plan = run.plan
-    if config.train.refit or config.train.refit_tail:
-        check_refit(plan.refit is not None, config.train.unknown_score, plan.mode, world_position()[1])
-    elif plan.refit is not None:  # the recommended refit, where this run can make it and report it
-        held_out = sum(len(samples) for split, samples in dataset.splits.items() if split not in ("train", "val"))
-        why = recommended_refit_obstacle(config.train.unknown_score, world_position()[1], held_out)
-        if why is not None:
-            run.plan = plan = replace(plan, refit=None)
-            log(f"no refit on the validation photos too (recommended for this data): {why}")
+    held_out = sum(len(samples) for split, samples in dataset.splits.items() if split not in ("train", "val"))
+    run.plan = plan = settled_refit(plan, config.train, held_out, world_position()[1], log)
     resume_state = load_resume_state(run_dir, config, dataset) if resume else None
     started = time.perf_counter()
     if not run.main:
