@@ -79,7 +79,10 @@ def test_holdout_of_a_split_named_val_is_reported_as_validation():
 
 
 @pytest.mark.parametrize("holdout, sources", [
-    ("val", ("train", "val")), ("val", ("train", "validation", "test")), ("validation", ("train", "validation", "test")),
+    ("val", ("train", "val")),
+    ("validation", ("train", "val")),
+    ("val", ("train", "validation", "test")),
+    ("validation", ("train", "validation", "test")),
 ])
 def test_the_held_split_goes_by_the_name_it_is_set_aside_under(holdout, sources):
     splits = assign_roles({name: [] for name in sources}, holdout)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,16 @@ def test_cli_compare_refuses_a_bad_configuration_before_training(shapes: Path, t
     assert main(["compare", str(shapes), str(good), str(bad), "--out", str(tmp_path / "cmp"), "--quiet"]) == 2
     assert "needs a pretrained backbone" in capsys.readouterr().err
     assert not (tmp_path / "cmp" / "good").exists()
+
+
+def test_compare_refuses_a_refit_it_could_only_rank_on_the_photos_it_learned(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    only_train = tmp_path / "only-train"
+    shutil.copytree(shapes / "train", only_train / "train")
+    refit = tmp_path / "refit.yaml"
+    refit.write_text("model: {name: cnn1}\ntrain: {mode: scratch, refit: true}\n")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(only_train), str(refit), "--out", str(out), "--quiet"]) == 2
+    assert "refit: train.refit learns from the validation photos too" in capsys.readouterr().err
+    assert not (out / "refit").exists()

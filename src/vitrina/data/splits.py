@@ -142,8 +142,9 @@ def assign_roles(
         )
     held = None
     if holdout:
+        role = ROLE_OF_SOURCE.get(holdout, holdout)
         matches = [name for name in splits if name == holdout] or [
-            name for name in splits if ROLE_OF_SOURCE[name] == holdout
+            name for name in splits if ROLE_OF_SOURCE[name] == role
         ]
         if not matches:
             raise DataError(

@@ -33,6 +33,7 @@ from vitrina.plots import leaderboard_chart, overlaid_curves
 from vitrina.preprocess import Preprocess
 from vitrina.training.pipeline import TrainRun, train_run
 from vitrina.training.plan import check_trainable, make_plan
+from vitrina.training.refit import check_refit_reportable, held_out_photos
 
 Log = Callable[[str], None]
 # The lineup when none is given: the scratch CNNs against transfer learning.
@@ -182,6 +183,7 @@ def check_lineup(data: str | os.PathLike, entries: Sequence[Entry]) -> None:
     check_trainable(dataset)
     for entry in entries:
         make_plan(dataset, entry.config)
+        check_refit_reportable(entry.name, entry.config.train, held_out_photos(dataset.splits))
 
 
 def _row(name: str, run: TrainRun, evaluation: Evaluation, measured: Mapping[str, Any]) -> dict[str, Any]:

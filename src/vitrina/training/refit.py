@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sized
 
 import numpy as np
 import torch
@@ -57,6 +57,18 @@ def check_refit(refit: bool, unknown_score: str, mode: str, processes: int) -> N
                           f"(train.unknown_score is {unknown_score!r})")
     if processes > 1:
         raise ConfigError(f"train.refit runs in one process ({processes} were started): train with one, or without the refit")
+
+
+def held_out_photos(splits: Mapping[str, Sized]) -> int:
+    """Photos in the splits beyond training and validation: those a refit is reported on."""
+    return sum(len(photos) for name, photos in splits.items() if name not in ("train", "val"))
+
+
+def check_refit_reportable(name: str, train: TrainConfig, held_out: int) -> None:
+    """Refuse ranking ``name`` with a refit where no split beyond validation can report it."""
+    if train.refit and not held_out:
+        raise ConfigError(f"{name}: train.refit learns from the validation photos too, and the data has no split "
+                          "beyond them to rank it on: give the data a test split (or --holdout), or compare it without the refit")
 
 
 def recommended_refit_obstacle(unknown_score: str, processes: int, held_out_photos: int) -> str | None:

@@ -45,7 +45,9 @@ from vitrina.training.augment import BatchAugment, build_augment
 from vitrina.training.loop import NetworkTraining, augments_in_worker, runs_frozen_prefix, train_network
 from vitrina.training.optim import chosen_epoch
 from vitrina.training.plan import Plan, check_trainable, make_plan, with_recommended_settings
-from vitrina.training.refit import CarriedOver, carry_over, continue_from, describe_refit, joined_photos, refit_seconds, settled_refit
+from vitrina.training.refit import (
+    CarriedOver, carry_over, continue_from, describe_refit, held_out_photos, joined_photos, refit_seconds, settled_refit,
+)
 from vitrina.training.run_folder import (
     config_digest, load_last_weights, load_resume_state, model_meta, open_tensorboard, read_history, write_history,
     write_skipped, write_splits,
@@ -334,7 +336,7 @@ def _refit(run: _Run, model: nn.Module, decoded: dict[str, DecodedImages], label
     epochs the first one ran on its schedule, with its choices carried over
     (:mod:`vitrina.training.refit`); None where the budget has no room for it or it fails."""
     n_train, n_val = len(labels["train"]), len(labels["val"])
-    held_out = sum(len(labels[split]) for split in labels if split not in ("train", "val"))
+    held_out = held_out_photos(labels)
     epochs, tail = len(history), run.plan.refit or 0.0
     steps = min(epochs, max(1, math.ceil(round(tail * epochs, 9)))) if tail > 0 else epochs  # round: 0.28 x 25 is 7.000000000000001
     estimate = refit_seconds(history[epochs - steps :], n_train, n_val, held_out + min(MAX_BANK, n_train + n_val))
@@ -435,8 +437,7 @@ def train(
     config = with_recommended_settings(dataset, config)
     run = _resolve_run(dataset, config, run_dir, progress, log)
     plan = run.plan
-    held_out = sum(len(samples) for split, samples in dataset.splits.items() if split not in ("train", "val"))
-    run.plan = plan = settled_refit(plan, config.train, held_out, world_position()[1], log)
+    run.plan = plan = settled_refit(plan, config.train, held_out_photos(dataset.splits), world_position()[1], log)
     resume_state = load_resume_state(run_dir, config, dataset) if resume else None
     started = time.perf_counter()
     if not run.main:
