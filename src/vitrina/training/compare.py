@@ -181,9 +181,10 @@ def check_lineup(data: str | os.PathLike, entries: Sequence[Entry]) -> None:
     """Refuse a bad configuration before hours of training the others."""
     dataset = load_dataset(data, entries[0].config.data, carve_val=True)
     check_trainable(dataset)
+    held_out = held_out_photos(dataset.splits)
     for entry in entries:
         make_plan(dataset, entry.config)
-        check_refit_reportable(entry.name, entry.config.train, held_out_photos(dataset.splits))
+        check_refit_reportable(entry.name, entry.config.train, held_out)
 
 
 def _row(name: str, run: TrainRun, evaluation: Evaluation, measured: Mapping[str, Any]) -> dict[str, Any]:
