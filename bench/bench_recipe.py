@@ -80,6 +80,7 @@ CANDIDATES = {
     "bn-train": ["--set", "train.freeze_bn=no"],  # every BatchNorm's statistics follow the new photos (no ONNX Runtime prefix: slower epochs)
     "reseed": ["--seed", "100"],  # the default from another training seed, the carve kept: two of one network averaged (bench_blend)
     "tail50": ["--set", "train.refit=true", "--set", "train.refit_tail=0.5", "--budget", "60"],  # the chosen network goes on through its schedule's last half on every photo
+    "tail25": ["--set", "train.refit=true", "--set", "train.refit_tail=0.25", "--budget", "60"],  # the same through the last quarter: about half the tail's cost
     "val5": ["--val-fraction", "0.05"],  # a carve of 5% where the default takes 15%: 3,000 validation photos of Fashion-MNIST's 60,000
     "e5": ["--epochs", "5"],  # 5 epochs where the default plans 8: two such networks fit one 30-minute budget here (lite1+e5 the second)
 }
