@@ -1,6 +1,7 @@
 """The training engine on small real images: run folders, modes, resume, bad input."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import pytest
 
 from tests.helpers import DEMO, make_shapes_dataset, quiet, scratch_config
 from vitrina import api
-from vitrina.config import resolve
+from vitrina.config import Config, from_dict, resolve
 from vitrina.errors import ConfigError, DataError, ModelError
 
 def test_scratch_run_writes_a_complete_run_folder(tmp_path: Path) -> None:
@@ -168,7 +169,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path, extra: l
     assert 1 <= interrupted_at < 4, "the kill must land before the run ends"
     assert not (tmp_path / "killed" / "metrics.json").exists()
 
-    resumed = _cli("train", str(data), "--out", str(tmp_path / "killed"), "--resume", *common, cwd=tmp_path)
+    resumed = _cli("train", str(data), "--out", str(tmp_path / "killed"), "--resume", "--quiet", cwd=tmp_path)  # its own settings
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
     a = json.loads((tmp_path / "full" / "history.json").read_text())
@@ -218,11 +219,25 @@ def test_a_kill_between_the_weights_and_the_state_resumes_from_one_epoch(tmp_pat
     import torch
     from safetensors.torch import load_file
 
-    from vitrina.training import run_folder
-
     data = make_shapes_dataset(tmp_path / "shapes", per_class=8)
     config = scratch_config(tmp_path, **{"train.epochs": 3, "train.patience": 0})
     full = api.train(data, config, out=tmp_path / "full", progress=False, log=quiet)
+    _interrupted_after_one_epoch(data, config, tmp_path / "killed", monkeypatch)
+    assert torch.load(tmp_path / "killed" / "train_state.pt", weights_only=True)["epoch"] == 1
+    resumed = api.train(data, config, out=tmp_path / "killed", resume=True, progress=False, log=quiet)
+    a = json.loads((full.run_dir / "history.json").read_text())
+    b = json.loads((resumed.run_dir / "history.json").read_text())
+    assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
+    kept_a, kept_b = load_file(full.run_dir / "model.safetensors"), load_file(resumed.run_dir / "model.safetensors")
+    assert all(torch.allclose(kept_a[k], kept_b[k], atol=1e-5) for k in kept_a)
+
+
+def _interrupted_after_one_epoch(data: Path, config: Config, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train ``config`` into ``out`` until epoch 2's resume point, which is never written."""
+    import torch
+
+    from vitrina.training import run_folder
+
     save = torch.save
 
     def killed_at_epoch_two(state, path, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -232,15 +247,40 @@ def test_a_kill_between_the_weights_and_the_state_resumes_from_one_epoch(tmp_pat
 
     monkeypatch.setattr(run_folder.torch, "save", killed_at_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        api.train(data, config, out=tmp_path / "killed", progress=False, log=quiet)
+        api.train(data, config, out=out, progress=False, log=quiet)
     monkeypatch.setattr(run_folder.torch, "save", save)
-    assert torch.load(tmp_path / "killed" / "train_state.pt", weights_only=True)["epoch"] == 1
-    resumed = api.train(data, config, out=tmp_path / "killed", resume=True, progress=False, log=quiet)
-    a = json.loads((full.run_dir / "history.json").read_text())
-    b = json.loads((resumed.run_dir / "history.json").read_text())
-    assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
-    kept_a, kept_b = load_file(full.run_dir / "model.safetensors"), load_file(resumed.run_dir / "model.safetensors")
-    assert all(torch.allclose(kept_a[k], kept_b[k], atol=1e-5) for k in kept_a)
+
+
+def test_a_run_started_before_a_setting_existed_resumes_with_its_own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run interrupted under an older vitrina (its config.yaml lacks a setting added since, and its
+    resume point is stamped without it) resumes with no settings given, says which settings it did
+    not have, and keeps its config.yaml; settings given that differ from its own are refused."""
+    import torch
+    import yaml
+
+    from vitrina.training.run_folder import config_digest, relevant_settings
+
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=8)
+    config = scratch_config(tmp_path, **{"train.epochs": 3, "train.patience": 0, "train.refit": False})
+    out = tmp_path / "old"
+    _interrupted_after_one_epoch(data, config, out, monkeypatch)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["train"]["refit_tail"]  # as an older vitrina wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    state["config_digest"] = config_digest(from_dict(saved), set(relevant_settings(saved)))  # the older stamp
+    torch.save(state, out / "train_state.pt")
+    old_yaml = (out / "config.yaml").read_bytes()
+
+    changed = copy.deepcopy(config)
+    changed.train.refit = None  # as if the default had changed since
+    with pytest.raises(ConfigError, match=r"train\.refit: False -> None.*resume with no settings"):
+        api.train(data, changed, out=out, resume=True, progress=False, log=quiet)
+    messages: list[str] = []
+    resumed = api.train(data, out=out, resume=True, progress=False, log=messages.append)
+    assert [row["epoch"] for row in json.loads((resumed.run_dir / "history.json").read_text())] == [1, 2, 3]
+    assert any("settings added since this run started: train.refit_tail=None" in m for m in messages), messages
+    assert (out / "config.yaml").read_bytes() == old_yaml, "a resumed run keeps the settings it started with"
 
 
 class Payload:

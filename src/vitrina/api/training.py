@@ -29,7 +29,12 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainRun:
-    """Train a classifier and write one run folder (config, history, curves, model, metrics, report)."""
+    """Train a classifier and write one run folder (config, history, curves, model, metrics, report).
+
+    ``resume`` continues the interrupted run in ``out``; with no ``config`` it keeps the run's own
+    settings (its config.yaml), else the given ones must agree with them."""
+    if resume and config is None and out is not None and (Path(out) / "config.yaml").is_file():
+        config = Path(out) / "config.yaml"
     return train_run(data, resolve_config(config), out, resume=resume, runs_dir=runs_dir, progress=progress, log=log)
 
 

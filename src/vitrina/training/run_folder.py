@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,36 @@ def relevant_settings(config: Config | dict[str, Any]) -> dict[str, Any]:
             for key, value in values.items() if f"{section}.{key}" not in NOT_COMPUTED}
 
 
-def config_digest(config: Config) -> str:
-    """A short digest of the settings that change what training computes (not where or how fast)."""
-    relevant = config.to_dict()
-    relevant["train"] = {k: v for k, v in relevant["train"].items() if f"train.{k}" not in NOT_COMPUTED}
+def config_digest(config: Config, keys: Collection[str] | None = None) -> str:
+    """A short digest of the settings that change what training computes (not where or how fast);
+    ``keys`` (``section.key``) limits it to the settings a run's config.yaml held, so a run
+    started before a setting existed digests as it did then."""
+    relevant = {section: {k: v for k, v in values.items()
+                          if f"{section}.{k}" not in NOT_COMPUTED and (keys is None or f"{section}.{k}" in keys)}
+                for section, values in config.to_dict().items()}
+    relevant = {section: values for section, values in relevant.items() if values}  # a section added since
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_config_digest(run_dir: Path, config: Config) -> str:
+    """:func:`config_digest` over the settings the run's config.yaml holds (all without one): what
+    its resume point is stamped with and checked against."""
+    saved = saved_settings(run_dir)
+    return config_digest(config, None if saved is None else set(saved))
+
+
+def saved_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The run's config.yaml as flat ``section.key`` pairs (None without a readable one)."""
+    try:
+        return relevant_settings(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def settings_added_since(run_dir: Path, config: Config) -> list[str]:
+    """Settings ``config`` has that the run's config.yaml lacks (added to vitrina since it started)."""
+    saved = saved_settings(run_dir)
+    return [] if saved is None else sorted(set(relevant_settings(config)) - set(saved))
 
 
 def data_digest(dataset: Dataset) -> str:
@@ -138,7 +164,7 @@ def save_resume_point(run_dir: Path, model: nn.Module, description: ModelDescrip
     os.replace(tmp, run_dir / TRAIN_STATE)
 
 
-def load_resume_state(run_dir: Path, config: Config, dataset: Dataset) -> dict[str, Any]:
+def load_resume_state(run_dir: Path, config: Config, dataset: Dataset, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The interrupted run's ``train_state.pt``; refused (naming what differs) when missing, damaged,
     or saved for other settings or other data."""
     state_path = run_dir / TRAIN_STATE
@@ -151,20 +177,23 @@ def load_resume_state(run_dir: Path, config: Config, dataset: Dataset) -> dict[s
         raise ModelError(f"{state_path}: cannot resume from this file: {kind}; start a new run instead") from None
     if not isinstance(state, dict):
         raise ModelError(f"{state_path}: not a vitrina training state; start a new run instead")
-    if state.get("config_digest") != config_digest(config):
+    if state.get("config_digest") != run_config_digest(run_dir, config):
         raise ConfigError(f"{run_dir}: --resume with other settings than the interrupted run ({_settings_changes(run_dir, config)}); "
-                          "resume with the same settings (see its config.yaml) or start a new run")
+                          "resume with no settings to keep its own (its config.yaml), or start a new run")
     _check_same_data(run_dir, dataset)
+    added = settings_added_since(run_dir, config)
+    if added:
+        log("resuming with settings added since this run started: "
+            + ", ".join(f"{key}={value!r}" for key, value in relevant_settings(config).items() if key in added))
     return state
 
 
 def _settings_changes(run_dir: Path, config: Config) -> str:
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
+    saved = saved_settings(run_dir)
+    if saved is None:
         return "its config.yaml is gone"
-    saved = relevant_settings(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
     now = relevant_settings(config)
-    changed = [f"{key}: {saved.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+    changed = [f"{key}: {saved[key]!r} -> {now.get(key)!r}" for key in sorted(saved) if saved[key] != now.get(key)]
     return "; ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "") if changed else "the settings file was changed"
 
 

@@ -49,7 +49,7 @@ from vitrina.training.refit import (
     CarriedOver, carry_over, continue_from, describe_refit, held_out_photos, joined_photos, refit_seconds, settled_refit,
 )
 from vitrina.training.run_folder import (
-    config_digest, load_last_weights, load_resume_state, model_meta, open_tensorboard, read_history, write_history,
+    load_last_weights, load_resume_state, model_meta, open_tensorboard, read_history, run_config_digest, write_history,
     write_skipped, write_splits,
 )
 
@@ -296,7 +296,8 @@ def _fit(
     if plan.mode in ("finetune", "scratch"):
         # In this order: the checkpoint saves the early-stopping counters, and the hook (which may
         # raise) comes last, after the epoch is logged and saved.
-        checkpoint = [Checkpoint(run.run_dir, model_meta(plan, run.dataset, run.config), config_digest(run.config))] if run.main else []
+        checkpoint = ([Checkpoint(run.run_dir, model_meta(plan, run.dataset, run.config), run_config_digest(run.run_dir, run.config))]
+                      if run.main else [])
         callbacks = [*_tensorboard(writer, ""), EarlyStopping(t.patience), *([deadline] if deadline else []), *checkpoint, *hook]
         history = _fit_network(run, model, decoded, labels, resume_state, callbacks)
     return history
@@ -438,7 +439,7 @@ def train(
     run = _resolve_run(dataset, config, run_dir, progress, log)
     plan = run.plan
     run.plan = plan = settled_refit(plan, config.train, held_out_photos(dataset.splits), world_position()[1], log)
-    resume_state = load_resume_state(run_dir, config, dataset) if resume else None
+    resume_state = load_resume_state(run_dir, config, dataset, log) if resume else None
     started = time.perf_counter()
     if not run.main:
         barrier()  # rank 0 fills the decoded-image and feature caches first; the others then read them
@@ -447,7 +448,8 @@ def train(
     deadline = _plan_budget(run, model, decoded, resume_state, started_at if started_at is not None else started)
     plan = run.plan
     if run.main:  # after the plan: a budget too small for it leaves no half-written run behind
-        config_lib.save(config, run_dir)
+        if resume_state is None:  # a resumed run keeps the settings it started with (and its resume stamp)
+            config_lib.save(config, run_dir)
         write_splits(run_dir, dataset)
     log(_summary(run))
     writer = open_tensorboard(run_dir) if run.main else None
