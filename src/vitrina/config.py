@@ -296,9 +296,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file, then the overrides (CLI flags): the one config flow."""
-    config = Config()
+def resolve(
+    yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None, *, saved: str | Path | None = None
+) -> Config:
+    """Defaults, then the YAML file, then the overrides (CLI flags): the one config flow. ``saved``
+    (a run's config.yaml, for a resumed run) takes the place of the defaults."""
+    config = Config() if saved is None else apply(Config(), load_yaml(saved), origin=str(saved))
     if yaml_path:
         apply(config, load_yaml(yaml_path), origin=str(yaml_path))
     if overrides:

@@ -253,8 +253,9 @@ def _interrupted_after_one_epoch(data: Path, config: Config, out: Path, monkeypa
 
 def test_a_run_started_before_a_setting_existed_resumes_with_its_own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run interrupted under an older vitrina (its config.yaml lacks a setting added since, and its
-    resume point is stamped without it) resumes with no settings given, says which settings it did
-    not have, and keeps its config.yaml; settings given that differ from its own are refused."""
+    resume point is stamped without it) resumes from its own settings (here with a setting that
+    changes only how fast), says which settings it did not have, and keeps its config.yaml;
+    settings that change what it computes are refused."""
     import torch
     import yaml
 
@@ -274,10 +275,12 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_own_settings(tm
 
     changed = copy.deepcopy(config)
     changed.train.refit = None  # as if the default had changed since
-    with pytest.raises(ConfigError, match=r"train\.refit: False -> None.*resume with no settings"):
+    with pytest.raises(ConfigError, match=r"train\.refit: False -> None.*resume without settings that change"):
         api.train(data, changed, out=out, resume=True, progress=False, log=quiet)
+    with pytest.raises(ConfigError, match=r"train\.lr: None -> 0\.3"):
+        api.train(data, out=out, resume=True, overrides={"train.lr": 0.3}, progress=False, log=quiet)
     messages: list[str] = []
-    resumed = api.train(data, out=out, resume=True, progress=False, log=messages.append)
+    resumed = api.train(data, out=out, resume=True, overrides={"train.workers": 0}, progress=False, log=messages.append)
     assert [row["epoch"] for row in json.loads((resumed.run_dir / "history.json").read_text())] == [1, 2, 3]
     assert any("settings added since this run started: train.refit_tail=None" in m for m in messages), messages
     assert (out / "config.yaml").read_bytes() == old_yaml, "a resumed run keeps the settings it started with"

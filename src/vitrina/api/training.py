@@ -28,14 +28,20 @@ def train(
     runs_dir: str | Path = "runs",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    overrides: Mapping[str, Any] | None = None,
 ) -> TrainRun:
     """Train a classifier and write one run folder (config, history, curves, model, metrics, report).
 
-    ``resume`` continues the interrupted run in ``out``; with no ``config`` it keeps the run's own
-    settings (its config.yaml), else the given ones must agree with them."""
-    if resume and config is None and out is not None and (Path(out) / "config.yaml").is_file():
-        config = Path(out) / "config.yaml"
-    return train_run(data, resolve_config(config), out, resume=resume, runs_dir=runs_dir, progress=progress, log=log)
+    ``overrides`` (dotted keys) apply on top of ``config``. ``resume`` continues the interrupted
+    run in ``out``: a config file and the overrides then apply on top of the run's own settings
+    (its config.yaml), and what training computes must come out the same (a ``Config`` object is
+    taken as it is)."""
+    own = Path(out) / "config.yaml" if resume and out is not None else None
+    if isinstance(config, Config) or own is None or not own.is_file():
+        settings = resolve_config(config, **dict(overrides or {}))
+    else:
+        settings = config_lib.resolve(config, dict(overrides or {}), saved=own)
+    return train_run(data, settings, out, resume=resume, runs_dir=runs_dir, progress=progress, log=log)
 
 
 def compare(

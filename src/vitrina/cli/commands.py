@@ -47,8 +47,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config = resolved_config(args) if args.config or config_overrides(args) or not args.resume else None  # else the run's own
-    run = api.train(args.data, config=config, out=args.out, resume=args.resume, runs_dir=args.runs, progress=not args.quiet)
+    run = api.train(args.data, config=args.config, overrides=config_overrides(args), out=args.out, resume=args.resume,
+                    runs_dir=args.runs, progress=not args.quiet)
     if not run.metrics:  # a non-zero rank of a distributed run writes nothing
         return 0
     m = run.metrics

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="DATA", help="any dataset form that `vitrina inspect` reads")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new runs/train-NNN); with --resume, the interrupted run")
     p.add_argument("--runs", default="runs", metavar="DIR", help="parent of new run folders (default runs)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out with its own settings (settings given must agree with them)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out with its own settings (settings given must not change what it computes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_common(p)
     _add_config_flags(p, TRAIN_FLAGS, "training options")

@@ -179,7 +179,7 @@ def load_resume_state(run_dir: Path, config: Config, dataset: Dataset, log: Call
         raise ModelError(f"{state_path}: not a vitrina training state; start a new run instead")
     if state.get("config_digest") != run_config_digest(run_dir, config):
         raise ConfigError(f"{run_dir}: --resume with other settings than the interrupted run ({_settings_changes(run_dir, config)}); "
-                          "resume with no settings to keep its own (its config.yaml), or start a new run")
+                          "resume without settings that change what it computes (its own are in its config.yaml), or start a new run")
     _check_same_data(run_dir, dataset)
     added = settings_added_since(run_dir, config)
     if added:
