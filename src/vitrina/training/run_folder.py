@@ -60,9 +60,10 @@ def run_config_digest(run_dir: Path, config: Config) -> str:
 def saved_settings(run_dir: Path) -> dict[str, Any] | None:
     """The run's config.yaml as flat ``section.key`` pairs (None without a readable one)."""
     try:
-        return relevant_settings(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+        data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return None
+    return relevant_settings(data) if isinstance(data, dict) else None
 
 
 def settings_added_since(run_dir: Path, config: Config) -> list[str]:
