@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import signal
@@ -259,7 +260,7 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_own_settings(tm
     import torch
     import yaml
 
-    from vitrina.training.run_folder import config_digest, relevant_settings
+    from vitrina.training.run_folder import NOT_COMPUTED
 
     data = make_shapes_dataset(tmp_path / "shapes", per_class=8)
     config = scratch_config(tmp_path, **{"train.epochs": 3, "train.patience": 0, "train.refit": False})
@@ -269,7 +270,10 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_own_settings(tm
     del saved["train"]["refit_tail"]  # as an older vitrina wrote it
     (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     state = torch.load(out / "train_state.pt", weights_only=True)
-    state["config_digest"] = config_digest(from_dict(saved), set(relevant_settings(saved)))  # the older stamp
+    older = from_dict(saved).to_dict()  # the stamp as older versions computed it: every setting they had
+    del older["train"]["refit_tail"]
+    older["train"] = {k: v for k, v in older["train"].items() if f"train.{k}" not in NOT_COMPUTED}
+    state["config_digest"] = hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()[:16]
     torch.save(state, out / "train_state.pt")
     old_yaml = (out / "config.yaml").read_bytes()
 
@@ -284,6 +288,17 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_own_settings(tm
     assert [row["epoch"] for row in json.loads((resumed.run_dir / "history.json").read_text())] == [1, 2, 3]
     assert any("settings added since this run started: train.refit_tail=None" in m for m in messages), messages
     assert (out / "config.yaml").read_bytes() == old_yaml, "a resumed run keeps the settings it started with"
+
+
+def test_a_run_whose_config_yaml_is_gone_resumes_with_the_settings_given_and_writes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", per_class=8)
+    config = scratch_config(tmp_path, **{"train.epochs": 2, "train.patience": 0})
+    out = tmp_path / "run"
+    _interrupted_after_one_epoch(data, config, out, monkeypatch)
+    (out / "config.yaml").unlink()
+    resumed = api.train(data, config, out=out, resume=True, progress=False, log=quiet)
+    assert resumed.metrics["n_images"] > 0
+    assert resolve(out / "config.yaml").train.epochs == 2
 
 
 class Payload:

@@ -61,7 +61,7 @@ def saved_settings(run_dir: Path) -> dict[str, Any] | None:
     """The run's config.yaml as flat ``section.key`` pairs (None without a readable one)."""
     try:
         data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return relevant_settings(data) if isinstance(data, dict) else None
 
@@ -192,7 +192,7 @@ def load_resume_state(run_dir: Path, config: Config, dataset: Dataset, log: Call
 def _settings_changes(run_dir: Path, config: Config) -> str:
     saved = saved_settings(run_dir)
     if saved is None:
-        return "its config.yaml is gone"
+        return "its config.yaml is gone or unreadable"
     now = relevant_settings(config)
     changed = [f"{key}: {saved[key]!r} -> {now.get(key)!r}" for key in sorted(saved) if saved[key] != now.get(key)]
     return "; ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "") if changed else "the settings file was changed"

@@ -49,8 +49,8 @@ from vitrina.training.refit import (
     CarriedOver, carry_over, continue_from, describe_refit, held_out_photos, joined_photos, refit_seconds, settled_refit,
 )
 from vitrina.training.run_folder import (
-    load_last_weights, load_resume_state, model_meta, open_tensorboard, read_history, run_config_digest, write_history,
-    write_skipped, write_splits,
+    load_last_weights, load_resume_state, model_meta, open_tensorboard, read_history, run_config_digest, saved_settings,
+    write_history, write_skipped, write_splits,
 )
 
 Log = Callable[[str], None]
@@ -448,7 +448,7 @@ def train(
     deadline = _plan_budget(run, model, decoded, resume_state, started_at if started_at is not None else started)
     plan = run.plan
     if run.main:  # after the plan: a budget too small for it leaves no half-written run behind
-        if resume_state is None:  # a resumed run keeps the settings it started with (and its resume stamp)
+        if resume_state is None or saved_settings(run_dir) is None:  # a resumed run keeps the settings it started with
             config_lib.save(config, run_dir)
         write_splits(run_dir, dataset)
     log(_summary(run))
