@@ -53,8 +53,7 @@ def config_digest(config: Config, keys: Collection[str] | None = None) -> str:
 def run_config_digest(run_dir: Path, config: Config) -> str:
     """:func:`config_digest` over the settings the run's config.yaml holds (all without one): what
     its resume point is stamped with and checked against."""
-    saved = saved_settings(run_dir)
-    return config_digest(config, None if saved is None else set(saved))
+    return config_digest(config, saved_settings(run_dir))
 
 
 def saved_settings(run_dir: Path) -> dict[str, Any] | None:
@@ -64,12 +63,6 @@ def saved_settings(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return relevant_settings(data) if isinstance(data, dict) else None
-
-
-def settings_added_since(run_dir: Path, config: Config) -> list[str]:
-    """Settings ``config`` has that the run's config.yaml lacks (added to vitrina since it started)."""
-    saved = saved_settings(run_dir)
-    return [] if saved is None else sorted(set(relevant_settings(config)) - set(saved))
 
 
 def data_digest(dataset: Dataset) -> str:
@@ -178,22 +171,20 @@ def load_resume_state(run_dir: Path, config: Config, dataset: Dataset, log: Call
         raise ModelError(f"{state_path}: cannot resume from this file: {kind}; start a new run instead") from None
     if not isinstance(state, dict):
         raise ModelError(f"{state_path}: not a vitrina training state; start a new run instead")
-    if state.get("config_digest") != run_config_digest(run_dir, config):
-        raise ConfigError(f"{run_dir}: --resume with other settings than the interrupted run ({_settings_changes(run_dir, config)}); "
+    saved, now = saved_settings(run_dir), relevant_settings(config)
+    if state.get("config_digest") != config_digest(config, saved):
+        raise ConfigError(f"{run_dir}: --resume with other settings than the interrupted run ({_settings_changes(saved, now)}); "
                           "resume without settings that change what it computes (its own are in its config.yaml), or start a new run")
     _check_same_data(run_dir, dataset)
-    added = settings_added_since(run_dir, config)
+    added = {key: value for key, value in now.items() if saved is not None and key not in saved}  # added to vitrina since
     if added:
-        log("resuming with settings added since this run started: "
-            + ", ".join(f"{key}={value!r}" for key, value in relevant_settings(config).items() if key in added))
+        log("resuming with settings added since this run started: " + ", ".join(f"{key}={value!r}" for key, value in added.items()))
     return state
 
 
-def _settings_changes(run_dir: Path, config: Config) -> str:
-    saved = saved_settings(run_dir)
+def _settings_changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
     if saved is None:
         return "its config.yaml is gone or unreadable"
-    now = relevant_settings(config)
     changed = [f"{key}: {saved[key]!r} -> {now.get(key)!r}" for key in sorted(saved) if saved[key] != now.get(key)]
     return "; ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "") if changed else "the settings file was changed"
 
