@@ -1,7 +1,9 @@
 """Fixtures shared by the whole test suite."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,39 @@ def _plans_do_not_time_the_exported_model(request: pytest.FixtureRequest, monkey
         from vitrina.training import trainer
 
         monkeypatch.setattr(trainer, "measure_prediction_speed", lambda *args, **kwargs: PredictionSpeed(5.0, 1.0, 2))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_export_of_each_graph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each test caches under its own folder, so each would export the same pretrained backbone to
+    ONNX again (15-45 s each on two cores). The cached graphs are named by a digest of the weights
+    and input they were exported from, so every test of this session may share one copy of each:
+    a graph another test exported is copied into the test's cache before it would be exported again."""
+    from vitrina.inference import expected_speed
+    from vitrina.models import onnx_graph, stages
+
+    # the workers of one parallel session share their base folder's parent; a lone session keeps its own
+    base = tmp_path_factory.getbasetemp()
+    store = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "onnx-graphs"
+    store.mkdir(parents=True, exist_ok=True)
+    cached_graph = onnx_graph.cached_graph
+
+    def shared_cached_graph(path: Path, export: Callable[[], object]) -> Path:
+        shared = store / path.name
+        if not path.is_file() and shared.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shared, path)
+        cached_graph(path, export)
+        if not shared.is_file():
+            tmp = shared.with_name(f"{shared.name}.tmp{os.getpid()}")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, shared)
+        return path
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (onnx_graph, stages, expected_speed):
+            patch.setattr(module, "cached_graph", shared_cached_graph)
+        yield
 
 
 # One backbone; a lower off-topic limit than the default, as 3 classes of 30 photos spread the distances wide.
