@@ -336,7 +336,7 @@ def test_a_model_with_a_mirror_average_exports_and_predicts_the_same_everywhere(
     np.testing.assert_allclose(scores, plain.predict_scored(images)[1], atol=1e-5)  # the photo as given decides "unknown"
 
     # evaluation's path: the body through ONNX Runtime, mirror images included
-    monkeypatch.setattr(runtime, "EXPORT_MIN_IMAGES", 1)
+    monkeypatch.setattr(runtime, "EXPORT_PAYS_FROM_PIXELS", 1)
     preprocess = averaged.preprocess
     logits = runtime.predict_logits(model, images, preprocess, torch.device("cpu"), "fp32", tmp_path / "cache")
     np.testing.assert_allclose(np.exp(logits), expected, atol=1e-4)

@@ -37,3 +37,33 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch: pytest.MonkeyPatch,
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     monkeypatch.setattr(runtime, "CPUINFO", cpuinfo)
     assert runtime.cpu_has_native_bf16() is native
+
+
+def test_a_body_goes_to_onnx_runtime_where_the_photos_pay_for_the_export(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import numpy as np
+
+    from vitrina.models.onnx_graph import OnnxFeatureExtractor
+    from vitrina.models.registry import create_model, default_preprocess
+    from vitrina.models.unknown import penultimate_features
+
+    torch.manual_seed(0)
+    model = create_model("cnn1", 3, pretrained=False).eval()
+    preprocess = default_preprocess("cnn1")
+    images = np.random.default_rng(0).integers(0, 256, (6, preprocess.input_size, preprocess.input_size, 3), dtype=np.uint8)
+    cpu, graphs = torch.device("cpu"), tmp_path / "onnx"
+    assert runtime.export_pays(400, 224) and runtime.export_pays(250, 288) and not runtime.export_pays(1000, 64)
+
+    eager = penultimate_features(model, images, preprocess, cpu, "fp32", tmp_path)  # 6 photos: not worth an export
+    assert not graphs.exists()
+    monkeypatch.setattr(runtime, "EXPORT_PAYS_FROM_PIXELS", 1)
+    exported = penultimate_features(model, images, preprocess, cpu, "fp32", tmp_path)
+    assert len(list(graphs.iterdir())) == 1
+    np.testing.assert_allclose(exported, eager, rtol=1e-4, atol=1e-4)
+
+    monkeypatch.setattr(runtime, "EXPORT_PAYS_FROM_PIXELS", 10**12)  # a graph already exported is used whatever the count
+    assert runtime.body_in_onnx(model, preprocess, 1, tmp_path, cpu, "fp32")
+    assert not runtime.body_in_onnx(model, preprocess, 1, tmp_path, cpu, "bf16") and not runtime.body_in_onnx(model, preprocess, 1, None, cpu, "fp32")
+    calls: list[int] = []
+    monkeypatch.setattr(OnnxFeatureExtractor, "__call__", lambda self, batch, **_: calls.append(len(batch)) or exported)
+    penultimate_features(model, images, preprocess, cpu, "fp32", tmp_path)
+    assert calls == [6]

@@ -1,6 +1,7 @@
 """Settings for every public function: a config from an object, a YAML file or defaults; the demo's."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,10 @@ from vitrina.config import Config
 
 
 def resolve_config(config: Config | str | Path | None = None, **overrides: Any) -> Config:
-    """A :class:`Config` from an object, a YAML path or defaults, then dotted-key overrides."""
+    """A :class:`Config` from an object, a YAML path or defaults, then dotted-key overrides
+    (applied to a copy: the caller's object is left as it was)."""
     if isinstance(config, Config):
-        return config_lib.apply(config, overrides) if overrides else config
+        return config_lib.apply(copy.deepcopy(config), overrides) if overrides else config
     return config_lib.resolve(config, overrides)
 
 

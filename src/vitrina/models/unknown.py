@@ -54,7 +54,7 @@ from torch import nn
 
 from vitrina.errors import ModelError
 from vitrina.models.onnx_graph import OnnxFeatureExtractor
-from vitrina.models.runtime import forward_uint8
+from vitrina.models.runtime import body_in_onnx, forward_uint8
 from vitrina.description import SCORE_OUTPUT, UNKNOWN_FILE, UNKNOWN_SCORES, UnknownDetector
 
 SCORES = UNKNOWN_SCORES
@@ -288,9 +288,10 @@ class ScoredNet(nn.Module):
 
 def penultimate_features(model: nn.Module, images: np.ndarray, preprocess: Any, device: torch.device, precision: str,
                          cache_dir: str | Path | None) -> np.ndarray:
-    """The pooled backbone features of uint8 N x H x W x C images (ONNX Runtime on a CPU in fp32, as training does)."""
+    """The pooled backbone features of uint8 N x H x W x C images: the body in ONNX Runtime where
+    :func:`~vitrina.models.runtime.body_in_onnx` says so, eager PyTorch otherwise."""
     if len(images) == 0:
         return np.zeros((0, getattr(model, "num_features", 1)), dtype=np.float32)
-    if cache_dir is not None and device.type == "cpu" and precision == "fp32":
-        return OnnxFeatureExtractor(model, preprocess, cache_dir)(np.asarray(images))
+    if body_in_onnx(model, preprocess, len(images), cache_dir, device, precision):
+        return OnnxFeatureExtractor(model, preprocess, cache_dir)(np.asarray(images))  # type: ignore[arg-type]
     return forward_uint8(model.forward_features, images, preprocess, device, precision)

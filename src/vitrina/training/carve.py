@@ -33,7 +33,7 @@ from vitrina.data.splits import (
 )
 from vitrina.errors import DataError
 from vitrina.models.registry import create_model, get_spec
-from vitrina.models.runtime import EXPORT_MIN_IMAGES
+from vitrina.models.runtime import export_pays
 from vitrina.preprocess import Preprocess
 from vitrina.training.features import BackboneFeatures
 from vitrina.training.plan import Plan, looks_like_small_grayscale, make_plan
@@ -135,8 +135,7 @@ def near_copy_groups(
 def _features(decoded, preprocess, plan: Plan, cache_dir: Path) -> np.ndarray:  # type: ignore[no-untyped-def]
     model = create_model(GROUPING_MODEL, 1, pretrained=True, input_size=GROUPING_SIZE).eval()
     grouping_plan = replace(plan, model=GROUPING_MODEL, preprocess=preprocess)
-    # Exporting to ONNX Runtime pays for itself only from some hundreds of photos.
-    runtime = "auto" if len(decoded.index) >= EXPORT_MIN_IMAGES else "torch"
+    runtime = "auto" if export_pays(len(decoded.index), GROUPING_SIZE) else "torch"
     backbone = BackboneFeatures(model, f"{GROUPING_MODEL}|pretrained", grouping_plan, cache_dir, torch.device("cpu"), "fp32",
                                 runtime, log=lambda _: None)
     features = backbone(decoded)
