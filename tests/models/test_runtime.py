@@ -1,13 +1,17 @@
-"""Precision choice: bf16 where it measured faster, fp32 inference on a CPU."""
+"""Precision choice (bf16 where it measured faster, fp32 inference on a CPU) and when a body runs in ONNX Runtime."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from vitrina.models import runtime
+from vitrina.models.onnx_graph import OnnxFeatureExtractor
+from vitrina.models.registry import create_model, default_preprocess
 from vitrina.models.runtime import resolve_precision, resolve_training_precision
+from vitrina.models.unknown import penultimate_features
 
 CPU = torch.device("cpu")
 
@@ -40,17 +44,11 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_a_body_goes_to_onnx_runtime_where_the_photos_pay_for_the_export(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import numpy as np
-
-    from vitrina.models.onnx_graph import OnnxFeatureExtractor
-    from vitrina.models.registry import create_model, default_preprocess
-    from vitrina.models.unknown import penultimate_features
-
     torch.manual_seed(0)
     model = create_model("cnn1", 3, pretrained=False).eval()
     preprocess = default_preprocess("cnn1")
     images = np.random.default_rng(0).integers(0, 256, (6, preprocess.input_size, preprocess.input_size, 3), dtype=np.uint8)
-    cpu, graphs = torch.device("cpu"), tmp_path / "onnx"
+    cpu, graphs = CPU, tmp_path / "onnx"
     assert runtime.export_pays(400, 224) and runtime.export_pays(250, 288) and not runtime.export_pays(1000, 64)
 
     eager = penultimate_features(model, images, preprocess, cpu, "fp32", tmp_path)  # 6 photos: not worth an export
